@@ -1,0 +1,51 @@
+"""Pad tokenized examples into a batch.
+
+Batch layout (every objective reads the same keys):
+    input_ids       (N, T) long   N = B * k rows, continuation-major: rows [j*B:(j+1)*B] hold continuation j
+                                  of the B examples (k=1 SFT; k=2 chosen then rejected)
+    attention_mask  (N, T) long   1 on real tokens, 0 on padding (right padding)
+    labels          (N, T) long   the token id where it is a loss target, else -100 (not shifted:
+                                  labels[t] is predicted by the logits at t-1)
+    weight          (B,)  float   the record's `weight` (1.0 if it has none)
+    index           (B,)  long    position of the example in its split (keys caches and weights)
+    num_continuations  int        k
+    prefix_tokens   (B,)  long    shared-prefix tokens in each example's context
+    context_tokens  (B,)  long
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lit_align.data.tokenize import Tokenized
+
+
+def collate(items: list[tuple[int, Tokenized]], pad_id: int, pad_to_multiple_of: int = 1) -> dict:
+    indices = [i for i, _ in items]
+    examples = [ex for _, ex in items]
+    k = len(examples[0].continuations)
+    if any(len(ex.continuations) != k for ex in examples):
+        raise ValueError("every example of a batch must have the same number of continuations")
+    rows = [(ex.context, ex.continuations[j]) for j in range(k) for ex in examples]
+    T = max(len(ctx) + len(cont) for ctx, cont in rows)
+    T = -(-T // pad_to_multiple_of) * pad_to_multiple_of
+    N = len(rows)
+    input_ids = torch.full((N, T), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((N, T), dtype=torch.long)
+    labels = torch.full((N, T), -100, dtype=torch.long)
+    for r, (ctx, cont) in enumerate(rows):
+        ids = torch.tensor(ctx + cont, dtype=torch.long)
+        input_ids[r, : len(ids)] = ids
+        attention_mask[r, : len(ids)] = 1
+        first = max(len(ctx), 1)  # position 0 has no prediction
+        labels[r, first: len(ids)] = ids[first:]
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "labels": labels,
+        "weight": torch.tensor([1.0 if ex.weight is None else ex.weight for ex in examples]),
+        "index": torch.tensor(indices, dtype=torch.long),
+        "num_continuations": k,
+        "prefix_tokens": torch.tensor([ex.prefix_len for ex in examples], dtype=torch.long),
+        "context_tokens": torch.tensor([len(ex.context) for ex in examples], dtype=torch.long),
+    }

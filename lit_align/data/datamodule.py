@@ -1,0 +1,201 @@
+"""AlignDataModule: one data module for every objective.
+
+It reads sources (files, built-in tasks, `datasets` names), validates records, tokenizes them under the
+token-level contract and pads batches. It never knows the loss: the objective tells it, through
+`connect(tokenizer, kind)`, which tokenizer to use and whether it wants one continuation per example
+(`sft`) or two (`pair`). The CLI makes that call; so does anyone wiring the two by hand.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
+from torch.utils.data import DataLoader, Dataset
+
+from lit_align.data.collate import collate
+from lit_align.data.records import SkipRecord, to_examples
+from lit_align.data.sources import Source, as_source, read_rows
+from lit_align.data.tokenize import Tokenized, Tokenizer, TokenizeSpec
+from lit_align.errors import DataError, LitAlignError
+
+
+@dataclass
+class SplitSummary:
+    name: str
+    source: str
+    rows: int = 0
+    kept: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    invalid: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    first_problem: str | None = None
+
+    def line(self) -> str:
+        parts = [f"{self.name} ({self.source}): {self.rows} rows -> {self.kept} examples kept"]
+        parts += [f"{n} dropped ({why})" for why, n in sorted(self.dropped.items())]
+        parts += [f"{n} skipped ({why})" for why, n in sorted(self.skipped.items())]
+        if self.invalid:
+            parts.append(f"{self.invalid} invalid skipped (first: {self.first_problem})")
+        return ", ".join(parts)
+
+
+class TokenizedSplit(Dataset):
+    def __init__(self, name: str, examples: list[Tokenized]):
+        self.name, self.examples = name, examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> tuple[int, Tokenized]:
+        return i, self.examples[i]
+
+
+def build_split(name: str, source: Source, kind: str, tokenizer: Tokenizer,
+                skip_invalid: bool = False) -> tuple[TokenizedSplit, SplitSummary]:
+    """Read, validate and tokenize one source. Bad rows raise DataError unless `skip_invalid`."""
+    from rich.progress import track
+
+    summary = SplitSummary(name, source.label)
+    examples: list[Tokenized] = []
+    rows = read_rows(source)
+    for where, row in track(rows, description=f"tokenizing {name}", transient=True,
+                            disable=rank_zero_only.rank != 0):
+        summary.rows += 1
+        if source.columns and isinstance(row, dict):
+            row = {source.columns.get(k, k): v for k, v in row.items()}
+            row = {**row, **{new: row[old] for new, old in source.columns.items() if old in row}}
+        try:
+            for ex in to_examples(row, where, kind, source.format):
+                result = tokenizer(ex)
+                if isinstance(result, str):
+                    summary.dropped[result] += 1
+                else:
+                    examples.append(result)
+        except SkipRecord as e:
+            summary.skipped["chosen == rejected"] += 1
+            summary.first_problem = summary.first_problem or str(e)
+        except DataError as e:
+            if not skip_invalid:
+                raise
+            summary.invalid += 1
+            summary.first_problem = summary.first_problem or str(e)
+    summary.kept = len(examples)
+    if not examples:
+        raise LitAlignError(f"No usable examples in {name} ({source.label}): {summary.line()}. "
+                            "Check the file, the record format and max_length.")
+    return TokenizedSplit(name, examples), summary
+
+
+class AlignDataModule(LightningDataModule):
+    def __init__(
+        self,
+        train: "Source | str" = "builtin:sft",
+        val: "dict[str, Source | str] | None" = None,
+        test: "dict[str, Source | str] | None" = None,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        max_length: int = 512,
+        max_prompt_length: int | None = None,
+        truncation_side: str = "left",
+        chat_template: bool | None = None,
+        end_token: str | None = None,
+        skip_invalid: bool = False,
+        num_workers: int = 0,
+        pad_to_multiple_of: int = 1,
+        seed: int = 0,
+    ):
+        """
+        Args:
+            train: the training source: a file, builtin:<task>, a `datasets` name, or {path, split, ...}.
+            val: named validation sets, e.g. {id: ..., ood: ...}; the set named `val` logs as `val/...`,
+                any other name `n` as `val_n/...`.
+            test: named test sets, logged like `val` (`test/...`, `test_<name>/...`).
+            batch_size: examples (pairs for preference objectives) per micro-batch and device.
+            eval_batch_size: batch size for validation and test (default: batch_size).
+            max_length: maximum tokens of context + one continuation.
+            max_prompt_length: optional cap on context (prompt + shared prefix) tokens.
+            truncation_side: which end of the context is cut to fit: left or right.
+            chat_template: render prompts with the tokenizer's chat template (None: when it has one).
+            end_token: token appended to full answers (None: the tokenizer's EOS).
+            skip_invalid: skip and count bad records instead of stopping at the first.
+            num_workers: DataLoader worker processes.
+            pad_to_multiple_of: pad sequence length to a multiple of this (8 helps GPU kernels).
+            seed: seed of the training shuffle.
+        """
+        super().__init__()
+        self.train_source = as_source(train)
+        self.val_sources = {k: as_source(v) for k, v in (val or {}).items()}
+        self.test_sources = {k: as_source(v) for k, v in (test or {}).items()}
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
+        self.spec = TokenizeSpec(max_length, max_prompt_length, truncation_side, chat_template, end_token)
+        self.skip_invalid, self.num_workers = skip_invalid, num_workers
+        self.pad_to_multiple_of, self.seed = pad_to_multiple_of, seed
+        self.tokenizer = None
+        self.kind: str | None = None
+        self.splits: dict[str, TokenizedSplit] = {}
+        self.summaries: dict[str, SplitSummary] = {}
+
+    def connect(self, tokenizer, kind: str) -> None:
+        """Wire in run-time values: the model's tokenizer and the example kind the objective consumes."""
+        self.tokenizer, self.kind = tokenizer, kind
+
+    def _sources(self, stage: str | None) -> dict[str, Source]:
+        val = {self.log_prefix("val", n): s for n, s in self.val_sources.items()}
+        test = {self.log_prefix("test", n): s for n, s in self.test_sources.items()}
+        if stage == "fit":
+            return {"train": self.train_source, **val}
+        if stage == "validate":
+            return val
+        if stage == "test":
+            return test
+        return {"train": self.train_source, **val, **test}
+
+    @staticmethod
+    def log_prefix(stage: str, name: str) -> str:
+        return stage if name == stage else f"{stage}_{name}"
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.tokenizer is None or self.kind is None:
+            raise LitAlignError("AlignDataModule has no tokenizer: call datamodule.connect(objective.tokenizer, "
+                                "objective.kind) before fitting (the lit_align CLI does this for you).")
+        tokenizer = Tokenizer(self.tokenizer, self.spec)
+        for name, source in self._sources(stage).items():
+            if name in self.splits:
+                continue
+            split, summary = build_split(name, source, self.kind, tokenizer, self.skip_invalid)
+            self.splits[name], self.summaries[name] = split, summary
+            rank_zero_info(f"data {summary.line()}")
+            if summary.skipped:
+                rank_zero_warn(f"{name}: skipped {sum(summary.skipped.values())} records ({summary.first_problem})")
+
+    # -- loaders ------------------------------------------------------------------------------------
+    def _loader(self, name: str, batch_size: int, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.splits[name], batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
+            collate_fn=functools.partial(_collate_named, name=name, pad_id=self.tokenizer.pad_token_id,
+                                         pad_to_multiple_of=self.pad_to_multiple_of),
+            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.batch_size, shuffle=True)
+
+    def _eval_loaders(self, stage: str) -> list[DataLoader]:
+        return [self._loader(n, self.eval_batch_size, shuffle=False) for n in self.splits if n.startswith(stage)]
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return self._eval_loaders("val")
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return self._eval_loaders("test")
+
+
+def _collate_named(items, name: str, pad_id: int, pad_to_multiple_of: int) -> dict:
+    batch = collate(items, pad_id, pad_to_multiple_of)
+    batch["split"] = name  # the metric prefix: train, val, val_<name>, test, ...
+    return batch

@@ -1,0 +1,221 @@
+"""Record formats -> validated `Example`s (still text). Errors name the file, line and field.
+
+Formats (detected from the keys when `format: auto`):
+    sft       {prompt, completion} | {messages: [...]} | {text}     optional weight, partial
+    pair      {prompt, chosen, rejected}                            optional prefix, partial, weight
+    hh        {chosen, rejected}: whole "\\n\\nHuman: ...\\n\\nAssistant: ..." dialogues, split at the
+              last Assistant turn (both must share the dialogue before it)
+    contrast  {question, answer_matching_behavior, answer_not_matching_behavior}
+    group     {prompt, completions: [...]}: several completions of one prompt (rows that merely share a
+              prompt form a group too)
+    probe     {prompt, <category>: response, ...}: only when asked for (format: probe)
+
+What an objective consumes (`kind`):
+    sft    one continuation: sft, group (one example per completion), pair/hh (the chosen answer),
+           contrast (the matching answer)
+    pair   two continuations, chosen then rejected: pair, hh, contrast
+    probe  one continuation per category
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+from lit_align.errors import DataError
+
+Prompt = "str | list[dict] | None"
+FORMATS = ("auto", "sft", "pair", "hh", "contrast", "group", "probe")
+KINDS = ("sft", "pair", "probe")
+
+
+@dataclass
+class Example:
+    """One training unit, as text. The token-level contract is applied in tokenize.py."""
+
+    prompt: "str | list[dict] | None"
+    """Plain text, chat messages (everything before the answer), or None (a bare `text` record)."""
+    continuations: list[str]
+    """[completion], [chosen, rejected], or one response per probe category. Only these carry loss."""
+    prefix: str = ""
+    """Shared partial answer after the prompt (prefix-DPO); part of the context, never a target."""
+    partial: bool = False
+    """Partial generation: no end token is appended to the continuations."""
+    weight: float | None = None
+    group: str | None = None
+    """Completions of one prompt share a group (importance reweighting normalises within it)."""
+    where: str = ""
+    categories: list[str] = field(default_factory=list)
+
+
+class SkipRecord(Exception):
+    """A record that is well-formed but useless (e.g. chosen == rejected): skipped and counted."""
+
+
+def _get_text(row: dict, key: str, where: str, allow_empty: bool = False) -> str:
+    if key not in row or row[key] is None:
+        raise DataError(where, "missing", field=key)
+    value = row[key]
+    if not isinstance(value, str):
+        raise DataError(where, f"expected a string, got {type(value).__name__}", field=key)
+    if not allow_empty and not value.strip():
+        raise DataError(where, "is empty", field=key)
+    return value
+
+
+def _get_messages(row: dict, key: str, where: str) -> list[dict]:
+    msgs = row[key]
+    if not isinstance(msgs, list) or not msgs:
+        raise DataError(where, "expected a non-empty list of {role, content} messages", field=key)
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise DataError(where, f"message {i} must be an object with string 'role' and 'content'", field=key)
+    return [{"role": m["role"], "content": m["content"]} for m in msgs]
+
+
+def _get_bool(row: dict, key: str, where: str) -> bool:
+    value = row.get(key, False)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise DataError(where, f"expected true or false, got {value!r}", field=key)
+    return value
+
+
+def _get_weight(row: dict, where: str) -> float | None:
+    value = row.get("weight")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise DataError(where, f"expected a finite number >= 0, got {value!r}", field="weight")
+    return float(value)
+
+
+def _get_prompt(row: dict, key: str, where: str) -> "str | list[dict]":
+    if isinstance(row.get(key), list):
+        return _get_messages(row, key, where)
+    return _get_text(row, key, where)
+
+
+def detect_format(row: dict, where: str) -> str:
+    if not isinstance(row, dict):
+        raise DataError(where, f"expected a JSON object per record, got {type(row).__name__}")
+    keys = set(row)
+    if "completions" in keys:
+        return "group"
+    if "question" in keys and ("answer_matching_behavior" in keys or "answer_not_matching_behavior" in keys):
+        return "contrast"
+    if "chosen" in keys or "rejected" in keys:
+        return "pair" if "prompt" in keys else "hh"
+    if "messages" in keys:
+        return "sft"
+    if "prompt" in keys or "completion" in keys or "text" in keys:
+        return "sft"
+    raise DataError(where, f"unknown record format (fields: {', '.join(sorted(keys)) or 'none'}); expected "
+                           "prompt/completion, messages, text, prompt/chosen/rejected, HH chosen/rejected "
+                           "dialogues, question/answer_matching_behavior/..., or prompt/completions")
+
+
+_HH_TURN = re.compile(r"\n\n(Human|Assistant):")
+
+
+def split_hh(dialogue: str, where: str, key: str) -> tuple[list[dict], str]:
+    """"\\n\\nHuman: a\\n\\nAssistant: b ..." -> (messages before the last Assistant turn, its text)."""
+    parts = _HH_TURN.split(dialogue)
+    if len(parts) < 3 or parts[-2] != "Assistant":
+        raise DataError(where, "not an HH dialogue ending with an '\\n\\nAssistant:' turn", field=key)
+    messages = [{"role": "user" if who == "Human" else "assistant", "content": text.strip()}
+                for who, text in zip(parts[1:-2:2], parts[2:-2:2])]
+    return messages, parts[-1].strip()
+
+
+def _sft_examples(row: dict, where: str, weight, partial) -> list[Example]:
+    if "messages" in row:
+        msgs = _get_messages(row, "messages", where)
+        if msgs[-1]["role"] != "assistant":
+            raise DataError(where, "the last message must be the assistant's (it is the target)", field="messages")
+        if not msgs[-1]["content"].strip():
+            raise DataError(where, "the last assistant message is empty", field="messages")
+        return [Example(msgs[:-1] or None, [msgs[-1]["content"]], partial=partial, weight=weight, where=where)]
+    if "text" in row and "completion" not in row:
+        return [Example(None, [_get_text(row, "text", where)], partial=partial, weight=weight, where=where)]
+    prompt = _get_prompt(row, "prompt", where)
+    return [Example(prompt, [_get_text(row, "completion", where)], partial=partial, weight=weight,
+                    group=str(prompt), where=where)]
+
+
+def _pair_example(row: dict, where: str, fmt: str, weight, partial) -> Example:
+    if fmt == "hh":
+        prompt, chosen = split_hh(_get_text(row, "chosen", where), where, "chosen")
+        prompt_r, rejected = split_hh(_get_text(row, "rejected", where), where, "rejected")
+        if prompt != prompt_r:
+            raise DataError(where, "chosen and rejected do not share the dialogue before the last "
+                                   "Assistant turn", field="rejected")
+        if not chosen or not rejected:
+            raise DataError(where, "the last Assistant turn is empty", field="chosen" if not chosen else "rejected")
+        prefix = ""
+    elif fmt == "contrast":
+        prompt = _get_text(row, "question", where)
+        chosen = _get_text(row, "answer_matching_behavior", where)
+        rejected = _get_text(row, "answer_not_matching_behavior", where)
+        prefix = ""
+    else:
+        prompt = _get_prompt(row, "prompt", where)
+        chosen, rejected = _get_text(row, "chosen", where), _get_text(row, "rejected", where)
+        prefix = _get_text(row, "prefix", where, allow_empty=True) if row.get("prefix") is not None else ""
+        if prefix:
+            # A prefix with continuations, or with whole answers that both start with it; not half and half.
+            starts = (chosen.startswith(prefix), rejected.startswith(prefix))
+            if all(starts):
+                chosen, rejected = chosen[len(prefix):], rejected[len(prefix):]
+                if not chosen.strip() or not rejected.strip():
+                    raise DataError(where, "nothing is left after the shared prefix",
+                                    field="chosen" if not chosen.strip() else "rejected")
+            elif any(starts):
+                bad = "rejected" if starts[0] else "chosen"
+                raise DataError(where, f"the prefix contradicts '{bad}': '{'chosen' if starts[0] else 'rejected'}' "
+                                       f"starts with the prefix but '{bad}' does not", field="prefix")
+    if chosen == rejected:
+        raise SkipRecord(f"{where}: chosen and rejected are identical")
+    return Example(prompt, [chosen, rejected], prefix=prefix, partial=partial, weight=weight,
+                   group=str(prompt), where=where)
+
+
+def to_examples(row: object, where: str, kind: str, fmt: str = "auto") -> list[Example]:
+    """Validate one raw row and turn it into the examples an objective of `kind` consumes."""
+    if not isinstance(row, dict):
+        raise DataError(where, f"expected a JSON object per record, got {type(row).__name__}")
+    if fmt not in FORMATS:
+        raise DataError(where, f"unknown format '{fmt}': use one of {', '.join(FORMATS)}")
+    if kind == "probe" or fmt == "probe":
+        prompt = _get_prompt(row, "prompt", where)
+        cats = [k for k, v in row.items() if k != "prompt" and isinstance(v, str) and v.strip()]
+        if not cats:
+            raise DataError(where, "a probe record needs at least one '<category>: response' field")
+        return [Example(prompt, [row[c] for c in cats], where=where, categories=cats)]
+    fmt = detect_format(row, where) if fmt == "auto" else fmt
+    weight, partial = _get_weight(row, where), _get_bool(row, "partial", where)
+    if kind == "pair":
+        if fmt in ("sft", "group"):
+            raise DataError(where, "a preference objective needs chosen and rejected; this is an "
+                                   f"{fmt.upper()} record", field="rejected")
+        return [_pair_example(row, where, fmt, weight, partial)]
+    if kind != "sft":
+        raise ValueError(f"unknown kind {kind!r}")
+    if fmt == "group":
+        prompt = _get_prompt(row, "prompt", where)
+        comps = row["completions"]
+        if not isinstance(comps, list) or not comps:
+            raise DataError(where, "expected a non-empty list of strings", field="completions")
+        for i, c in enumerate(comps):
+            if not isinstance(c, str) or not c.strip():
+                raise DataError(where, f"completion {i} is empty or not a string", field="completions")
+        return [Example(prompt, [c], partial=partial, weight=weight, group=str(prompt), where=where)
+                for c in comps]
+    if fmt in ("pair", "hh", "contrast"):
+        ex = _pair_example(row, where, fmt, weight, partial)
+        prompt = ex.prompt
+        return [Example(prompt, [ex.continuations[0]], prefix=ex.prefix, partial=partial, weight=weight,
+                        group=str(prompt), where=where)]
+    return _sft_examples(row, where, weight, partial)

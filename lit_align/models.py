@@ -1,0 +1,182 @@
+"""Load a causal LM and its tokenizer: a Hugging Face hub name, a local directory, or a tiny model built in code.
+
+Built-in names (no download, no files):
+    builtin:tiny   Llama-style, hidden 64, 2 layers   (~0.1 M params)  — tests
+    builtin:small  Llama-style, hidden 128, 4 layers  (~0.9 M params)  — quickstart / demos
+Both use a byte-level BPE tokenizer trained in code (0.01 s) on the built-in tasks' text, with a
+ChatML-style chat template whose end of turn `<|im_end|>` is the EOS token.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from lit_align.errors import LitAlignError
+
+BUILTIN_PREFIX = "builtin:"
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# name -> LlamaConfig overrides; vocab_size comes from the tokenizer at run time.
+BUILTIN_MODELS: dict[str, dict] = {
+    "tiny": dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2),
+    "small": dict(hidden_size=128, intermediate_size=352, num_hidden_layers=4, num_attention_heads=4,
+                  num_key_value_heads=2),
+}
+
+
+@dataclass
+class LoraSpec:
+    """LoRA adapter (peft) applied on top of the loaded model."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: str | list[str] = "all-linear"
+    """Module names to adapt, or "all-linear"."""
+    merge_on_export: bool = False
+    """Save the merged full model at the end of fit instead of the adapter alone."""
+
+
+@dataclass
+class ModelSpec:
+    """Which causal LM to train (the "policy")."""
+
+    name: str = "builtin:tiny"
+    """Hugging Face hub name, local directory, or builtin:tiny / builtin:small."""
+    dtype: str = "float32"
+    """Weights dtype: float32, bfloat16 or float16 (mixed precision is set by trainer.precision)."""
+    lora: LoraSpec | None = None
+    gradient_checkpointing: bool = False
+    trust_remote_code: bool = False
+    attn_implementation: str | None = None
+    """e.g. "sdpa", "eager", "flash_attention_2"; None lets transformers choose."""
+    init_seed: int = 0
+    """Seed for the random init of built-in models (so policy and reference start identical)."""
+    extra: dict = field(default_factory=dict)
+    """Extra keyword arguments for from_pretrained."""
+
+
+def _builtin_corpus() -> list[str]:
+    from lit_align.data.synthetic import corpus  # the text of the built-in tasks
+
+    return corpus()
+
+
+@functools.lru_cache(maxsize=4)
+def _builtin_tokenizer_json(vocab_size: int) -> str:
+    """Train a byte-level BPE on the built-in tasks' text; deterministic, ~0.01 s."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|pad|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_builtin_corpus(), trainer=trainer)
+    return tok.to_str()
+
+
+def builtin_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerBase:
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(_builtin_tokenizer_json(vocab_size)),
+        pad_token="<|pad|>", eos_token="<|im_end|>", bos_token=None,
+    )
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+def _builtin_key(name: str) -> str:
+    key = name[len(BUILTIN_PREFIX):]
+    if key not in BUILTIN_MODELS:
+        raise LitAlignError(f"Unknown built-in model '{name}'. Choose one of: "
+                            + ", ".join(BUILTIN_PREFIX + k for k in BUILTIN_MODELS))
+    return key
+
+
+def load_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerBase:
+    if spec.name.startswith(BUILTIN_PREFIX):
+        _builtin_key(spec.name)
+        return builtin_tokenizer()
+    try:
+        tok = AutoTokenizer.from_pretrained(spec.name, trust_remote_code=spec.trust_remote_code)
+    except OSError as e:
+        raise LitAlignError(f"Could not load the tokenizer of '{spec.name}': {e}. Give a local directory, "
+                            "a hub name reachable from this machine, or builtin:tiny / builtin:small.") from None
+    if tok.pad_token_id is None:  # padding is masked out everywhere, any id will do
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _dtype(name: str) -> torch.dtype:
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    except KeyError:
+        raise LitAlignError(f"Unknown dtype '{name}': use float32, bfloat16 or float16.") from None
+
+
+def load_model(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+    """The causal LM of `spec` (LoRA applied if asked)."""
+    if spec.name.startswith(BUILTIN_PREFIX):
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        config = LlamaConfig(
+            vocab_size=len(tokenizer), max_position_embeddings=2048, pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id, bos_token_id=None, tie_word_embeddings=True,
+            **BUILTIN_MODELS[_builtin_key(spec.name)],
+        )
+        if spec.attn_implementation:
+            config._attn_implementation = spec.attn_implementation
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(spec.init_seed)
+            model = LlamaForCausalLM(config)
+        model = model.to(_dtype(spec.dtype))
+    else:
+        kwargs = dict(dtype=_dtype(spec.dtype), trust_remote_code=spec.trust_remote_code, **spec.extra)
+        if spec.attn_implementation:
+            kwargs["attn_implementation"] = spec.attn_implementation
+        try:
+            model = AutoModelForCausalLM.from_pretrained(spec.name, **kwargs)
+        except OSError as e:
+            raise LitAlignError(f"Could not load the model '{spec.name}': {e}") from None
+    if spec.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if spec.lora is not None:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(
+            r=spec.lora.r, lora_alpha=spec.lora.alpha, lora_dropout=spec.lora.dropout,
+            target_modules=spec.lora.target_modules, task_type="CAUSAL_LM",
+        ))
+    return model
+
+
+def save_hf(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: str | Path,
+            merge_lora: bool = False) -> Path:
+    """Save in Hugging Face format: full model, LoRA adapter, or the LoRA merged into the base model."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    if merge_lora and hasattr(model, "merge_and_unload"):
+        import copy
+
+        model = copy.deepcopy(model).merge_and_unload()
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

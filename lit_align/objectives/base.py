@@ -1,0 +1,152 @@
+"""Shared LightningModule plumbing for every objective: model loading, optimizer and schedule, exact loss
+normalisation, and metrics under one naming scheme.
+
+An objective implements `step(batch) -> {name: (sum, count)}`. The entry "loss" carries the gradient: its
+sum is the summed per-unit loss of the micro-batch (units = target tokens for SFT, pairs for DPO, ...)
+and its count the number of units. The base class returns the raw sum to Lightning and, once the
+gradients of a whole optimizer step are in (every accumulated micro-batch, every device), rescales them
+so that they are the gradient of
+
+    sum over all micro-batches and devices of loss sums / global count of units
+
+Lightning divides each micro-batch loss by `accumulate_grad_batches` and DDP/FSDP average over the
+`world_size` devices, so the factor is accumulate * world_size / global count. Hence batch 8 and batch
+4 x accumulation 2 give the same gradients, and so do 1 device with batch 8 and 2 devices with batch 4.
+Every other entry is a metric, logged as `{split}/{name}` = global sum / global count:
+per optimizer step for `train`, per epoch (torchmetrics, DDP-synchronised) for validation/test sets.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from lightning.pytorch import LightningModule
+from torch import Tensor
+from torchmetrics import MeanMetric
+
+from lit_align.errors import LitAlignError
+from lit_align.models import ModelSpec, load_model, load_tokenizer
+
+Sums = dict[str, tuple[Tensor, Tensor]]
+
+
+@dataclass
+class OptimSpec:
+    """AdamW with linear warmup, then cosine or linear decay (or constant)."""
+
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    """Applied to weight matrices only (not to biases, norms)."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup_steps: int = 0
+    warmup_ratio: float = 0.0
+    """Warmup as a fraction of all optimizer steps (used when warmup_steps is 0)."""
+    schedule: str = "cosine"
+    """cosine, linear or constant after warmup."""
+    min_lr_ratio: float = 0.0
+    """Final learning rate as a fraction of lr."""
+
+
+def lr_lambda(step: int, total: int, warmup: int, schedule: str, min_ratio: float) -> float:
+    """Multiplier of the base learning rate at optimizer step `step` (0-based)."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = min(max(step - warmup, 0) / max(total - warmup, 1), 1.0)
+    decay = 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1 - progress
+    return min_ratio + (1 - min_ratio) * decay
+
+
+class Objective(LightningModule):
+    kind = "sft"
+    """What the data module must produce: "sft" (one continuation) or "pair" (chosen, rejected)."""
+
+    def __init__(self, policy: ModelSpec | None = None, optim: OptimSpec | None = None):
+        super().__init__()
+        self.save_hyperparameters()
+        self.policy_spec = policy or ModelSpec()
+        self.optim_spec = optim or OptimSpec()
+        if self.optim_spec.schedule not in ("cosine", "linear", "constant"):
+            raise LitAlignError(f"optim.schedule must be cosine, linear or constant, not '{self.optim_spec.schedule}'")
+        self.tokenizer = load_tokenizer(self.policy_spec)
+        self.model: torch.nn.Module | None = None
+        self.eval_metrics = torch.nn.ModuleDict()  # "{split}/{name}" -> MeanMetric, created on first use
+        self._step_sums: dict[str, Tensor] = {}
+        self._step_counts: dict[str, Tensor] = {}
+
+    # -- model ----------------------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        if self.model is None:
+            self.model = load_model(self.policy_spec, self.tokenizer)
+
+    def step(self, batch: dict) -> Sums:
+        raise NotImplementedError
+
+    # -- training: exact normalisation over the optimizer step --------------------------------------
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        sums = self.step(batch)
+        loss_sum, count = sums["loss"]
+        for name, (s, c) in sums.items():
+            self._step_sums[name] = self._step_sums.get(name, 0) + s.detach().float()
+            self._step_counts[name] = self._step_counts.get(name, 0) + torch.as_tensor(c, device=self.device).float()
+        return loss_sum
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        names = sorted(self._step_sums)
+        local = torch.stack([self._step_sums[n] for n in names] + [self._step_counts[n] for n in names])
+        total = self.trainer.strategy.reduce(local.clone(), reduce_op="sum")  # one all-reduce per step
+        sums, counts = total[: len(names)], total[len(names):]
+        self._step_sums.clear()
+        self._step_counts.clear()
+        count = counts[names.index("loss")]
+        if count <= 0:
+            raise LitAlignError("An optimizer step saw no loss targets (zero target tokens / pairs); refusing to "
+                                "average over nothing. Check max_length and the data summary above.")
+        scale = self.trainer.accumulate_grad_batches * self.trainer.world_size / count
+        for p in self.parameters():
+            if p.grad is not None:
+                p.grad.mul_(scale)
+        for n, s, c in zip(names, sums, counts):
+            if c > 0:
+                self.log(f"train/{n}", s / c, on_step=True, on_epoch=False, prog_bar=n == "loss",
+                         rank_zero_only=True)
+
+    # -- evaluation: torchmetrics aggregate over the epoch and across devices -----------------------
+    def _eval_step(self, batch: dict) -> None:
+        split = batch.get("split", "val")
+        for name, (s, c) in self.step(batch).items():
+            key = f"{split}/{name}"
+            mkey = key.replace("/", "|").replace(".", "_")
+            if mkey not in self.eval_metrics:
+                self.eval_metrics[mkey] = MeanMetric().to(self.device)
+            metric = self.eval_metrics[mkey]
+            c = torch.as_tensor(c, device=self.device).float()
+            if c > 0:
+                metric.update(s.detach().float() / c, weight=c)
+            self.log(key, metric, on_step=False, on_epoch=True, add_dataloader_idx=False,
+                     prog_bar=key == "val/loss", metric_attribute=f"eval_metrics.{mkey}")
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch)
+
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch)
+
+    # -- optimizer -------------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        spec = self.optim_spec
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.ndim >= 2], "weight_decay": spec.weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        ]
+        optimizer = torch.optim.AdamW(groups, lr=spec.lr, betas=spec.betas, eps=spec.eps)
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = spec.warmup_steps or int(spec.warmup_ratio * total)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: lr_lambda(s, total, warmup, spec.schedule, spec.min_lr_ratio))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
