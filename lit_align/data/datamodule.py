@@ -142,6 +142,8 @@ class AlignDataModule(LightningDataModule):
 
     def connect(self, tokenizer, kind: str) -> None:
         """Wire in run-time values: the model's tokenizer and the example kind the objective consumes."""
+        if kind not in RECORD_KIND:
+            raise LitAlignError(f"unknown example kind '{kind}': one of {', '.join(RECORD_KIND)}")
         self.tokenizer, self.kind = tokenizer, kind
 
     def _sources(self, stage: str | None) -> dict[str, Source]:
@@ -167,7 +169,7 @@ class AlignDataModule(LightningDataModule):
         for name, source in self._sources(stage).items():
             if name in self.splits:
                 continue
-            split, summary = build_split(name, source, self.kind, tokenizer, self.skip_invalid)
+            split, summary = build_split(name, source, RECORD_KIND[self.kind], tokenizer, self.skip_invalid)
             self.splits[name], self.summaries[name] = split, summary
             rank_zero_info(f"data {summary.line()}")
             if summary.skipped:
@@ -177,7 +179,7 @@ class AlignDataModule(LightningDataModule):
     def _loader(self, name: str, batch_size: int, shuffle: bool) -> DataLoader:
         return DataLoader(
             self.splits[name], batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
-            collate_fn=functools.partial(_collate_named, name=name, pad_id=self.tokenizer.pad_token_id,
+            collate_fn=functools.partial(_collate_named, name=name, kind=self.kind, pad_id=self.tokenizer.pad_token_id,
                                          pad_to_multiple_of=self.pad_to_multiple_of),
             generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
         )
@@ -195,7 +197,14 @@ class AlignDataModule(LightningDataModule):
         return self._eval_loaders("test")
 
 
-def _collate_named(items, name: str, pad_id: int, pad_to_multiple_of: int) -> dict:
-    batch = collate(items, pad_id, pad_to_multiple_of)
+# kind -> collate function. "sft" and "pair" share the padded layout of collate.py; objectives with their
+# own batch layout (e.g. prefix-DPO's shared context) register theirs here.
+COLLATE_BY_KIND = {"sft": collate, "pair": collate}
+# kind -> the record kind of records.py it reads (a kind with its own layout may read "pair" records).
+RECORD_KIND = {"sft": "sft", "pair": "pair", "probe": "probe"}
+
+
+def _collate_named(items, name: str, kind: str, pad_id: int, pad_to_multiple_of: int) -> dict:
+    batch = COLLATE_BY_KIND[kind](items, pad_id, pad_to_multiple_of)
     batch["split"] = name  # the metric prefix: train, val, val_<name>, test, ...
     return batch
