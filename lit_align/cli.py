@@ -30,7 +30,7 @@ class LitAlignCLI(LightningCLI):
             datamodule_class=AlignDataModule, subclass_mode_data=True,
             trainer_defaults={
                 "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                           "init_args": {"save_dir": "logs", "name": "default"}},
+                           "init_args": {"save_dir": "logs", "name": "default", "default_hp_metric": False}},
                 "callbacks": [RichProgressBar(leave=True), LearningRateMonitor(logging_interval="step")],
                 "log_every_n_steps": 10,
             },

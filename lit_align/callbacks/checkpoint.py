@@ -3,6 +3,9 @@
 Lightning's default puts checkpoints under the logger's versioned directory (logs/<exp>/version_N/),
 so a new run (version N+1) cannot find the last checkpoint of the run it should resume. Here the default
 directory is logs/<exp>/checkpoints/, shared by all versions of the experiment.
+
+Lightning writes last.ckpt after validation or at an epoch's end; a run that stops on max_steps
+mid-epoch would leave its final steps unsaved, so last.ckpt is also written when training ends.
 """
 
 from __future__ import annotations
@@ -28,3 +31,7 @@ class RunCheckpoint(ModelCheckpoint):
     def _find_last_checkpoints(self, trainer) -> set[str]:
         self._default_dirpath(trainer)
         return super()._find_last_checkpoints(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.save_last and not trainer.interrupted and self._last_global_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
