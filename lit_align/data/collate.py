@@ -38,6 +38,9 @@ def collate(items: list[tuple[int, Tokenized]], pad_id: int, pad_to_multiple_of:
         input_ids[r, : len(ids)] = ids
         attention_mask[r, : len(ids)] = 1
         first = max(len(ctx), 1)  # position 0 has no prediction
+        if first >= len(ids):  # tokenize.py drops such examples; a row that trains on nothing is a bug
+            ex = examples[r % len(examples)]
+            raise ValueError(f"{ex.where}: continuation {r // len(examples)} has no target token")
         labels[r, first: len(ids)] = ids[first:]
     return {
         "input_ids": input_ids,

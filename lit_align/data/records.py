@@ -23,6 +23,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
+from lit_align.data.sources import InvalidRow
 from lit_align.errors import DataError
 
 Prompt = "str | list[dict] | None"
@@ -74,10 +75,15 @@ def _get_messages(row: dict, key: str, where: str) -> list[dict]:
     return [{"role": m["role"], "content": m["content"]} for m in msgs]
 
 
+_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no", "")
+
+
 def _get_bool(row: dict, key: str, where: str) -> bool:
     value = row.get(key, False)
     if value is None:
         return False
+    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:  # a CSV cell is always a string
+        return value.strip().lower() in _TRUE
     if not isinstance(value, bool):
         raise DataError(where, f"expected true or false, got {value!r}", field=key)
     return value
@@ -85,6 +91,11 @@ def _get_bool(row: dict, key: str, where: str) -> bool:
 
 def _get_weight(row: dict, where: str) -> float | None:
     value = row.get("weight")
+    if isinstance(value, str):  # a CSV cell is always a string; an empty one means no weight
+        try:
+            value = float(value) if value.strip() else None
+        except ValueError:
+            pass
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
@@ -121,7 +132,9 @@ _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
 
 
 def split_hh(dialogue: str, where: str, key: str) -> tuple[list[dict], str]:
-    """"\\n\\nHuman: a\\n\\nAssistant: b ..." -> (messages before the last Assistant turn, its text)."""
+    """"\\n\\nHuman: a\\n\\nAssistant: b ..." -> (messages before the last Assistant turn, its text).
+
+    The text may be empty: HH has rows whose preferred answer is to say nothing (the end token alone)."""
     parts = _HH_TURN.split(dialogue)
     if len(parts) < 3 or parts[-2] != "Assistant":
         raise DataError(where, "not an HH dialogue ending with an '\\n\\nAssistant:' turn", field=key)
@@ -152,8 +165,6 @@ def _pair_example(row: dict, where: str, fmt: str, weight, partial) -> Example:
         if prompt != prompt_r:
             raise DataError(where, "chosen and rejected do not share the dialogue before the last "
                                    "Assistant turn", field="rejected")
-        if not chosen or not rejected:
-            raise DataError(where, "the last Assistant turn is empty", field="chosen" if not chosen else "rejected")
         prefix = ""
     elif fmt == "contrast":
         prompt = _get_text(row, "question", where)
@@ -184,6 +195,8 @@ def _pair_example(row: dict, where: str, fmt: str, weight, partial) -> Example:
 
 def to_examples(row: object, where: str, kind: str, fmt: str = "auto") -> list[Example]:
     """Validate one raw row and turn it into the examples an objective of `kind` consumes."""
+    if isinstance(row, InvalidRow):  # a line that could not be read (bad JSON, bad UTF-8)
+        raise row.error
     if not isinstance(row, dict):
         raise DataError(where, f"expected a JSON object per record, got {type(row).__name__}")
     if fmt not in FORMATS:
@@ -205,7 +218,9 @@ def to_examples(row: object, where: str, kind: str, fmt: str = "auto") -> list[E
         raise ValueError(f"unknown kind {kind!r}")
     if fmt == "group":
         prompt = _get_prompt(row, "prompt", where)
-        comps = row["completions"]
+        comps = row.get("completions")
+        if comps is None:
+            raise DataError(where, "missing", field="completions")
         if not isinstance(comps, list) or not comps:
             raise DataError(where, "expected a non-empty list of strings", field="completions")
         for i, c in enumerate(comps):

@@ -20,6 +20,14 @@ FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 
 
 @dataclass
+class InvalidRow:
+    """A row that could not be read (bad JSON, bad UTF-8, ...). It is yielded, not raised, so that one bad
+    line can be skipped and counted (`skip_invalid`); records.to_examples raises its `error`."""
+
+    error: DataError
+
+
+@dataclass
 class Source:
     """One data source. A plain string in YAML is shorthand for `{path: <string>}`."""
 
@@ -70,26 +78,39 @@ def _open_bytes(path: Path) -> bytes:
     return data
 
 
+def _decode(path: Path, data: bytes) -> str:
+    """The whole file as text (a UTF-8 byte-order mark is dropped); bad UTF-8 names its line."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        col = e.start - (data.rfind(b"\n", 0, e.start) + 1)
+        raise DataError(f"{path}:{line}", f"invalid UTF-8 (byte {col} of the line)") from None
+
+
 def _jsonl(path: Path) -> Iterator[tuple[str, object]]:
-    for lineno, raw in enumerate(_open_bytes(path).split(b"\n"), start=1):
+    data = _open_bytes(path)
+    if data.startswith(b"\xef\xbb\xbf"):  # UTF-8 byte-order mark (some editors write one)
+        data = data[3:]
+    for lineno, raw in enumerate(data.split(b"\n"), start=1):
         where = f"{path}:{lineno}"
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise DataError(where, f"invalid UTF-8 (byte {e.start} of the line)") from None
+            yield where, InvalidRow(DataError(where, f"invalid UTF-8 (byte {e.start} of the line)"))
+            continue
         if not line.strip():
             continue
         try:
-            yield where, json.loads(line)
+            row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise DataError(where, f"invalid JSON: {e.msg} (column {e.colno})") from None
+            row = InvalidRow(DataError(where, f"invalid JSON: {e.msg} (column {e.colno})"))
+        yield where, row
 
 
 def _json(path: Path) -> Iterator[tuple[str, object]]:
     try:
-        data = json.loads(_open_bytes(path).decode("utf-8"))
-    except UnicodeDecodeError as e:
-        raise DataError(str(path), f"invalid UTF-8 at byte {e.start}") from None
+        data = json.loads(_decode(path, _open_bytes(path)))
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}", f"invalid JSON: {e.msg} (column {e.colno})") from None
     if isinstance(data, dict):  # {"data": [...]} or a column dict are common; accept a list under one key
@@ -104,13 +125,41 @@ def _json(path: Path) -> Iterator[tuple[str, object]]:
 
 
 def _csv(path: Path) -> Iterator[tuple[str, object]]:
+    data = _open_bytes(path)
+    if data.startswith(b"\xef\xbb\xbf"):  # the byte-order mark spreadsheet programs write
+        data = data[3:]
+    # surrogateescape keeps going past bad UTF-8; the rows holding it are reported one by one below
+    reader = csv.DictReader(io.StringIO(data.decode("utf-8", errors="surrogateescape"), newline=""))
     try:
-        text = _open_bytes(path).decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(str(path), f"invalid UTF-8 at byte {e.start}") from None
-    reader = csv.DictReader(io.StringIO(text))
-    for row in reader:
-        yield f"{path}:{reader.line_num}", dict(row)
+        header_len = len(reader.fieldnames or [])
+    except csv.Error as e:
+        raise DataError(f"{path}:1", f"unreadable CSV header ({e})") from None
+    end = reader.line_num  # the line where the previous record ended; a record names the line it starts on
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:  # NUL byte, a field over the size limit, ...: the file cannot be read on
+            raise DataError(f"{path}:{end + 1}", f"unreadable CSV ({e})") from None
+        where, end = f"{path}:{end + 1}", reader.line_num
+        bad_utf8 = [k for k, v in row.items() if isinstance(v, str) and _has_surrogates(v)]
+        if None in row:
+            yield where, InvalidRow(DataError(where, f"{header_len + len(row[None])} values, but the header "
+                                                     f"has {header_len} columns"))
+        elif bad_utf8 or any(_has_surrogates(k) for k in row if isinstance(k, str)):
+            yield where, InvalidRow(DataError(where, "invalid UTF-8", field=(bad_utf8 or [None])[0]))
+        else:
+            yield where, dict(row)
+
+
+def _has_surrogates(text: str) -> bool:
+    """Whether `text` holds bytes that were not UTF-8 (decoded with errors="surrogateescape")."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _parquet(path: Path) -> Iterator[tuple[str, object]]:
@@ -158,7 +207,9 @@ def read_rows(source: Source) -> Iterator[tuple[str, object]]:
                 raise DataError(str(path), f"unknown file format '{suffix or '(no suffix)'}': use one of "
                                            f"{', '.join(FILE_SUFFIXES)} (optionally gzipped)")
             rows_iter = readers[suffix](path)
-        elif suffix in FILE_SUFFIXES or path.is_dir() or "/" not in source.path and "." in source.path:
+        elif (suffix in FILE_SUFFIXES or path.is_dir() or "/" not in source.path and "." in source.path
+              or source.path.startswith((".", "/", "~")) or path.parent != Path(".") and path.parent.is_dir()):
+            # a local path (not a `datasets` name such as org/name): say it is missing
             raise DataError(str(path), "file not found" if not path.exists() else "is a directory, not a file")
         else:
             rows_iter = _datasets(source)

@@ -71,15 +71,14 @@ class Tokenizer:
             self.end_id = tokenizer.convert_tokens_to_ids(spec.end_token)
             if self.end_id is None or self.end_id == tokenizer.unk_token_id:
                 raise LitAlignError(f"end_token '{spec.end_token}' is not a token of this tokenizer")
-        bos = tokenizer.bos_token_id
         # Plain-text prompts get the BOS the tokenizer would add itself (templates write their own).
-        self.bos = [bos] if bos is not None and getattr(tokenizer, "add_bos_token", False) else []
+        self.bos = _leading_special_ids(tokenizer)
 
     def ids(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"]
 
     def context_ids(self, ex: Example) -> tuple[list[int], bool]:
-        """(context ids, whether the prompt was rendered as a plain HH-style dialogue)."""
+        """(context ids, whether the prompt was rendered as a plain HH-style dialogue ending in "Assistant:")."""
         if ex.prompt is None:
             ids, plain_dialogue = list(self.bos), False
         elif self.use_template:
@@ -91,16 +90,25 @@ class Tokenizer:
         else:
             text = "".join(f"\n\n{_PLAIN_ROLES.get(m['role'], m['role'])}: {m['content']}" for m in ex.prompt)
             ids, plain_dialogue = self.bos + self.ids(text + "\n\nAssistant:"), True
-        return ids + (self.ids(ex.prefix) if ex.prefix else []), plain_dialogue
+        return ids + self._prefix_ids(ex, plain_dialogue), plain_dialogue
+
+    def _prefix_ids(self, ex: Example, plain_dialogue: bool) -> list[int]:
+        if not ex.prefix:
+            return []
+        if plain_dialogue and not ex.prefix[:1].isspace():
+            return self.ids(" " + ex.prefix)  # "Assistant: prefix", as in an HH dialogue
+        return self.ids(ex.prefix)
 
     def __call__(self, ex: Example) -> "Tokenized | str":
         """Token ids of `ex`, or the reason it is dropped (DROP_*)."""
         spec = self.spec
         context, plain_dialogue = self.context_ids(ex)
-        prefix_len = len(self.ids(ex.prefix)) if ex.prefix else 0
+        prefix_len = len(self._prefix_ids(ex, plain_dialogue))
+        # a bare text (no prompt) keeps room for the BOS before it; otherwise the context is cut, not the answer
+        room = spec.max_length - (len(context) if ex.prompt is None and not ex.prefix else 0)
         conts = []
         for text in ex.continuations:
-            if plain_dialogue and not text[:1].isspace():
+            if plain_dialogue and not ex.prefix and text and not text[:1].isspace():
                 text = " " + text  # "Assistant: answer", as in the HH dialogues it came from
             ids = self.ids(text)
             if not ex.partial:
@@ -108,7 +116,7 @@ class Tokenizer:
                     raise LitAlignError(f"{ex.where}: the tokenizer has no EOS token; set end_token, "
                                         "or mark the record partial: true")
                 ids.append(self.end_id)
-            conts.append(ids[: spec.max_length])  # a too-long answer is cut on the right
+            conts.append(ids[: max(room, 0)])  # a too-long answer is cut on the right
         longest = max(len(c) for c in conts)
         budget = max(spec.max_length - longest, 0)
         if spec.max_prompt_length is not None:
@@ -124,3 +132,17 @@ class Tokenizer:
         if any(len(c) - (0 if context else 1) <= 0 for c in conts):
             return DROP_NO_TARGET
         return Tokenized(context, conts, prefix_len, ex.weight, ex.group, ex.where, ex.categories)
+
+
+def _leading_special_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The special tokens the tokenizer puts before a text (e.g. [BOS]); found by tokenizing a probe text
+    with and without them, since `add_bos_token` is not set where a post-processor adds the BOS."""
+    probe = "a b"
+    plain = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    full = tokenizer(probe, add_special_tokens=True)["input_ids"]
+    for start in range(len(full) - len(plain) + 1):
+        if full[start: start + len(plain)] == plain:
+            lead = full[:start]
+            special = set(tokenizer.all_special_ids)
+            return lead if all(i in special for i in lead) else []
+    return []
