@@ -85,3 +85,28 @@ def test_gradient_accumulation_gives_the_same_gradient(tmp_path):
     batch = next(iter(dm.train_dataloader()))
     tokens = (batch["labels"][:, 1:] != -100).sum(-1)
     assert tokens[:4].sum() != tokens[4:].sum()
+
+
+def test_named_validation_sets_are_logged_separately(tmp_path):
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    model = SFT(policy=ModelSpec("builtin:tiny"))
+    dm = AlignDataModule(train={"path": "builtin:ab", "limit": 16},
+                         val={"id": {"path": "builtin:ab", "split": "id", "limit": 8},
+                              "ood": {"path": "builtin:ab", "split": "ood", "limit": 8}},
+                         batch_size=4, max_length=96)
+    dm.connect(model.tokenizer, model.kind)
+    trainer = pl.Trainer(max_steps=2, accelerator="cpu", logger=TensorBoardLogger(tmp_path), enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, val_check_interval=2)
+    trainer.fit(model, datamodule=dm)
+    metrics = trainer.logged_metrics
+    assert {"val_id/loss", "val_ood/loss", "val_id/token_accuracy", "val_ood/token_accuracy"} <= metrics.keys()
+    assert metrics["val_id/loss"] != metrics["val_ood/loss"]
+    # the logged value is the token-weighted mean over the whole set
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for batch in dm.val_dataloader()[1]:
+            s, c = model.step(batch)["loss"]
+            total, count = total + s.item(), count + c.item()
+    assert metrics["val_ood/loss"].item() == pytest.approx(total / count, rel=1e-5)

@@ -2,7 +2,8 @@
 
 Every task has known right answers, so learning is measurable on a tiny model in seconds:
 
-    sft     {prompt, completion}: counting, small sums, fruit colours
+    sft     {prompt, completion}: counting, sums, fruit colours (asked in several phrasings, so a
+            held-out prompt is a new phrasing of a known fact or new numbers, never an unknowable fact)
     pairs   {prompt, chosen, rejected}: the right answer vs a wrong one
     steers  {prompt, prefix, chosen, rejected, partial: true}: a count whose partial answer (the shared
             prefix) is right so far; the rejected continuation goes wrong at the next item, the chosen one
@@ -32,6 +33,9 @@ FRUIT_COLOURS = {
     "orange": "orange", "apricot": "orange", "blueberry": "blue", "coconut": "brown",
 }
 COLOURS = sorted(set(FRUIT_COLOURS.values()))
+COLOUR_QUESTIONS = ("What colour is {a} {fruit}?", "What is the colour of {a} {fruit}?",
+                    "Tell me the colour of {a} {fruit}.", "Which colour does {a} {fruit} have?",
+                    "Name the colour of {a} {fruit}.", "What colour would {a} {fruit} be?")
 
 
 def _held_out(prompt: str) -> bool:
@@ -47,7 +51,7 @@ def _qa(rng: random.Random) -> tuple[str, str, str]:
     """(prompt, right answer, wrong answer) for one of three small task families."""
     kind = rng.choice(("count", "count", "add", "colour"))
     if kind == "count":
-        start = rng.randint(0, 40)
+        start = rng.randint(0, 300)
         stop = start + rng.randint(3, 8)
         items = list(range(start, stop + 1))
         wrong = list(items)
@@ -55,14 +59,15 @@ def _qa(rng: random.Random) -> tuple[str, str, str]:
         wrong[k] += rng.choice((-1, 1, 2))  # one item goes wrong
         return f"Count from {start} to {stop}.", _count(start, stop) + ".", ", ".join(map(str, wrong)) + "."
     if kind == "add":
-        a, b = rng.randint(0, 20), rng.randint(0, 20)
+        a, b = rng.randint(0, 40), rng.randint(0, 40)
         off = rng.choice((-2, -1, 1, 2, 10))
         return f"What is {a} plus {b}?", f"{a} plus {b} is {a + b}.", f"{a} plus {b} is {a + b + off}."
     fruit = rng.choice(sorted(FRUIT_COLOURS))
     colour = FRUIT_COLOURS[fruit]
     wrong = rng.choice([c for c in COLOURS if c != colour])
     article = "An" if fruit[0] in "aeiou" else "A"
-    return f"What colour is {article.lower()} {fruit}?", f"{article} {fruit} is {colour}.", f"{article} {fruit} is {wrong}."
+    question = rng.choice(COLOUR_QUESTIONS).format(a=article.lower(), fruit=fruit)
+    return question, f"{article} {fruit} is {colour}.", f"{article} {fruit} is {wrong}."
 
 
 def _sft(rng: random.Random) -> dict:
@@ -76,7 +81,7 @@ def _pairs(rng: random.Random) -> dict:
 
 
 def _steers(rng: random.Random) -> dict:
-    start = rng.randint(0, 60)
+    start = rng.randint(0, 300)
     stop = start + rng.randint(5, 10)
     items = list(range(start, stop + 1))
     k = rng.randint(2, len(items) - 3)  # items[:k] are the shared, correct partial answer
