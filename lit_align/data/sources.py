@@ -128,6 +128,7 @@ def _csv(path: Path) -> Iterator[tuple[str, object]]:
     data = _open_bytes(path)
     if data.startswith(b"\xef\xbb\xbf"):  # the byte-order mark spreadsheet programs write
         data = data[3:]
+    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))  # the default 128 KiB cuts long texts
     # surrogateescape keeps going past bad UTF-8; the rows holding it are reported one by one below
     reader = csv.DictReader(io.StringIO(data.decode("utf-8", errors="surrogateescape"), newline=""))
     try:
