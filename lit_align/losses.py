@@ -6,6 +6,11 @@ which divides the summed loss by the global count of what it is averaged over.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -16,3 +21,102 @@ def nll(token_logps: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     The SFT loss is sum(nll) / sum(tokens) over the whole optimizer step: a mean over target tokens.
     """
     return -(token_logps * mask).sum(-1), mask.sum(-1)
+
+
+# -- preference losses --------------------------------------------------------------------------------
+# Every preference loss takes the per-example sequence log-probs of the chosen and rejected continuations
+# under the policy (with gradient) and the reference (constants), each (B,) fp32, and returns a
+# `PreferenceLoss`: per-example losses (B,) plus the implicit rewards β·(log π - log π_ref), detached.
+
+
+@dataclass
+class PreferenceLoss:
+    losses: Tensor
+    """(B,) per-pair loss, with gradient."""
+    chosen_rewards: Tensor
+    """(B,) β (log π(y_w|x) - log π_ref(y_w|x)), detached."""
+    rejected_rewards: Tensor
+    """(B,) β (log π(y_l|x) - log π_ref(y_l|x)), detached."""
+
+
+def _logits(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor, ref_rejected: Tensor) -> Tensor:
+    """h = (log π(y_w) - log π(y_l)) - (log π_ref(y_w) - log π_ref(y_l)), (B,)."""
+    return (policy_chosen - policy_rejected) - (ref_chosen - ref_rejected)
+
+
+def _rewards(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: float) -> tuple[Tensor, Tensor]:
+    return (beta * (policy_chosen - ref_chosen)).detach(), (beta * (policy_rejected - ref_rejected)).detach()
+
+
+def dpo_sigmoid_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor, ref_rejected: Tensor,
+                     beta: float = 0.1, label_smoothing: float = 0.0) -> PreferenceLoss:
+    """DPO (Rafailov et al. 2023): -log σ(β h); with label smoothing ε, conservative DPO (cDPO, Mitchell 2023):
+
+        l = -(1 - ε) log σ(β h) - ε log σ(-β h)
+
+    the expected DPO loss when each preference label is flipped with probability ε. ε = 0 is plain DPO.
+    With policy = reference, h = 0 and l = log 2 for every ε.
+    """
+    h = _logits(policy_chosen, policy_rejected, ref_chosen, ref_rejected)
+    losses = -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
+    return PreferenceLoss(losses, *_rewards(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta))
+
+
+def robust_dpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor, ref_rejected: Tensor,
+                    beta: float = 0.1, label_smoothing: float = 0.0) -> PreferenceLoss:
+    """Robust DPO (Chowdhury et al. 2024): the unbiased loss under labels flipped with probability ε < 1/2,
+
+        l = (-(1 - ε) log σ(β h) + ε log σ(-β h)) / (1 - 2ε)
+
+    ε = 0 is plain DPO.
+    """
+    if not 0 <= label_smoothing < 0.5:
+        raise ValueError(f"robust DPO needs 0 <= label_smoothing < 0.5, got {label_smoothing}")
+    h = _logits(policy_chosen, policy_rejected, ref_chosen, ref_rejected)
+    losses = (-(1 - label_smoothing) * F.logsigmoid(beta * h)
+              + label_smoothing * F.logsigmoid(-beta * h)) / (1 - 2 * label_smoothing)
+    return PreferenceLoss(losses, *_rewards(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta))
+
+
+def ipo_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor, ref_rejected: Tensor,
+             beta: float = 0.1, label_smoothing: float = 0.0) -> PreferenceLoss:
+    """IPO (Azar et al. 2023): regress h onto 1/(2β) (β plays the role of the paper's τ),
+
+        l = (h - 1/(2β))²
+
+    The paper's h uses summed log-probs; implementations often length-normalise them (see DPO's
+    `length_normalize`). `label_smoothing` is not used.
+    """
+    h = _logits(policy_chosen, policy_rejected, ref_chosen, ref_rejected)
+    losses = (h - 1 / (2 * beta)) ** 2
+    return PreferenceLoss(losses, *_rewards(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta))
+
+
+def hinge_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor, ref_rejected: Tensor,
+               beta: float = 0.1, label_smoothing: float = 0.0) -> PreferenceLoss:
+    """Hinge loss on the reward margin (SLiC, Zhao et al. 2023; RSO, Liu et al. 2023):
+
+        l = max(0, 1 - β h)
+
+    `label_smoothing` is not used.
+    """
+    h = _logits(policy_chosen, policy_rejected, ref_chosen, ref_rejected)
+    losses = torch.relu(1 - beta * h)
+    return PreferenceLoss(losses, *_rewards(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta))
+
+
+PREFERENCE_LOSSES: dict[str, Callable[..., PreferenceLoss]] = {
+    "sigmoid": dpo_sigmoid_loss,
+    "robust": robust_dpo_loss,
+    "ipo": ipo_loss,
+    "hinge": hinge_loss,
+}
+"""Loss variants by the name a config gives them (`DPO.loss`)."""
+
+
+def chosen_nll(chosen_logps: Tensor, chosen_tokens: Tensor) -> Tensor:
+    """Per-pair NLL of the chosen continuation, a mean over its tokens: -log π(y_w|x) / |y_w|, (B,).
+
+    The optional NLL term of DPO (as in RPO, Pang et al. 2024): added per pair, α · chosen_nll.
+    """
+    return -chosen_logps / chosen_tokens.clamp(min=1)
