@@ -401,6 +401,37 @@ def test_hh_rlhf_file(tokenizer):
     assert summary.rows == 200 and summary.kept + summary.invalid + sum(summary.dropped.values()) == 200
 
 
+def test_hh_style_prompt_text_is_read_as_a_dialogue(tokenizer):
+    """Prompt strings in HH form (probe sets, many DPO sets) render like the dialogues of HH records, not as
+    one user message that holds "Human:" and "Assistant:"."""
+    prompt = HH_ROW["chosen"][: HH_ROW["chosen"].rindex("\n\nAssistant:") + len("\n\nAssistant:")]
+    row = {"prompt": prompt, "chosen": " 3 plus 3 is 6.", "rejected": " 3 plus 3 is 7."}
+    (templ,) = one(tokenizer, row, kind="pair")
+    assert templ.context == template_ids(tokenizer, HH_PROMPT) == one(tokenizer, HH_ROW, kind="pair")[0].context
+    (plain,) = one(tokenizer, row, kind="pair", chat_template=False)
+    assert plain.context == ids(tokenizer, prompt)  # the original text, token for token
+    assert plain.continuations[0] == ids(tokenizer, " 3 plus 3 is 6.") + [tokenizer.eos_token_id]
+    # text that merely mentions a Human is left alone
+    (other,) = one(tokenizer, {"prompt": "Human: what is 1 plus 1?", "completion": "2"}, chat_template=False)
+    assert other.context == ids(tokenizer, "Human: what is 1 plus 1?")
+
+
+@requires_shared
+def test_probe_file(tokenizer):
+    path = SHARED_DATA / "probes" / "hh_helpful_formal_prob_test.jsonl"
+    tk = Tokenizer(tokenizer, TokenizeSpec(max_length=4096))
+    n = 0
+    for where, row in read_rows(Source(str(path), limit=100)):
+        (ex,) = to_examples(row, where, "probe")
+        assert "chosen" in ex.categories and "rejected" in ex.categories and len(ex.categories) >= 10
+        assert isinstance(ex.prompt, list) and ex.prompt[-1]["role"] == "user"
+        n += 1
+    assert n == 100
+    tok_ex = tk(ex)
+    assert tokenizer.decode(tok_ex.context).startswith("<|im_start|>user\n")
+    assert "Human:" not in tokenizer.decode(tok_ex.context[:20])
+
+
 def test_contrast_pairs(tokenizer):
     row = {"question": "Is 5 greater than 2?\n\nChoices:\n (A) No\n (B) Yes\n\nAnswer:",
            "answer_matching_behavior": " (B)", "answer_not_matching_behavior": " (A)"}

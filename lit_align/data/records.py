@@ -104,9 +104,17 @@ def _get_weight(row: dict, where: str) -> float | None:
 
 
 def _get_prompt(row: dict, key: str, where: str) -> "str | list[dict]":
+    """A prompt: chat messages, or text. An HH-style text ("\\n\\nHuman: ...\\n\\nAssistant:") becomes
+    messages, so that it is rendered like the HH dialogues of `hh` records (chat template or plain)."""
     if isinstance(row.get(key), list):
         return _get_messages(row, key, where)
-    return _get_text(row, key, where)
+    text = _get_text(row, key, where)
+    stripped = text.strip()
+    if stripped.startswith("Human:") and stripped.endswith("\n\nAssistant:"):
+        messages, last = split_hh("\n\n" + stripped, where, key)
+        if not last and messages:
+            return messages
+    return text
 
 
 def detect_format(row: dict, where: str) -> str:
