@@ -14,9 +14,13 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     "${pip[@]}" "torch>=2.4"
   else
     echo "setup: no GPU: installing the CPU build of torch"
-    # a local CPU wheel if pip's find-links has one, else PyTorch's CPU index
-    "${pip[@]}" --no-index "torch==2.13.0" 2>/dev/null \
-      || "${pip[@]}" "torch>=2.4" --index-url https://download.pytorch.org/whl/cpu
+    # a local CPU wheel if pip's find-links has one (then its dependencies from the usual index),
+    # else PyTorch's CPU index
+    if "${pip[@]}" --no-index --no-deps "torch==2.13.0" 2>/dev/null; then
+      "${pip[@]}" "torch==2.13.0"
+    else
+      "${pip[@]}" "torch>=2.4" --index-url https://download.pytorch.org/whl/cpu --extra-index-url https://pypi.org/simple
+    fi
   fi
 fi
 "${pip[@]}" -e ".${extra:+[$extra]}" 2>&1 | grep -v "^WARNING: Location" || true
