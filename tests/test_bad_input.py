@@ -215,3 +215,15 @@ def test_cli_reports_bad_data_without_a_traceback(tmp_path):
     message = [line for line in result.stderr.splitlines() if line.startswith("lit_align: error:")]
     assert message == [f"lit_align: error: {bad}:3: field 'completion': expected a string, got int"], \
         result.stderr[-3000:]
+
+
+def test_bad_source_options():
+    from lit_align.data.sources import as_source
+
+    assert as_source({"path": "x.jsonl", "limit": 3}).limit == 3
+    with pytest.raises(LitAlignError, match="unknown option 'pth'"):
+        as_source({"pth": "x.jsonl"})
+    with pytest.raises(LitAlignError, match="no 'path'"):
+        as_source({"split": "val"})
+    with pytest.raises(LitAlignError, match="give a path"):
+        AlignDataModule(train=5)

@@ -10,7 +10,7 @@ import csv
 import gzip
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Iterator
 
@@ -56,10 +56,15 @@ def as_source(value: "str | Source | dict") -> Source:
         return value
     if isinstance(value, str):
         return Source(path=value)
+    if not isinstance(value, dict) and hasattr(value, "__dict__"):  # a jsonargparse Namespace
+        value = {k: v for k, v in vars(value).items() if not k.startswith("_")}
     if isinstance(value, dict):
+        known = {f.name for f in fields(Source)}
+        unknown = sorted(set(value) - known)
+        if unknown or "path" not in value:
+            raise LitAlignError(f"Data source {value!r}: " + (f"unknown option '{unknown[0]}'" if unknown else
+                                "no 'path'") + f"; the options are {', '.join(f.name for f in fields(Source))}.")
         return Source(**value)
-    if hasattr(value, "__dict__"):  # a jsonargparse Namespace
-        return Source(**{k: v for k, v in vars(value).items() if not k.startswith("_")})
     raise LitAlignError(f"Cannot read a data source from {value!r}: give a path or {{path: ..., split: ...}}.")
 
 
