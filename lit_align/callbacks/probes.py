@@ -1,0 +1,320 @@
+"""Learning-dynamics probes: how the log-probability of many kinds of response moves during training.
+
+Given probe sets of records `{prompt, <category>: response, ...}` (e.g. the chosen answer, the rejected one,
+paraphrases of each, another prompt's answer, a shuffled answer, a non-response), `Probes` computes under
+the current model, at step 0, every `every_n_steps` optimizer steps and at the end of training, for every
+set and category:
+
+    probe/<set>/<category>        mean over the set's records of  log π(response | prompt)
+                                  (summed over the response's target tokens, end token included)
+    probe_token/<set>/<category>  mean over the set's records of  log π(response | prompt) / |response|
+
+and logs them to every logger at the current global step, with a TensorBoard custom-scalars layout
+(tab CUSTOM SCALARS) that puts the categories of one set on one chart. With `greedy: n`, the first n
+prompts of each set are also answered greedily by the current model, and the log-prob of that answer is
+logged as the category `greedy` (its text under `probe_text/<set>`).
+
+Probe records are read with the training data's machinery (data/datamodule.build_split with kind "probe",
+the objective's tokenizer and the data module's tokenization options: chat template, end token,
+max_length, truncation), so a probe's `chosen` is tokenized exactly as the training pair's chosen answer.
+One record's categories share its (possibly truncated) context.
+
+Cost and correctness: batched (rows sorted by length), no gradient, eval mode (no dropout), the
+trainer's precision context; every module's train/eval flag and the torch RNG states are restored, and
+parameter gradients are never touched, so training is unchanged by probing. Under DDP/FSDP the rows are
+sharded over the ranks (every rank runs the same number of batches) and the sums and counts all-reduced.
+Seconds spent probing vs training are logged (`probe_cost/seconds`, `probe_cost/fraction`) and printed at
+the end of `fit`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import dataclass, replace
+
+import torch
+from lightning.pytorch import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+from lit_align.data.collate import collate
+from lit_align.data.datamodule import SplitSummary, build_split
+from lit_align.data.records import Example
+from lit_align.data.sources import Source, as_source
+from lit_align.data.tokenize import Tokenized, Tokenizer, TokenizeSpec
+from lit_align.errors import LitAlignError
+from lit_align.logprobs import forward_logps
+
+GREEDY = "greedy"
+NO_CATEGORY = "none of the probe categories"
+
+
+@dataclass
+class ProbeSet:
+    """A probe set, tokenized and flattened to one row per (record, category)."""
+
+    name: str
+    categories: list[str]
+    rows: list[tuple[int, Tokenized]]
+    """(category index, one-continuation example), sorted by length."""
+    contexts: list[list[int]]
+    """The records' contexts, in file order (prompts for greedy answers)."""
+    summary: SplitSummary
+
+
+class Probes(Callback):
+    def __init__(
+        self,
+        sets: "dict[str, Source | str] | None" = None,
+        every_n_steps: int = 100,
+        categories: "list[str] | dict[str, str] | None" = None,
+        batch_size: int = 16,
+        greedy: int = 0,
+        max_new_tokens: int = 64,
+        max_length: int | None = None,
+        max_prompt_length: int | None = None,
+        warn_fraction: float = 0.25,
+    ):
+        """
+        Args:
+            sets: named probe sets (file, builtin:<task>, or {path, limit, ...}); each record
+                `{prompt, <category>: response, ...}`. Logged as probe/<name>/<category>.
+            every_n_steps: probe every this many optimizer steps (and at step 0 and at the end of training).
+            categories: which fields are probed: a list of field names, or {logged name: field name};
+                None: every string field but the prompt.
+            batch_size: rows (one response each) per forward pass.
+            greedy: answer the first this many prompts of each set greedily and log the answer's log-prob
+                as the category `greedy` (0: off).
+            max_new_tokens: length limit of greedy answers.
+            max_length: override the data module's max_length for probes (context + one response).
+            max_prompt_length: override the data module's max_prompt_length for probes.
+            warn_fraction: warn when probing takes more than this fraction of the run's time.
+        """
+        if every_n_steps < 1:
+            raise LitAlignError(f"probes: every_n_steps must be >= 1, not {every_n_steps}")
+        self.sources = {name: as_source(s) for name, s in (sets or {}).items()}
+        for name in self.sources:
+            if not name or "/" in name:
+                raise LitAlignError(f"probes: a set name must be non-empty and contain no '/': '{name}'")
+        self.every_n_steps, self.batch_size = every_n_steps, batch_size
+        self.fields: dict[str, str] | None = None  # field -> logged name
+        if isinstance(categories, dict):
+            self.fields = {field: name for name, field in categories.items()}
+        elif categories is not None:
+            self.fields = {c: c for c in categories}
+        self.greedy, self.max_new_tokens = greedy, max_new_tokens
+        self.max_length, self.max_prompt_length = max_length, max_prompt_length
+        self.warn_fraction = warn_fraction
+        self.sets: list[ProbeSet] | None = None
+        self.probe_seconds = 0.0
+        self.n_probes = 0
+        self.history: dict[int, dict[str, float]] = {}
+        """global step -> the metrics logged at it (on every rank)."""
+        self._fit_start: float | None = None
+        self._last_step: int | None = None
+        self._layout_written = False
+        self._end_id: int | None = None
+        self._texts: dict[str, str] = {}
+
+    # -- data -------------------------------------------------------------------------------------------
+    def _tokenizer(self, trainer, pl_module) -> Tokenizer:
+        dm = getattr(trainer, "datamodule", None)
+        spec = replace(dm.spec) if dm is not None and hasattr(dm, "spec") else TokenizeSpec()
+        if self.max_length is not None:
+            spec.max_length = self.max_length
+        if self.max_prompt_length is not None:
+            spec.max_prompt_length = self.max_prompt_length
+        return Tokenizer(pl_module.tokenizer, spec)
+
+    def _select(self, ex: Example) -> Example | None:
+        if self.fields is None:
+            return ex
+        kept = [(self.fields[c], text) for c, text in zip(ex.categories, ex.continuations) if c in self.fields]
+        if not kept:
+            return None
+        return replace(ex, categories=[c for c, _ in kept], continuations=[t for _, t in kept])
+
+    def build(self, trainer, pl_module) -> list[ProbeSet]:
+        """Read and tokenize the probe sets (once)."""
+        if self.sets is not None:
+            return self.sets
+        tokenizer = self._tokenizer(trainer, pl_module)
+        self._end_id = tokenizer.end_id
+
+        def tokenize(ex: Example) -> Tokenized | str:
+            ex = self._select(ex)
+            return NO_CATEGORY if ex is None else tokenizer(ex)
+
+        sets = []
+        for name, source in self.sources.items():
+            split, summary = build_split(f"probe {name}", source, "probe", tokenize)
+            rank_zero_info(f"data {summary.line()}")
+            order = list(self.fields.values()) if self.fields is not None else []
+            for ex in split.examples:
+                order += [c for c in ex.categories if c not in order]
+            rows = [(order.index(c), replace(ex, continuations=[cont], categories=[c]))
+                    for ex in split.examples for c, cont in zip(ex.categories, ex.continuations)]
+            rows.sort(key=lambda r: len(r[1].context) + len(r[1].continuations[0]))
+            sets.append(ProbeSet(name, order, rows, [ex.context for ex in split.examples], summary))
+        self.sets = sets
+        return sets
+
+    # -- computation ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def compute(self, trainer, pl_module) -> dict[str, float]:
+        """Probe the current model: {tag: value} for every set and category (the same on every rank)."""
+        model = pl_module.model
+        device = pl_module.device
+        rank, world = trainer.global_rank, trainer.world_size
+        pad_id = pl_module.tokenizer.pad_token_id
+        modes = [(m, m.training) for m in model.modules()]
+        rng = torch.get_rng_state()
+        cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+        model.eval()
+        metrics: dict[str, float] = {}
+        texts: dict[str, str] = {}
+        try:
+            with trainer.precision_plugin.forward_context():
+                for ps in self.build(trainer, pl_module):
+                    # per category: [sum of log p, sum of per-token log p, records]
+                    acc = torch.zeros(len(ps.categories) + 1, 3, dtype=torch.float64, device=device)
+                    shard = _shard(ps.rows, rank, world)
+                    for start in range(0, len(shard), self.batch_size):
+                        chunk = shard[start: start + self.batch_size]
+                        batch = collate([(i, ex) for i, (_, ex, _) in enumerate(chunk)], pad_id)
+                        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+                        out = forward_logps(model, batch)
+                        seq, tokens = out.sequence.double(), out.tokens.double()          # (n,)
+                        cats = torch.tensor([c for c, _, _ in chunk], device=device)
+                        real = torch.tensor([r for _, _, r in chunk], device=device, dtype=torch.float64)
+                        acc.index_add_(0, cats, torch.stack([seq, seq / tokens, torch.ones_like(seq)], -1)
+                                       * real[:, None])
+                    if self.greedy > 0:
+                        acc[-1], sample = self._greedy(ps, model, trainer, device, pad_id)
+                        if sample:
+                            texts[ps.name] = sample
+                    acc = trainer.strategy.reduce(acc, reduce_op="sum")
+                    for j, cat in enumerate(ps.categories + ([GREEDY] if self.greedy > 0 else [])):
+                        n = acc[j, 2].item()
+                        if n > 0:
+                            metrics[f"probe/{ps.name}/{cat}"] = acc[j, 0].item() / n
+                            metrics[f"probe_token/{ps.name}/{cat}"] = acc[j, 1].item() / n
+        finally:
+            for m, mode in modes:
+                m.training = mode
+            torch.set_rng_state(rng)
+            if cuda_rng is not None:
+                torch.cuda.set_rng_state_all(cuda_rng)
+        self._texts = texts
+        return metrics
+
+    def _greedy(self, ps: ProbeSet, model, trainer, device, pad_id) -> tuple[torch.Tensor, str]:
+        """Greedy answers to this rank's share of the first `greedy` prompts: ([sum log p, sum per-token, n], a sample)."""
+        prompts = ps.contexts[: self.greedy]
+        mine = _shard([(0, p) for p in prompts], trainer.global_rank, trainer.world_size)
+        acc = torch.zeros(3, dtype=torch.float64, device=device)
+        sample = ""
+        for start in range(0, len(mine), self.batch_size):
+            chunk = mine[start: start + self.batch_size]
+            C = max(len(p) for _, p, _ in chunk)
+            ids = torch.full((len(chunk), C), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(chunk), C), dtype=torch.long)
+            for b, (_, p, _) in enumerate(chunk):  # left padding: every prompt ends where generation starts
+                ids[b, C - len(p):], mask[b, C - len(p):] = torch.tensor(p), 1
+            gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
+                                 max_new_tokens=self.max_new_tokens, eos_token_id=self._end_id, pad_token_id=pad_id,
+                                 synced_gpus=trainer.world_size > 1)[:, C:].cpu()
+            items = []
+            for b, (_, p, real) in enumerate(chunk):
+                answer = gen[b].tolist()
+                if self._end_id in answer:
+                    answer = answer[: answer.index(self._end_id) + 1]
+                answer = answer or [self._end_id]
+                items.append((b, Tokenized(p, [answer], 0, None, None, "greedy", [GREEDY])))
+                if not sample and real and start == 0 and b == 0:
+                    sample = self._decode(model, p, answer)
+            batch = collate(items, pad_id)
+            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            out = forward_logps(model, batch)
+            real = torch.tensor([r for _, _, r in chunk], device=device, dtype=torch.float64)
+            seq, tokens = out.sequence.double(), out.tokens.double()
+            acc += torch.stack([(seq * real).sum(), (seq / tokens * real).sum(), real.sum()])
+        return acc, sample
+
+    def _decode(self, model, prompt: list[int], answer: list[int]) -> str:
+        tok = self._hf_tokenizer
+        return f"**prompt** {tok.decode(prompt)!r}\n\n**greedy answer** {tok.decode(answer)!r}"
+
+    # -- hooks --------------------------------------------------------------------------------------------
+    def _probe(self, trainer, pl_module) -> dict[str, float]:
+        step = trainer.global_step
+        self._hf_tokenizer = pl_module.tokenizer
+        start = time.perf_counter()
+        metrics = self.compute(trainer, pl_module)
+        self.probe_seconds += time.perf_counter() - start
+        self.n_probes += 1
+        self._last_step = step
+        self.history[step] = metrics
+        metrics = {**metrics, "probe_cost/seconds": self.probe_seconds}
+        if self._fit_start is not None:
+            metrics["probe_cost/fraction"] = self.probe_seconds / max(time.perf_counter() - self._fit_start, 1e-9)
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger) and not self._layout_written:
+                logger.experiment.add_custom_scalars(self.layout())
+            logger.log_metrics(metrics, step=step)
+            if isinstance(logger, TensorBoardLogger):
+                for name, text in self._texts.items():
+                    logger.experiment.add_text(f"probe_text/{name}", text, global_step=step)
+        self._layout_written = True
+        return metrics
+
+    def layout(self) -> dict:
+        """TensorBoard custom-scalars layout: one chart per set with all its categories, per sequence and per token."""
+        layout = {}
+        for ps in self.sets or []:
+            cats = ps.categories + ([GREEDY] if self.greedy > 0 else [])
+            layout[f"probe/{ps.name}"] = {
+                f"{ps.name}: log p(response | prompt), per sequence":
+                    ["Multiline", [f"^{re.escape(f'probe/{ps.name}/{c}')}$" for c in cats]],
+                f"{ps.name}: log p(response | prompt), per token":
+                    ["Multiline", [f"^{re.escape(f'probe_token/{ps.name}/{c}')}$" for c in cats]],
+            }
+        return layout
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._fit_start = time.perf_counter()
+        self.probe_seconds, self.n_probes = 0.0, 0
+        if self.sources:
+            self._probe(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if self.sources and step != self._last_step and step % self.every_n_steps == 0:
+            self._probe(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if not self.sources:
+            return
+        if trainer.global_step != self._last_step:
+            self._probe(trainer, pl_module)
+        total = time.perf_counter() - (self._fit_start or time.perf_counter())
+        train = max(total - self.probe_seconds, 0.0)
+        fraction = self.probe_seconds / total if total > 0 else 0.0
+        rows = sum(len(ps.rows) for ps in self.sets or [])
+        rank_zero_info(f"probes: {self.probe_seconds:.1f} s probing vs {train:.1f} s training ({100 * fraction:.1f}% "
+                       f"of the run): {self.n_probes} probes x {rows} responses in {len(self.sets or [])} sets")
+        if fraction > self.warn_fraction:
+            rank_zero_warn(f"probing took {100 * fraction:.0f}% of the run; raise probes.every_n_steps or set a "
+                           "`limit` on the probe sets")
+
+
+def _shard(rows: list, rank: int, world: int) -> list[tuple]:
+    """This rank's share of rows (a, b) as (a, b, real), with `real` 0 on padding rows, so that every rank
+    runs the same number of rows (FSDP needs every rank in every forward)."""
+    per_rank = math.ceil(len(rows) / world) if rows else 0
+    mine = [(*rows[i], 1.0) for i in range(rank, len(rows), world)]
+    if rows:
+        mine += [(*rows[0], 0.0)] * (per_rank - len(mine))
+    return mine

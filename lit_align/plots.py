@@ -1,0 +1,178 @@
+"""Figures from TensorBoard event files: probe grids (one panel per probe category, one line per run) and
+sweep curves (a metric against the number of training examples, one line per objective).
+
+matplotlib is imported only inside the plotting functions (it is in the `dev` extra), so that the package
+itself does not need it.
+
+    python scripts/plot_probes.py sft=logs/probes_sft dpo=logs/probes_dpo -o docs/figures/probes.png
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+import os
+from pathlib import Path
+
+
+def event_files(path: "str | Path") -> list[str]:
+    """The TensorBoard event files of a run: `path` is an event file, a version directory, or a directory
+    holding versions (all of them are read, in the order they were written, e.g. a run and its resumption)."""
+    path = str(path)
+    if os.path.isfile(path):
+        return [path]
+    files = glob.glob(os.path.join(path, "**", "events.out.tfevents.*"), recursive=True)
+    if not files:
+        raise FileNotFoundError(f"no TensorBoard event files under {path}")
+    return sorted(files, key=os.path.getmtime)
+
+
+def read_scalars(path: "str | Path", prefix: str = "") -> dict[str, list[tuple[int, float]]]:
+    """{tag: [(step, value), ...] sorted by step} of the scalars under `path` whose tag starts with `prefix`.
+    A step logged again (a resumed run) keeps its last value."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    merged: dict[str, dict[int, float]] = {}
+    for f in event_files(path):
+        ea = EventAccumulator(f, size_guidance={"scalars": 0})
+        ea.Reload()
+        for tag in ea.Tags()["scalars"]:
+            if tag.startswith(prefix):
+                merged.setdefault(tag, {}).update({e.step: e.value for e in ea.Scalars(tag)})
+    return {tag: sorted(points.items()) for tag, points in merged.items()}
+
+
+def _grid(n: int, ncols: int):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ncols = max(1, min(ncols, n))
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 2.5 * nrows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return plt, fig, list(axes.flat)
+
+
+def plot_probes(runs: "dict[str, str | Path]", out: "str | Path", sets: list[str] | None = None,
+                categories: list[str] | None = None, per_token: bool = False, delta: bool = False,
+                ncols: int = 4, title: str | None = None) -> Path:
+    """A grid of probe curves: one panel per (set, category), one line per run.
+
+    Args:
+        runs: {label: event file or log directory}, e.g. {"SFT": "logs/probes_sft", "DPO": "logs/probes_dpo"}.
+        out: the PNG to write.
+        sets / categories: which probe sets and categories (default: all, in logged order).
+        per_token: plot probe_token/... (mean per-token log-prob) instead of probe/... (per sequence).
+        delta: plot the change since the run's first probe, log p(t) - log p(0).
+    """
+    prefix = "probe_token/" if per_token else "probe/"
+    data = {label: read_scalars(path, prefix) for label, path in runs.items()}
+    panels: list[tuple[str, str]] = []
+    for scalars in data.values():
+        for tag in scalars:
+            parts = tag.split("/")
+            if len(parts) == 3 and (parts[1], parts[2]) not in panels:
+                panels.append((parts[1], parts[2]))
+    if sets is not None:
+        panels = [p for p in panels if p[0] in sets]
+        panels.sort(key=lambda p: sets.index(p[0]))
+    if categories is not None:
+        panels = [p for p in panels if p[1] in categories]
+        panels.sort(key=lambda p: ((sets or []).index(p[0]) if sets else 0, categories.index(p[1])))
+    if not panels:
+        raise ValueError(f"no {prefix}<set>/<category> scalars in {', '.join(map(str, runs.values()))}")
+    plt, fig, axes = _grid(len(panels), ncols)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (set_name, cat) in zip(axes, panels):
+        tag = f"{prefix}{set_name}/{cat}"
+        for i, (label, scalars) in enumerate(data.items()):
+            if tag not in scalars:
+                continue
+            steps, values = zip(*scalars[tag])
+            if delta:
+                values = [v - values[0] for v in values]
+            ax.plot(steps, values, label=label, color=colours[i % len(colours)], lw=1.6)
+        if delta:
+            ax.axhline(0.0, color="grey", lw=0.6, ls=":")
+        ax.set_title(f"{set_name} / {cat}", fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    what = "per-token" if per_token else "sequence"
+    fig.supxlabel("optimizer step", fontsize=9)
+    fig.supylabel(f"{'change in ' if delta else ''}{what} log p(response | prompt)", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def plot_sweep(rows: list[dict], metrics: list[str], out: "str | Path", x: str = "train_examples",
+               group: str = "objective", ncols: int = 3, title: str | None = None) -> Path:
+    """One panel per metric: the metric against `x` (log scale), one line per `group`, the mean over seeds
+    with a band from the lowest to the highest seed."""
+    plt, fig, axes = _grid(len(metrics), ncols)
+    groups = list(dict.fromkeys(r[group] for r in rows))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, metric in zip(axes, metrics):
+        for i, g in enumerate(groups):
+            by_x: dict[float, list[float]] = {}
+            for r in rows:
+                v = r.get(metric)
+                if r[group] == g and v not in (None, "") and not (isinstance(v, float) and math.isnan(v)):
+                    by_x.setdefault(float(r[x]), []).append(float(v))
+            if not by_x:
+                continue
+            xs = sorted(by_x)
+            mean = [sum(by_x[k]) / len(by_x[k]) for k in xs]
+            c = colours[i % len(colours)]
+            ax.plot(xs, mean, marker="o", label=f"{g}", color=c, lw=1.6)
+            if any(len(by_x[k]) > 1 for k in xs):
+                ax.fill_between(xs, [min(by_x[k]) for k in xs], [max(by_x[k]) for k in xs], color=c, alpha=0.15)
+        if "accuracy" in metric:
+            ax.axhline(0.5, color="grey", lw=0.6, ls=":")
+        ax.set_xscale("log")
+        ax.set_title(metric, fontsize=9)
+        ax.set_xlabel(x.replace("_", " "), fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line of scripts/plot_probes.py."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description="TensorBoard probe curves -> a PNG grid (one panel per probe category, one line per run).")
+    parser.add_argument("runs", nargs="+", help="LABEL=PATH (an event file or a log directory), or PATH")
+    parser.add_argument("-o", "--out", default="probes.png", help="the PNG to write")
+    parser.add_argument("--sets", nargs="*", help="probe sets to draw (default: all)")
+    parser.add_argument("--categories", nargs="*", help="categories to draw, in this order (default: all)")
+    parser.add_argument("--per-token", action="store_true", help="mean per-token log-prob (probe_token/...)")
+    parser.add_argument("--delta", action="store_true", help="change since the first probe")
+    parser.add_argument("--ncols", type=int, default=4)
+    parser.add_argument("--title")
+    args = parser.parse_args(argv)
+    runs = {}
+    for r in args.runs:
+        label, _, path = r.partition("=") if "=" in r else (Path(r).name, "", r)
+        runs[label] = path
+    out = plot_probes(runs, args.out, sets=args.sets, categories=args.categories, per_token=args.per_token,
+                      delta=args.delta, ncols=args.ncols, title=args.title)
+    print(f"wrote {out}")
