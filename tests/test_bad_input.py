@@ -206,7 +206,7 @@ def test_unknown_builtin_task(tokenizer):
 
 def test_cli_reports_bad_data_without_a_traceback(tmp_path):
     bad = tmp_path / "train.jsonl"
-    bad.write_text(json.dumps(GOOD) + "\n" + json.dumps(GOOD) + "\n" + json.dumps({"prompt": "a", "completion": 5}) + "\n")
+    write_lines(bad, [GOOD, GOOD, {"prompt": "a", "completion": 5}])
     result = run_cli(["fit", "--config", str(REPO / "configs" / "quickstart.yaml"),
                       "--model.init_args.policy.name", "builtin:tiny", "--data.init_args.train", str(bad),
                       "--trainer.max_steps", "1"], cwd=tmp_path, timeout=120)

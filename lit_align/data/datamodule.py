@@ -139,6 +139,7 @@ class AlignDataModule(LightningDataModule):
         self.kind: str | None = None
         self.splits: dict[str, TokenizedSplit] = {}
         self.summaries: dict[str, SplitSummary] = {}
+        self.split_kinds: dict[str, str] = {}  # split -> the kind its batches have (Source.kind, else self.kind)
 
     def connect(self, tokenizer, kind: str) -> None:
         """Wire in run-time values: the model's tokenizer and the example kind the objective consumes."""
@@ -169,17 +170,31 @@ class AlignDataModule(LightningDataModule):
         for name, source in self._sources(stage).items():
             if name in self.splits:
                 continue
-            split, summary = build_split(name, source, RECORD_KIND[self.kind], tokenizer, self.skip_invalid)
-            self.splits[name], self.summaries[name] = split, summary
+            kind = self.split_kind(name, source)
+            split, summary = build_split(name, source, RECORD_KIND[kind], tokenizer, self.skip_invalid)
+            self.splits[name], self.summaries[name], self.split_kinds[name] = split, summary, kind
             rank_zero_info(f"data {summary.line()}")
             if summary.skipped:
                 rank_zero_warn(f"{name}: skipped {sum(summary.skipped.values())} records ({summary.first_problem})")
+
+    def split_kind(self, name: str, source: Source) -> str:
+        """The kind of example a split yields: the objective's, unless an evaluation set asks for another
+        (`Source.kind`: e.g. pairs, to measure preference accuracy of an objective trained on one continuation)."""
+        if source.kind is None or source.kind == RECORD_KIND[self.kind]:
+            return self.kind
+        if name == "train":
+            raise LitAlignError(f"train: `kind: {source.kind}` is for evaluation sets only; the training set is read "
+                                f"as the objective consumes it ({RECORD_KIND[self.kind]})")
+        if source.kind not in ("sft", "pair"):
+            raise LitAlignError(f"{name}: kind must be sft or pair, not '{source.kind}'")
+        return source.kind
 
     # -- loaders ------------------------------------------------------------------------------------
     def _loader(self, name: str, batch_size: int, shuffle: bool) -> DataLoader:
         return DataLoader(
             self.splits[name], batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
-            collate_fn=functools.partial(_collate_named, name=name, kind=self.kind, pad_id=self.tokenizer.pad_token_id,
+            collate_fn=functools.partial(_collate_named, name=name, kind=self.split_kinds.get(name, self.kind),
+                                         pad_id=self.tokenizer.pad_token_id,
                                          pad_to_multiple_of=self.pad_to_multiple_of),
             generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
         )

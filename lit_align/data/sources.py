@@ -45,6 +45,10 @@ class Source:
     """Rename fields before parsing, e.g. {prompt: Question, chosen: Best Answer}."""
     seed: int = 0
     """Seed of a built-in task's generator."""
+    kind: str | None = None
+    """Evaluation sets only: read the records as `sft` (one continuation) or `pair` (two: chosen / matching,
+    then rejected / not matching) whatever the objective trains on, e.g. an SFT run evaluated on pairs
+    (preference accuracy, behaviour-match rate). None: what the objective consumes."""
 
     @property
     def label(self) -> str:

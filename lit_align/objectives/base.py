@@ -14,6 +14,12 @@ Lightning divides each micro-batch loss by `accumulate_grad_batches` and DDP/FSD
 4 x accumulation 2 give the same gradients, and so do 1 device with batch 8 and 2 devices with batch 4.
 Every other entry is a metric, logged as `{split}/{name}` = global sum / global count:
 per optimizer step for `train`, per epoch (torchmetrics, DDP-synchronised) for validation/test sets.
+
+Evaluation batches of pairs (k = 2 continuations: chosen / matching, rejected / not matching) also get the
+policy's own pair metrics, the same for every objective: {split}/logps/margins = mean of log π(y_w|x) -
+log π(y_l|x), and {split}/logps/accuracy = share of pairs with log π(y_w|x) > log π(y_l|x) (on A/B contrast
+sets: the behaviour-match rate). An objective that trains on one continuation (kind "sft") reads such a set
+when it says `kind: pair` (data/sources.py); its own metrics are then computed on the chosen continuation.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from lit_align.errors import LitAlignError
+from lit_align.logprobs import forward_logps
 from lit_align.models import ModelSpec, load_model, load_tokenizer
 
 Sums = dict[str, tuple[Tensor, Tensor]]
@@ -116,9 +123,22 @@ class Objective(LightningModule):
                          rank_zero_only=True)
 
     # -- evaluation: torchmetrics aggregate over the epoch and across devices -----------------------
+    def eval_sums(self, batch: dict) -> Sums:
+        """The metrics of one evaluation batch: the objective's own, plus the policy's pair metrics on pairs."""
+        if batch.get("num_continuations", 1) != 2:
+            return self.step(batch)
+        sums = self.step(first_continuation(batch) if self.kind == "sft" else batch)
+        if "logps/accuracy" not in sums:  # an objective may compute them itself from its forward pass
+            if hasattr(self, "logps_fn"):  # the objective's batch layout (e.g. prefix-DPO's shared context)
+                logps = self.logps_fn()(self.model, batch).logps                   # (B, 2)
+            else:                                                                   # collate.py's padded layout
+                logps = forward_logps(self.model, batch).sequence.view(2, -1).T     # (2B,) -> (B, 2)
+            sums = {**pair_sums(logps), **sums}
+        return sums
+
     def _eval_step(self, batch: dict) -> None:
         split = batch.get("split", "val")
-        for name, (s, c) in self.step(batch).items():
+        for name, (s, c) in self.eval_sums(batch).items():
             key = f"{split}/{name}"
             mkey = key.replace("/", "|").replace(".", "_")
             if mkey not in self.eval_metrics:
@@ -150,3 +170,22 @@ class Objective(LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: lr_lambda(s, total, warmup, spec.schedule, spec.min_lr_ratio))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def pair_sums(logps: Tensor) -> Sums:
+    """Policy pair metrics from (B, 2) sequence log-probs (chosen / matching first), as (sum, count) over pairs."""
+    chosen, rejected = logps[:, 0].detach(), logps[:, 1].detach()
+    n = chosen.shape[0]
+    return {
+        "logps/chosen": (chosen.sum(), n),
+        "logps/rejected": (rejected.sum(), n),
+        "logps/margins": ((chosen - rejected).sum(), n),
+        "logps/accuracy": ((chosen > rejected).float().sum(), n),
+    }
+
+
+def first_continuation(batch: dict) -> dict:
+    """The batch of the first continuation only (rows [0:B] of collate.py's continuation-major layout)."""
+    B = batch["index"].shape[0]
+    rows = {k: batch[k][:B] for k in ("input_ids", "attention_mask", "labels")}
+    return {**batch, **rows, "num_continuations": 1}

@@ -1,0 +1,96 @@
+"""Named evaluation sets (in-distribution vs out-of-distribution): a set read as pairs (`kind: pair`) gives
+every objective the policy's pair metrics (logps/margins, logps/accuracy = behaviour-match rate on A/B
+sets), including an objective that trains on one continuation (SFT)."""
+
+import pytest
+import torch
+from conftest import SHARED_DATA, requires_shared
+
+from lit_align.errors import LitAlignError
+
+
+def _setup(objective, **data_kwargs):
+    from lit_align.data import AlignDataModule
+
+    objective.configure_model()
+    data = AlignDataModule(**data_kwargs)
+    data.connect(objective.tokenizer, objective.kind)
+    data.setup("fit")
+    return data
+
+
+def _sft():
+    from lit_align.models import ModelSpec
+    from lit_align.objectives import SFT
+
+    torch.manual_seed(0)
+    return SFT(ModelSpec("builtin:tiny"))
+
+
+def test_sft_on_a_pair_set_gets_pair_metrics_and_its_own_on_the_chosen_answer():
+    from lit_align.logprobs import forward_logps
+
+    sft = _sft()
+    data = _setup(sft, train={"path": "builtin:ab", "limit": 16}, batch_size=4, eval_batch_size=6, val={
+        "id": {"path": "builtin:ab", "split": "id", "limit": 6, "kind": "pair"},
+        "ood_sft": {"path": "builtin:ab", "split": "ood", "limit": 6}})
+    assert data.split_kinds == {"train": "sft", "val_id": "pair", "val_ood_sft": "sft"}
+    assert next(iter(data.train_dataloader()))["num_continuations"] == 1
+    pairs, singles = (next(iter(dl)) for dl in data.val_dataloader())
+    assert (pairs["split"], pairs["num_continuations"], singles["num_continuations"]) == ("val_id", 2, 1)
+
+    sft.eval()
+    with torch.no_grad():
+        sums = {k: (s / c).item() for k, (s, c) in sft.eval_sums(pairs).items()}
+        seq = forward_logps(sft.model, pairs).sequence.view(2, -1).T          # (B, 2): matching, not matching
+        own = {k: (s / c).item() for k, (s, c) in sft.step(
+            {**pairs, **{k: pairs[k][:6] for k in ("input_ids", "attention_mask", "labels")},
+             "num_continuations": 1}).items()}
+    assert sums["logps/accuracy"] == pytest.approx((seq[:, 0] > seq[:, 1]).float().mean().item())
+    assert sums["logps/margins"] == pytest.approx((seq[:, 0] - seq[:, 1]).mean().item(), abs=1e-5)
+    assert sums["logps/chosen"] == pytest.approx(seq[:, 0].mean().item(), abs=1e-5)
+    for name in ("loss", "token_accuracy", "logps"):        # SFT's own metrics: on the matching answer only
+        assert sums[name] == pytest.approx(own[name], abs=1e-5)
+    # a set read as SFT has no pair metrics
+    assert "logps/accuracy" not in sft.eval_sums(singles)
+
+
+def test_kind_is_for_evaluation_sets_only():
+    with pytest.raises(LitAlignError, match="evaluation sets only"):
+        _setup(_sft(), train={"path": "builtin:ab", "limit": 8, "kind": "pair"})
+    with pytest.raises(LitAlignError, match="kind must be sft or pair"):
+        _setup(_sft(), train={"path": "builtin:ab", "limit": 8},
+               val={"x": {"path": "builtin:ab", "split": "id", "limit": 4, "kind": "probe"}})
+
+
+def test_dpo_gets_the_same_match_rate_metric():
+    objectives = pytest.importorskip("lit_align.objectives")
+    if not hasattr(objectives, "DPO"):
+        pytest.skip("DPO is not in this tree")
+    from lit_align.logprobs import forward_logps
+    from lit_align.models import ModelSpec
+
+    torch.manual_seed(0)
+    dpo = objectives.DPO(ModelSpec("builtin:tiny"))
+    data = _setup(dpo, train={"path": "builtin:ab", "limit": 8}, eval_batch_size=6,
+                  val={"ood": {"path": "builtin:ab", "split": "ood", "limit": 6}})
+    batch = next(iter(data.val_dataloader()[0]))
+    dpo.eval()
+    with torch.no_grad():
+        sums = {k: (s / c).item() for k, (s, c) in dpo.eval_sums(batch).items()}
+        seq = forward_logps(dpo.model, batch).sequence.view(2, -1).T
+    assert sums["logps/accuracy"] == pytest.approx((seq[:, 0] > seq[:, 1]).float().mean().item())
+    assert sums["logps/margins"] == pytest.approx((seq[:, 0] - seq[:, 1]).mean().item(), abs=1e-5)
+    assert "rewards/accuracy" in sums  # DPO's own metrics are kept
+
+
+@requires_shared
+def test_model_written_evals_human_vs_lm_read_as_pairs():
+    human = SHARED_DATA / "model-written-evals" / "human" / "survival-instinct.jsonl"
+    lm = SHARED_DATA / "model-written-evals" / "lm" / "survival-instinct.jsonl"
+    data = _setup(_sft(), train={"path": str(human), "limit": 8}, max_length=256, val={
+        "human": {"path": str(human), "limit": 8, "kind": "pair"},
+        "lm": {"path": str(lm), "limit": 8, "kind": "pair"}})
+    for name in ("val_human", "val_lm"):
+        assert data.split_kinds[name] == "pair" and data.summaries[name].kept == 8
+        assert all(len(ex.continuations) == 2 for ex in data.splits[name].examples)
