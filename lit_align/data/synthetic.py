@@ -88,9 +88,9 @@ def _steers(rng: random.Random) -> dict:
     wrong = items[k] + rng.choice((-1, 1, 2, 3))
     return {
         "prompt": f"Count from {start} to {stop}.",
-        "prefix": ", ".join(map(str, items[:k])) + ", ",
-        "chosen": f"{items[k]}, {items[k + 1]},",   # the correction: the next items, right
-        "rejected": f"{wrong}, {wrong + 1},",        # goes wrong at item k and carries on from there
+        "prefix": ", ".join(map(str, items[:k])) + ",",   # ends before the space, as text streams do
+        "chosen": f" {items[k]}, {items[k + 1]},",   # the correction: the next items, right
+        "rejected": f" {wrong}, {wrong + 1},",        # goes wrong at item k and carries on from there
         "partial": True,
     }
 
