@@ -1,23 +1,150 @@
-"""Checkpoints in one place per experiment, so `--ckpt_path last` finds the previous run's last.ckpt.
+"""Checkpoints in one place per experiment, written safely, with what an exact resume needs.
 
-Lightning's default puts checkpoints under the logger's versioned directory (logs/<exp>/version_N/),
+Where. Lightning's default puts checkpoints under the logger's versioned directory (logs/<exp>/version_N/),
 so a new run (version N+1) cannot find the last checkpoint of the run it should resume. Here the default
-directory is logs/<exp>/checkpoints/, shared by all versions of the experiment.
+directory is logs/<exp>/checkpoints/, shared by all versions of the experiment. Lightning writes last.ckpt
+after validation or at an epoch's end; a run that stops on max_steps mid-epoch would leave its final steps
+unsaved, so last.ckpt is also written when training ends.
 
-Lightning writes last.ckpt after validation or at an epoch's end; a run that stops on max_steps
-mid-epoch would leave its final steps unsaved, so last.ckpt is also written when training ends.
+Safely. A checkpoint is written under a hidden temporary name in the same directory (`.last.ckpt.partial`,
+a file, or a directory for sharded FSDP2 / DeepSpeed checkpoints), flushed to disk (fsync), and only then
+renamed over its final name: a process killed during a save leaves the previous checkpoint intact (and a
+partial file, removed by the next run). Lightning's own "atomic" save writes to the system temp directory
+and moves the file: a copy, not a rename, when /tmp is another file system (as on most clusters).
+`--ckpt_path last` takes the newest *complete* last*.ckpt: an incomplete file (a truncated copy) is
+skipped with a warning. A checkpoint whose weights hold NaN or inf is never written: the run stops with
+an error instead, and the last good checkpoint stays the newest.
+
+Exactly. Lightning restores weights, optimizer, scheduler, loop counters and the data module (whose
+sampler position is in its state). The random number generators (torch, CUDA, numpy, Python; one state
+per rank) are saved here too and restored at the first training batch after a resume. Validation runs
+with the training RNG state saved and restored around it, so evaluating (or resuming, which skips the
+evaluation already done) never shifts the randomness of training (dropout).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import zipfile
+from weakref import proxy
 
+import torch
+from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+from lit_align.errors import LitAlignError
+
+RNG_KEY = "lit_align_rng"
+PARTIAL, OLD = ".partial", ".old"
+
+
+def partial_path(path: str) -> str:
+    """Where `path` is written before it is complete: a hidden sibling (same file system, so a rename)."""
+    head, tail = os.path.split(path)
+    return os.path.join(head, f".{tail}{PARTIAL}")
+
+
+def old_path(path: str) -> str:
+    """Where a directory checkpoint is moved aside while its successor is renamed into place."""
+    head, tail = os.path.split(path)
+    return os.path.join(head, f".{tail}{OLD}")
+
+
+def is_complete(path: str) -> bool:
+    """True if `path` is a whole checkpoint: a torch.save zip archive whose central directory (written last)
+    is there, or a checkpoint directory whose index files are there."""
+    if os.path.isdir(path):
+        if os.path.isfile(os.path.join(path, "meta.pt")):  # FSDP2 / ModelParallelStrategy (torch DCP)
+            return os.path.isfile(os.path.join(path, ".metadata")) and zipfile.is_zipfile(os.path.join(path, "meta.pt"))
+        if os.path.exists(os.path.join(path, "checkpoint")):  # DeepSpeed
+            return os.path.isfile(os.path.join(path, "latest"))
+        return any(os.scandir(path))
+    return os.path.isfile(path) and zipfile.is_zipfile(path)
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on directories
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(path: str) -> None:
+    if os.path.isdir(path):
+        for root, _, files in os.walk(path):
+            for f in files:
+                _fsync(os.path.join(root, f))
+            _fsync(root)
+    else:
+        _fsync(path)
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        os.remove(path)
+
+
+def commit(partial: str, final: str) -> None:
+    """Make the complete checkpoint `partial` the checkpoint `final`, atomically for files. A directory cannot
+    atomically replace another: the old one is first moved aside to `old_path(final)`, which stays a
+    resume candidate until the new one is in place."""
+    _fsync_tree(partial)
+    if os.path.isdir(final) and not os.path.islink(final) or os.path.isdir(partial):
+        aside = old_path(final)
+        _remove(aside)
+        if os.path.lexists(final):
+            os.replace(final, aside)
+        os.replace(partial, final)
+        _remove(aside)
+    else:
+        os.replace(partial, final)
+    _fsync(os.path.dirname(final) or ".")
+
+
+def rng_states(states: dict | None = None) -> dict:
+    """This process's random states (torch, CUDA, numpy, Python), or `states`, in types that
+    `torch.load(weights_only=True)` accepts (numpy's key array as a list)."""
+    states = dict(states or _collect_rng_states())
+    if "numpy" in states:
+        name, keys, pos, has_gauss, cached = states["numpy"]
+        states["numpy"] = (str(name), [int(k) for k in keys], int(pos), int(has_gauss), float(cached))
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    states = dict(states)
+    if "numpy" in states:
+        import numpy as np
+
+        name, keys, pos, has_gauss, cached = states["numpy"]
+        states["numpy"] = (name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached)
+    if not torch.cuda.is_available():
+        states.pop("torch.cuda", None)
+    _set_rng_states(states)
+
+
+def nonfinite_parameters(module: torch.nn.Module) -> list[str]:
+    """Names of the parameters (this rank's shards) holding NaN or inf."""
+    bad = []
+    for name, p in module.named_parameters():
+        local = p.to_local() if hasattr(p, "to_local") else p  # FSDP2: a DTensor, check the local shard
+        if local.numel() and not torch.isfinite(local.detach()).all():
+            bad.append(name)
+    return bad
 
 
 class RunCheckpoint(ModelCheckpoint):
     def __init__(self, save_last: bool = True, every_n_train_steps: int | None = None, **kwargs):
         super().__init__(save_last=save_last, every_n_train_steps=every_n_train_steps, **kwargs)
+        self._rng_train: dict | None = None
+        self._rng_to_restore: dict | None = None
 
     def _default_dirpath(self, trainer) -> None:
         if self.dirpath is None and trainer.loggers and trainer.loggers[0].save_dir is not None:
@@ -27,11 +154,101 @@ class RunCheckpoint(ModelCheckpoint):
     def setup(self, trainer, pl_module, stage: str) -> None:
         self._default_dirpath(trainer)
         super().setup(trainer, pl_module, stage)
+        if trainer.is_global_zero and self.dirpath and os.path.isdir(self.dirpath):
+            for entry in os.scandir(self.dirpath):  # leftovers of a save that was killed
+                if entry.name.startswith(".") and entry.name.endswith(PARTIAL):
+                    rank_zero_info(f"removing an incomplete checkpoint left by an interrupted save: {entry.path}")
+                    _remove(entry.path)
+        trainer.strategy.barrier("RunCheckpoint.setup")
 
+    # -- which checkpoint `--ckpt_path last` resumes ------------------------------------------------
     def _find_last_checkpoints(self, trainer) -> set[str]:
         self._default_dirpath(trainer)
-        return super()._find_last_checkpoints(trainer)
+        found = set(super()._find_last_checkpoints(trainer))
+        if self.dirpath and os.path.isdir(self.dirpath):  # a directory commit interrupted between its renames
+            for path in list(found) + [os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)]:
+                if not os.path.exists(path) and os.path.exists(old_path(path)):
+                    found.discard(path)
+                    found.add(old_path(path))
+        complete = {p for p in found if is_complete(p)}
+        for p in sorted(found - complete):
+            rank_zero_warn(f"ignoring the incomplete checkpoint {p} (truncated or partly written)")
+        return complete
+
+    # -- writing ----------------------------------------------------------------------------------------
+    def _save_checkpoint(self, trainer, filepath: str) -> None:
+        self.refuse_nonfinite(trainer, filepath)
+        partial = partial_path(filepath)
+        trainer.save_checkpoint(partial, self.save_weights_only)  # every rank; ends with a barrier
+        if trainer.is_global_zero:
+            commit(partial, filepath)
+        trainer.strategy.barrier("RunCheckpoint.commit")
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(proxy(self))
+
+    @staticmethod
+    def refuse_nonfinite(trainer, filepath: str) -> None:
+        """Stop (on every rank) rather than write a checkpoint with NaN or inf weights."""
+        bad = nonfinite_parameters(trainer.lightning_module)
+        flag = torch.tensor(float(len(bad)), device=trainer.strategy.root_device)
+        if trainer.strategy.reduce(flag, reduce_op="sum").item() > 0:
+            raise LitAlignError(
+                f"the weights hold NaN or inf at step {trainer.global_step} ({', '.join(bad[:3]) or 'another rank'}"
+                f"{' ...' if len(bad) > 3 else ''}); refusing to write {filepath}. The last checkpoint written "
+                "stays the newest: resume from it with a lower learning rate, gradient clipping "
+                "(trainer.gradient_clip_val) or `nonfinite.action: skip`.")
+
+    def save_last_now(self, trainer) -> str:
+        """Write last.ckpt now (every rank must call it), e.g. before a requeue. Returns its path."""
+        self._default_dirpath(trainer)
+        filepath = self.format_checkpoint_name(self._monitor_candidates(trainer), self.CHECKPOINT_NAME_LAST)
+        self.last_model_path = filepath
+        self._save_checkpoint(trainer, filepath)
+        return filepath
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self.save_last and not trainer.interrupted and self._last_global_step_saved != trainer.global_step:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    # -- random number generators ---------------------------------------------------------------------
+    # The evaluation loop consumes the global RNG before any validation hook runs (a DataLoader iterator without
+    # its own generator draws its seed from it), so the training state is taken at the end of every training
+    # batch (and before the sanity check), and put back when validation ends.
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        self._rng_train = _collect_rng_states()
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_sanity_check_start(self, trainer, pl_module) -> None:
+        self._rng_train = _collect_rng_states()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.state.fn == "fit" and self._rng_train is not None:
+            _set_rng_states(self._rng_train)
+        super().on_validation_end(trainer, pl_module)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        in_eval = trainer.validating or trainer.sanity_checking
+        state = rng_states(self._rng_train if in_eval and self._rng_train is not None else None)
+        if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            states: list = [None] * trainer.world_size
+            torch.distributed.all_gather_object(states, state)
+        else:
+            states = [state]
+        checkpoint[RNG_KEY] = states
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        states = checkpoint.get(RNG_KEY)
+        if not states:
+            return
+        if len(states) != trainer.world_size:
+            rank_zero_warn(f"the checkpoint holds the random states of {len(states)} processes, this run has "
+                           f"{trainer.world_size}: random numbers (dropout) will differ from an uninterrupted run")
+        self._rng_to_restore = states[trainer.global_rank % len(states)]
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if self._rng_to_restore is not None:  # the first batch after a resume
+            set_rng_states(self._rng_to_restore)
+            self._rng_to_restore = None

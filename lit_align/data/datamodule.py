@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lit_align.data.collate import collate
 from lit_align.data.records import SkipRecord, to_examples
+from lit_align.data.samplers import ResumableSampler
 from lit_align.data.sources import Source, as_source, read_rows
 from lit_align.data.tokenize import Tokenized, Tokenizer, TokenizeSpec
 from lit_align.errors import DataError, LitAlignError
@@ -190,17 +191,51 @@ class AlignDataModule(LightningDataModule):
         return source.kind
 
     # -- loaders ------------------------------------------------------------------------------------
-    def _loader(self, name: str, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(self, name: str, batch_size: int, shuffle: bool, sampler=None) -> DataLoader:
         return DataLoader(
-            self.splits[name], batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
+            self.splits[name], batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+            num_workers=self.num_workers,
             collate_fn=functools.partial(_collate_named, name=name, kind=self.split_kinds.get(name, self.kind),
                                          pad_id=self.tokenizer.pad_token_id,
                                          pad_to_multiple_of=self.pad_to_multiple_of),
             generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
         )
 
+    # The training order comes from a seeded, resumable sampler with DistributedSampler semantics
+    # (data/samplers.py): each data-parallel rank a disjoint shard, Lightning keeps it (no sampler injected),
+    # and its position is saved in checkpoints so that a resumed run sees exactly the batches it would have.
+    _train_sampler: ResumableSampler | None = None
+    _train_sampler_state: dict | None = None
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.batch_size, shuffle=True)
+        dist = (self.trainer.distributed_sampler_kwargs if self.trainer is not None else None) or {}
+        self._train_sampler = ResumableSampler(self.splits["train"], num_replicas=dist.get("num_replicas", 1),
+                                               rank=dist.get("rank", 0), shuffle=True, seed=self.seed)
+        if self._train_sampler_state:
+            self._train_sampler.load_state_dict(self._train_sampler_state)
+        return self._loader("train", self.batch_size, shuffle=True, sampler=self._train_sampler)
+
+    def state_dict(self) -> dict:
+        sampler = self._train_sampler
+        if sampler is None:
+            return {}
+        consumed = None  # batches the trainer took for training steps this epoch (workers may have read ahead)
+        progress = getattr(getattr(getattr(self.trainer, "fit_loop", None), "epoch_loop", None), "batch_progress", None)
+        if progress is not None:
+            consumed = progress.current.ready * self.batch_size * sampler.num_replicas
+        return {"train_sampler": sampler.state_dict(consumed)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._train_sampler_state = state.get("train_sampler")
+        if self._train_sampler is None or not self._train_sampler_state:
+            return
+        # Strategies that restore after setup (FSDP2, FSDP, DeepSpeed) built the loader already (the optimizer's
+        # schedule asked for its length): its iterator reads the position lazily, unless workers read ahead.
+        self._train_sampler.load_state_dict(self._train_sampler_state)
+        fit_loop = getattr(self.trainer, "fit_loop", None)
+        if self.num_workers > 0 and fit_loop is not None and getattr(fit_loop, "_combined_loader", None) is not None:
+            if getattr(fit_loop, "_data_fetcher", None) is not None:
+                fit_loop._data_fetcher.teardown()
+            fit_loop._combined_loader = None  # Lightning rebuilds the loader (and its workers) before training
 
     def _eval_loaders(self, stage: str) -> list[DataLoader]:
         return [self._loader(n, self.eval_batch_size, shuffle=False) for n in self.splits if n.startswith(stage)]

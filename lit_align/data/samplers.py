@@ -1,0 +1,106 @@
+"""A seeded, resumable training sampler with DistributedSampler semantics.
+
+Epoch `e` visits the examples in one global order, `torch.randperm(n)` drawn from a generator seeded
+with `seed + e` (the identity order when shuffle is off), whatever the number of processes. With
+`num_replicas` data-parallel ranks, the order is padded (repeating its start) or cut (`drop_last`) to a
+multiple of `num_replicas` and rank r takes positions r, r + R, r + 2R, ... — exactly what
+torch's DistributedSampler does, so every rank sees a disjoint shard, and the union of the ranks' k-th
+batches is the k-th batch of a single process with R times the batch size.
+
+Resuming. After k batches of B examples on each of R ranks, the first `k * B * R` positions of the
+epoch's order have been trained on (a prefix, because the ranks interleave). `state_dict()` records the
+epoch and that prefix length; after `load_state_dict()` the epoch's iterator skips the prefix and shards
+the rest. A resumed run with the same R and B therefore sees exactly the batches the uninterrupted run
+would have seen; with another R or B it still sees every remaining example of the epoch once.
+
+The sampler cannot know on its own how much has been *trained on*: data loader workers and prefetching
+pull indices ahead of training. The data module reports the trainer's count of consumed batches
+(`AlignDataModule.state_dict`); `state_dict(consumed=...)` takes it. Without it, the count of indices
+handed out so far is used (exact with num_workers=0).
+
+The iterator is a generator, so the skip is read when iteration actually starts: a state loaded after
+the DataLoader (and its iterator) were created but before the first batch still takes effect.
+It subclasses DistributedSampler so that Lightning keeps it instead of injecting its own.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sized
+
+import torch
+from torch.utils.data import DistributedSampler
+
+
+class ResumableSampler(DistributedSampler):
+    def __init__(self, dataset: Sized, num_replicas: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0,
+                 drop_last: bool = False):
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is not in [0, {num_replicas})")
+        # DistributedSampler.__init__ would query torch.distributed when num_replicas/rank are None; we always
+        # pass them, so set the attributes it defines ourselves (no process group needed).
+        self.dataset, self.num_replicas, self.rank = dataset, num_replicas, rank
+        self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
+        self.epoch = 0
+        n = len(dataset)
+        self.num_samples = n // num_replicas if drop_last else math.ceil(n / num_replicas)
+        self.total_size = self.num_samples * num_replicas
+        self._skip: dict[int, int] = {}      # epoch -> prefix of that epoch's order already trained on
+        self._handed_out = 0                 # indices yielded by this rank in the current iteration
+        self._iter_start = 0                 # prefix skipped by the current iteration
+
+    def order(self, epoch: int) -> list[int]:
+        """The global order of epoch `epoch` (before sharding)."""
+        n = len(self.dataset)
+        if not self.shuffle:
+            return list(range(n))
+        g = torch.Generator().manual_seed(self.seed + epoch)
+        return torch.randperm(n, generator=g).tolist()
+
+    def _shard(self, order: list[int]) -> list[int]:
+        R = self.num_replicas
+        if self.drop_last:
+            order = order[: len(order) - len(order) % R]
+        elif len(order) % R:
+            pad = R - len(order) % R
+            order = order + (order * math.ceil(pad / max(len(order), 1)))[:pad]
+        return order[self.rank::R]
+
+    def __iter__(self) -> Iterator[int]:
+        epoch = self.epoch
+        start = self._skip.pop(epoch, 0)
+        self._iter_start, self._handed_out = start, 0
+        rest = self.order(epoch)[start:]
+        for i in self._shard(rest) if rest else []:
+            self._handed_out += 1
+            yield i
+
+    def __len__(self) -> int:
+        # The full epoch's length, also when resuming inside it: Lightning counts the batches already done
+        # (batch_progress) and expects the iterator to yield the remaining ones only.
+        return self.num_samples
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    # -- resuming ---------------------------------------------------------------------------------------
+    def state_dict(self, consumed: int | None = None) -> dict:
+        """`consumed`: examples of the current epoch's order trained on so far, all ranks together."""
+        if consumed is None:
+            consumed = self._iter_start + self._handed_out * self.num_replicas
+        epoch, n = self.epoch, len(self.dataset)
+        if consumed >= (n - n % self.num_replicas if self.drop_last else n):
+            epoch, consumed = epoch + 1, 0  # the epoch is done: the next one starts from its beginning
+        return {"epoch": epoch, "consumed": int(consumed), "seed": self.seed, "shuffle": self.shuffle,
+                "dataset_size": n, "num_replicas": self.num_replicas}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume in epoch `state["epoch"]` after its first `state["consumed"]` examples. A state saved on
+        another dataset size or seed cannot name the same examples: the epoch then starts over."""
+        self.epoch = int(state["epoch"])
+        self._skip.clear()
+        same_data = (state.get("dataset_size") == len(self.dataset) and state.get("seed") == self.seed
+                     and state.get("shuffle", True) == self.shuffle)
+        if same_data and state.get("consumed", 0) > 0:
+            self._skip[self.epoch] = int(state["consumed"])
+

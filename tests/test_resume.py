@@ -1,0 +1,180 @@
+"""Exact resume: a run killed in the middle of an epoch and resumed with `--ckpt_path last` gives the same
+per-step losses and final weights as a run that was never interrupted (fp32, CPU). Data order (the sampler's
+epoch and position), RNG (LoRA dropout), optimizer, scheduler and loop counters all come back.
+The sampler's own contract (DistributedSampler semantics, resuming inside an epoch) is tested directly."""
+
+import glob
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, run_cli
+from lightning.pytorch import Callback
+from torch.utils.data import DistributedSampler
+
+from lit_align.data.samplers import ResumableSampler
+
+TESTS = Path(__file__).resolve().parent
+# One thread per process: with 2 cores shared by pytest workers (and DDP ranks), more threads oversubscribe
+# them (a tiny step is then 10-20x slower); it also makes the in-process and subprocess runs' float
+# arithmetic the same.
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(TESTS)}
+
+
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# -- the sampler -----------------------------------------------------------------------------------------------
+
+
+def _batches(sampler, batch_size):
+    idx = list(sampler)
+    return [idx[i:i + batch_size] for i in range(0, len(idx), batch_size)]
+
+
+@pytest.mark.parametrize("n", [32, 37])
+def test_sampler_has_distributed_sampler_semantics(n):
+    data = list(range(n))
+    for epoch in (0, 3):
+        ranks = [ResumableSampler(data, num_replicas=2, rank=r, seed=5) for r in range(2)]
+        torch_ranks = [DistributedSampler(data, num_replicas=2, rank=r, seed=5) for r in range(2)]
+        for s in ranks + torch_ranks:
+            s.set_epoch(epoch)
+        assert [list(s) for s in ranks] == [list(s) for s in torch_ranks]  # the same shards as torch's
+        assert len(ranks[0]) == len(torch_ranks[0])
+        if n % 2 == 0:
+            assert not set(ranks[0]) & set(ranks[1])  # disjoint
+        # the union of the ranks' k-th batches (B=4) is the k-th batch (B=8) of one process
+        single = ResumableSampler(data, seed=5)
+        single.set_epoch(epoch)
+        for k, big in enumerate(_batches(single, 8)[: n // 8]):
+            assert sorted(_batches(ranks[0], 4)[k] + _batches(ranks[1], 4)[k]) == sorted(big)
+    one = ResumableSampler(data, seed=5)
+    orders = []
+    for epoch in range(2):
+        one.set_epoch(epoch)
+        orders.append(list(one))
+    assert orders[0] != orders[1] and sorted(orders[0]) == sorted(orders[1]) == data  # reshuffled per epoch
+
+
+def test_sampler_resumes_inside_an_epoch():
+    data = list(range(40))
+    full = ResumableSampler(data, num_replicas=2, rank=1, seed=1)
+    full.set_epoch(2)
+    expected = list(full)
+    # 3 batches of 4 on each of 2 ranks were trained on: 24 examples of epoch 2's order
+    state = ResumableSampler(data, num_replicas=2, rank=1, seed=1)
+    state.set_epoch(2)
+    saved = state.state_dict(consumed=3 * 4 * 2)
+    assert saved["epoch"] == 2 and saved["consumed"] == 24
+    resumed = ResumableSampler(data, num_replicas=2, rank=1, seed=1)
+    it = iter(resumed)                       # created before the state is loaded (FSDP2 / DeepSpeed order)
+    resumed.load_state_dict(saved)
+    assert list(it) == expected[12:]         # rank 1 skips its 12 and yields the rest
+    assert len(resumed) == len(full)         # the full epoch's length (Lightning counts what was done)
+    resumed.set_epoch(3)
+    fresh = ResumableSampler(data, num_replicas=2, rank=1, seed=1)
+    fresh.set_epoch(3)
+    assert list(resumed) == list(fresh)      # the next epoch starts from its beginning
+    # a finished epoch resumes at the start of the next one; another dataset size starts the epoch over
+    assert state.state_dict(consumed=40) == {**saved, "epoch": 3, "consumed": 0}
+    other = ResumableSampler(list(range(41)), seed=1)
+    other.load_state_dict(saved)
+    assert len(list(other)) == 41
+    # without the trainer's count, the indices handed out are used (exact with num_workers=0)
+    counted = ResumableSampler(data, seed=1)
+    it = iter(counted)
+    [next(it) for _ in range(6)]
+    assert counted.state_dict()["consumed"] == 6
+
+
+# -- kill and resume through the CLI -------------------------------------------------------------------------
+
+
+class KillAt(Callback):
+    """Test helper, loaded by the CLI subprocess from tests/: SIGKILL this process inside optimizer step
+    `step` (0-based), after its backward pass and before the optimizer runs, like a crash or an OOM kill."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if trainer.global_step == self.step:
+            sys.stdout.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+# 32 examples, batch 4, accumulation 2: 4 optimizer steps per epoch; 10 steps cross two epoch boundaries.
+# LoRA with dropout makes training random (RNG restore matters); validation every 4 batches (its own RNG use
+# must not shift training's); a checkpoint every 3 steps.
+RUN = ["fit", "--config", str(REPO / "configs" / "quickstart.yaml"),
+       "--model.init_args.policy.name", "builtin:tiny",
+       "--model.init_args.policy.lora", "{r: 4, alpha: 8, dropout: 0.1}",
+       "--model.init_args.optim.lr", "0.01", "--model.init_args.optim.warmup_steps", "2",
+       "--data.init_args.train.limit", "32", "--data.init_args.val.val.limit", "8",
+       "--data.init_args.batch_size", "4", "--trainer.accumulate_grad_batches", "2",
+       "--trainer.val_check_interval", "4", "--trainer.max_steps", "10", "--trainer.max_epochs", "-1", "--trainer.log_every_n_steps", "1",
+       "--trainer.logger.init_args.name", "resume", "--checkpoint.every_n_train_steps", "3",
+       "--trainer.enable_model_summary", "false", "--export.enabled", "false"]
+
+
+def scalars(version_dir: Path, tag: str) -> dict[int, float]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(glob.glob(str(version_dir / "events.out.tfevents.*"))[0])
+    ea.Reload()
+    return {e.step: e.value for e in ea.Scalars(tag)} if tag in ea.Tags()["scalars"] else {}
+
+
+def run_in_process(args: list[str], cwd: Path, monkeypatch) -> None:
+    """A single-process CLI run inside pytest (no interpreter start-up to pay)."""
+    from lit_align.cli import LitAlignCLI
+
+    monkeypatch.chdir(cwd)
+    LitAlignCLI(args=args)
+
+
+def assert_same_state(a: Path, b: Path, atol: float = 1e-6) -> None:
+    ca, cb = torch.load(a, weights_only=False), torch.load(b, weights_only=False)
+    assert ca["global_step"] == cb["global_step"]
+    assert ca["state_dict"].keys() == cb["state_dict"].keys()
+    for k in ca["state_dict"]:
+        torch.testing.assert_close(ca["state_dict"][k], cb["state_dict"][k], atol=atol, rtol=0, msg=k)
+    oa, ob = ca["optimizer_states"][0]["state"], cb["optimizer_states"][0]["state"]
+    assert oa.keys() == ob.keys()
+    for i in oa:
+        for name in ("exp_avg", "exp_avg_sq", "step"):
+            torch.testing.assert_close(oa[i][name], ob[i][name], atol=atol, rtol=0)
+    assert ca["lr_schedulers"] == cb["lr_schedulers"]
+
+
+def test_killed_run_resumes_exactly(tmp_path, monkeypatch, one_thread):
+    ref_dir, run_dir = tmp_path / "uninterrupted", tmp_path / "interrupted"
+    ref_dir.mkdir(), run_dir.mkdir()
+    run_in_process(RUN, ref_dir, monkeypatch)
+
+    killed = run_cli([*RUN, "--trainer.callbacks+=test_resume.KillAt", "--trainer.callbacks.step", "7"],
+                     cwd=run_dir, env=ONE_THREAD)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    ckpt = run_dir / "logs" / "resume" / "checkpoints" / "last.ckpt"
+    saved = torch.load(ckpt, weights_only=False)
+    assert saved["global_step"] == 6 and saved["epoch"] == 1  # killed in epoch 1, 2 steps after its start
+    assert saved["AlignDataModule"]["train_sampler"] == {**saved["AlignDataModule"]["train_sampler"],
+                                                         "epoch": 1, "consumed": 16}
+
+    run_in_process([*RUN, "--ckpt_path", "last"], run_dir, monkeypatch)
+
+    ref = scalars(ref_dir / "logs" / "resume" / "version_0", "train/loss")
+    resumed = scalars(run_dir / "logs" / "resume" / "version_1", "train/loss")
+    assert sorted(ref) == list(range(10)) and sorted(resumed) == list(range(6, 10))
+    for step, loss in resumed.items():
+        assert abs(loss - ref[step]) <= 1e-6, (step, loss, ref[step])
+    assert_same_state(ref_dir / "logs" / "resume" / "checkpoints" / "last.ckpt", ckpt)
