@@ -17,7 +17,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from lightning.pytorch.callbacks import LearningRateMonitor, RichProgressBar  # noqa: E402
 from lightning.pytorch.cli import LightningCLI  # noqa: E402
 
-from lit_align.callbacks import ExportHF, RunCheckpoint  # noqa: E402
+from lit_align.callbacks import ExportHF, NonFiniteGuard, RunCheckpoint, SlurmRequeue  # noqa: E402
+from lit_align.callbacks.requeue import Requeued  # noqa: E402
 from lit_align.data.datamodule import AlignDataModule  # noqa: E402
 from lit_align.errors import LitAlignError  # noqa: E402
 from lit_align.objectives.base import Objective  # noqa: E402
@@ -43,6 +44,12 @@ class LitAlignCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.add_lightning_class_args(ExportHF, "export")
+        parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
+        parser.add_lightning_class_args(SlurmRequeue, "requeue")
+        # Without a config, `lit_align fit` trains the embedded tiny default (SFT of builtin:tiny on builtin:sft),
+        # and overlay configs (configs/strategies/*.yaml: trainer options only) parse on their own.
+        parser.set_defaults({"model": {"class_path": "lit_align.objectives.SFT"},
+                             "data": {"class_path": "lit_align.data.AlignDataModule"}})
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
@@ -50,9 +57,10 @@ class LitAlignCLI(LightningCLI):
 
     def after_fit(self) -> None:
         trainer = self.trainer
+        log_dir = trainer.log_dir  # a collective under DDP/FSDP: every rank asks
         if not trainer.is_global_zero:
             return
-        lines = [f"TensorBoard logs: {trainer.log_dir}   (view: tensorboard --logdir {trainer.logger.save_dir})"]
+        lines = [f"TensorBoard logs: {log_dir}   (view: tensorboard --logdir {trainer.logger.save_dir})"]
         ckpt = trainer.checkpoint_callback
         if ckpt is not None and ckpt.dirpath:
             lines.append(f"checkpoints:      {ckpt.dirpath}   (resume: add --ckpt_path last)")
@@ -63,11 +71,19 @@ class LitAlignCLI(LightningCLI):
 
 
 def main(args=None) -> None:
+    argv = sys.argv[1:] if args is None else list(args)
+    if argv[:1] == ["export"]:  # `lit_align export CKPT OUT_DIR [--merge-lora]` (lit_align/export.py)
+        from lit_align.export import main as export_main
+
+        return export_main(argv[1:])
     try:
         LitAlignCLI(args=args)
     except LitAlignError as e:
         print(f"\nlit_align: error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
+    except Requeued as e:  # SLURM preemption (callbacks/requeue.py): checkpoint written, job requeued
+        print(f"\nlit_align: {e}", file=sys.stderr, flush=True)
+        sys.exit(0)
 
 
 if __name__ == "__main__":

@@ -104,11 +104,16 @@ class Objective(LightningModule):
 
     def on_before_optimizer_step(self, optimizer) -> None:
         names = sorted(self._step_sums)
-        local = torch.stack([self._step_sums[n] for n in names] + [self._step_counts[n] for n in names])
+        bad_grads = self._nonfinite_grads()  # this rank's gradients holding NaN/inf (rides on the all-reduce)
+        local = torch.stack([self._step_sums[n] for n in names] + [self._step_counts[n] for n in names] + [bad_grads])
         total = self.trainer.strategy.reduce(local.clone(), reduce_op="sum")  # one all-reduce per step
-        sums, counts = total[: len(names)], total[len(names):]
+        sums, counts = total[: len(names)], total[len(names): 2 * len(names)]
         self._step_sums.clear()
         self._step_counts.clear()
+        if not torch.isfinite(sums[names.index("loss")]) or total[-1] > 0:
+            self._skip_or_stop("loss" if not torch.isfinite(sums[names.index("loss")]) else "gradients")
+            return
+        self._finite_step()
         count = counts[names.index("loss")]
         if count <= 0:
             raise LitAlignError("An optimizer step saw no loss targets (zero target tokens / pairs); refusing to "
@@ -121,6 +126,37 @@ class Objective(LightningModule):
             if c > 0:
                 self.log(f"train/{n}", s / c, on_step=True, on_epoch=False, prog_bar=n == "loss",
                          rank_zero_only=True)
+
+    # -- non-finite loss or gradients (callbacks/nonfinite.py holds the policy) ----------------------
+    def _nonfinite_guard(self):
+        return next((cb for cb in self.trainer.callbacks if hasattr(cb, "on_nonfinite_step")), None)
+
+    def _nonfinite_grads(self) -> Tensor:
+        """Number of this rank's gradients holding NaN or inf (0 under a loss scaler: inf is its business)."""
+        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            return torch.zeros((), device=self.device)
+        grads = [p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad  # FSDP2: this rank's shard
+                 for p in self.parameters() if p.grad is not None]
+        grads = [g for g in grads if g.numel()]
+        if not grads:
+            return torch.zeros((), device=self.device)
+        norms = torch._foreach_norm(grads, 2, dtype=torch.float32)  # NaN/inf propagate; no grad-sized temporaries
+        return (~torch.isfinite(torch.stack(norms))).sum().float().to(self.device)
+
+    def _skip_or_stop(self, what: str) -> None:
+        """Same decision on every rank (from all-reduced numbers): the guard raises to stop, or the step's
+        gradients are dropped so that the optimizer leaves weights and its state untouched."""
+        guard = self._nonfinite_guard()
+        if guard is None:
+            raise LitAlignError(f"non-finite {what} at optimizer step {self.trainer.global_step}; stopping.")
+        guard.on_nonfinite_step(self.trainer, self, what)
+        for p in self.parameters():
+            p.grad = None
+
+    def _finite_step(self) -> None:
+        guard = self._nonfinite_guard()
+        if guard is not None:
+            guard.on_finite_step()
 
     # -- evaluation: torchmetrics aggregate over the epoch and across devices -----------------------
     def eval_sums(self, batch: dict) -> Sums:
