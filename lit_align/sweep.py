@@ -1,0 +1,339 @@
+"""Sweeps: a grid of objectives x training-set sizes x seeds, each run through the real CLI (LitAlignCLI),
+then one CSV and one figure of every evaluation metric against the number of training examples, one line
+per objective (the mean over seeds, with a band from the lowest to the highest seed).
+
+    python -m lit_align.sweep run     SWEEP.yaml              # every run, one after another, then collect
+    python -m lit_align.sweep run     SWEEP.yaml --index 3    # one run (a SLURM array task)
+    python -m lit_align.sweep slurm   SWEEP.yaml              # write <out>/sweep.sbatch (+ submit.sh)
+    python -m lit_align.sweep collect SWEEP.yaml              # results.csv + sweep.png from finished runs
+    python -m lit_align.sweep list    SWEEP.yaml              # the runs, by index
+
+(scripts/sweep.py is the same command.) A sweep file:
+
+    name: ab_sample_efficiency
+    out: logs/sweeps/ab                 # runs/<run>/ (events, config.yaml, result.json, log.txt), results.csv, PNG
+    sizes: [100, 300, 1000]             # training examples: data.init_args.train.limit
+    seeds: [0, 1]                       # seed_everything and the data module's shuffle seed
+    epochs: 4                           # each run trains max(min_steps, ceil(epochs * size / batch_size)) steps
+    min_steps: 50
+    metrics: [val_id/logps/accuracy, val_ood/logps/accuracy]   # drawn (default: every */logps/accuracy)
+    config: configs/some.yaml           # optional base config file; `base` is merged over it
+    base: {data: ..., trainer: ...}     # LightningCLI config shared by every run
+    objectives:                         # name -> config merged over the base (a `config:` key: a file first)
+      sft: {model: {class_path: lit_align.objectives.SFT, init_args: ...}}
+      dpo: {model: {class_path: lit_align.objectives.DPO, init_args: ...}}
+    slurm: {time: "00:30:00", cpus_per_task: 4, gres: null, partition: null, max_parallel: null,
+            setup: "source .venv/bin/activate", sbatch: ["--mem=16G"]}
+
+A run is done when its runs/<run>/result.json exists: a sweep that is run again (after a crash, or as
+another SLURM array) skips finished runs and redoes the others from scratch. Each run ends with one
+validation pass of the final model over every evaluation set (trainer.validate), and those numbers are
+its result; validation during training is off (check_val_every_n_epoch) to save time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import csv
+import json
+import math
+import os
+import shlex
+import shutil
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from lit_align.errors import LitAlignError
+
+
+@dataclass
+class Run:
+    index: int
+    objective: str
+    size: int
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.objective}-n{self.size}-s{self.seed}"
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    """`over` merged into a copy of `base`: dicts merge key by key, anything else is replaced."""
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def _read_yaml(path: "str | Path") -> dict:
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise LitAlignError(f"{path}: expected a mapping")
+    return data
+
+
+class Sweep:
+    KEYS = {"name", "out", "sizes", "seeds", "epochs", "min_steps", "metrics", "config", "base", "objectives", "slurm"}
+
+    def __init__(self, path: "str | Path"):
+        self.path = Path(path).resolve()
+        spec = _read_yaml(self.path)
+        unknown = set(spec) - self.KEYS
+        if unknown:
+            raise LitAlignError(f"{path}: unknown sweep keys {', '.join(sorted(unknown))} (known: "
+                                f"{', '.join(sorted(self.KEYS))})")
+        for key in ("objectives", "sizes"):
+            if not spec.get(key):
+                raise LitAlignError(f"{path}: `{key}` is missing or empty")
+        self.spec = spec
+        self.name = spec.get("name", self.path.stem)
+        self.out = Path(spec.get("out", f"logs/sweeps/{self.name}"))
+        self.sizes = [int(s) for s in spec["sizes"]]
+        self.seeds = [int(s) for s in spec.get("seeds", [0])]
+        self.epochs = float(spec.get("epochs", 1))
+        self.min_steps = int(spec.get("min_steps", 1))
+        self.objectives = dict(spec["objectives"])
+        self.runs = [Run(i, o, n, s) for i, (o, n, s) in enumerate(
+            (o, n, s) for o in self.objectives for n in self.sizes for s in self.seeds)]
+
+    # -- one run's config ------------------------------------------------------------------------------
+    def _resolve(self, config: dict, where: Path) -> dict:
+        """A config dict whose `config:` key (a file, relative to `where`) is read first and merged under it."""
+        config = dict(config or {})
+        base_file = config.pop("config", None)
+        if base_file is None:
+            return config
+        p = Path(base_file)
+        if not p.is_absolute() and not p.exists():
+            p = where.parent / base_file
+        return deep_merge(_read_yaml(p), config)
+
+    def run_dir(self, run: Run) -> Path:
+        return self.out / "runs" / run.name
+
+    def config(self, run: Run) -> dict:
+        """The full LightningCLI config of one run."""
+        base = self._resolve({"config": self.spec["config"]} if self.spec.get("config") else {}, self.path)
+        base = deep_merge(base, self.spec.get("base") or {})
+        cfg = deep_merge(base, self._resolve(self.objectives[run.objective], self.path))
+        data = cfg.setdefault("data", {}).setdefault("init_args", {})
+        train = data.get("train", "builtin:sft")
+        train = {"path": train} if isinstance(train, str) else dict(train)
+        train["limit"] = run.size
+        data["train"], data["seed"] = train, run.seed
+        batch = int(data.get("batch_size", 8))
+        trainer = cfg.setdefault("trainer", {})
+        accumulate = int(trainer.get("accumulate_grad_batches", 1))
+        trainer["max_steps"] = max(self.min_steps, math.ceil(self.epochs * run.size / (batch * accumulate)))
+        trainer["max_epochs"] = -1
+        trainer["check_val_every_n_epoch"] = 1_000_000   # the result is one validation of the final model
+        trainer["num_sanity_val_steps"] = 0
+        trainer["logger"] = {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                             "init_args": {"save_dir": str(self.out / "runs"), "name": run.name, "version": 0,
+                                           "default_hp_metric": False}}
+        cfg["seed_everything"] = run.seed
+        cfg["checkpoint"] = {**(cfg.get("checkpoint") or {}), "save_last": False, "save_top_k": 0}
+        cfg["export"] = {**(cfg.get("export") or {}), "enabled": False}
+        return cfg
+
+    # -- running ---------------------------------------------------------------------------------------
+    def result_path(self, run: Run) -> Path:
+        return self.run_dir(run) / "result.json"
+
+    def run_one(self, run: Run, quiet: bool = True) -> dict:
+        """Train and validate one run in this process through LitAlignCLI; write and return its result."""
+        if self.result_path(run).exists():
+            return json.loads(self.result_path(run).read_text())
+        from lit_align.cli import LitAlignCLI
+
+        run_dir = self.run_dir(run)
+        if run_dir.exists():
+            shutil.rmtree(run_dir)  # an unfinished earlier attempt: start over
+        run_dir.mkdir(parents=True)
+        config_path = run_dir / "config.yaml"
+        config_path.write_text(yaml.safe_dump(self.config(run), sort_keys=False))
+        start = time.perf_counter()
+        log = open(run_dir / "log.txt", "w") if quiet else None
+        try:
+            with contextlib.redirect_stdout(log) if log else contextlib.nullcontext(), \
+                    contextlib.redirect_stderr(log) if log else contextlib.nullcontext():
+                cli = LitAlignCLI(args=["fit", "--config", str(config_path)])
+                metrics: dict[str, float] = {}
+                for d in cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False):
+                    metrics.update({k: float(v) for k, v in d.items()})
+        except BaseException:
+            if log:
+                traceback.print_exc(file=log)
+                log.close()
+                print(f"run {run.name} failed; see {run_dir / 'log.txt'}", file=sys.stderr, flush=True)
+            raise
+        if log:
+            log.close()
+        dm = cli.datamodule
+        result = {"run": run.name, "objective": run.objective, "size": run.size, "seed": run.seed,
+                  "train_examples": dm.summaries["train"].kept, "steps": cli.trainer.global_step,
+                  "wall_s": round(time.perf_counter() - start, 2), **metrics}
+        self.result_path(run).write_text(json.dumps(result, indent=1))
+        return result
+
+    def run_all(self, subprocess: bool = False) -> None:
+        start = time.perf_counter()
+        for run in self.runs:
+            if self.result_path(run).exists():
+                print(f"[{run.index + 1}/{len(self.runs)}] {run.name}: done already", flush=True)
+                continue
+            t = time.perf_counter()
+            if subprocess:
+                import subprocess as sp
+
+                sp.run([sys.executable, "-m", "lit_align.sweep", "run", str(self.path), "--index", str(run.index)],
+                       check=True)
+                result = json.loads(self.result_path(run).read_text())
+            else:
+                result = self.run_one(run)
+            shown = ", ".join(f"{m}={result[m]:.3f}" for m in self.metrics([result]) if m in result)
+            print(f"[{run.index + 1}/{len(self.runs)}] {run.name}: {result['steps']} steps, "
+                  f"{time.perf_counter() - t:.0f} s; {shown}", flush=True)
+        print(f"sweep: {len(self.runs)} runs in {time.perf_counter() - start:.0f} s", flush=True)
+
+    # -- results ---------------------------------------------------------------------------------------
+    def results(self) -> list[dict]:
+        return [json.loads(self.result_path(r).read_text()) for r in self.runs if self.result_path(r).exists()]
+
+    def metrics(self, rows: list[dict]) -> list[str]:
+        if self.spec.get("metrics"):
+            return list(self.spec["metrics"])
+        names = sorted({k for r in rows for k in r if k.endswith("logps/accuracy")})
+        return names or sorted({k for r in rows for k in r if k.endswith("/loss")})
+
+    def collect(self) -> tuple[Path, Path | None]:
+        """Write <out>/results.csv (one row per finished run) and <out>/<name>.png."""
+        rows = self.results()
+        if not rows:
+            raise LitAlignError(f"no finished runs under {self.out / 'runs'}")
+        fixed = ["run", "objective", "size", "seed", "train_examples", "steps", "wall_s"]
+        columns = fixed + sorted({k for r in rows for k in r} - set(fixed))
+        self.out.mkdir(parents=True, exist_ok=True)
+        csv_path = self.out / "results.csv"
+        with open(csv_path, "w", newline="") as f:
+            writer = csv.DictWriter(f, columns)
+            writer.writeheader()
+            writer.writerows(rows)
+        png = None
+        try:
+            from lit_align.plots import plot_sweep
+        except ImportError:  # pragma: no cover
+            pass
+        else:
+            try:
+                png = plot_sweep(rows, self.metrics(rows), self.out / f"{self.name}.png", x="train_examples",
+                                 title=f"{self.name}: final model, by training examples ({len(self.seeds)} seeds)")
+            except ImportError:
+                print("matplotlib is not installed: no figure (pip install matplotlib)", file=sys.stderr)
+        missing = len(self.runs) - len(rows)
+        print(f"wrote {csv_path} ({len(rows)} runs{f', {missing} not finished' if missing else ''})"
+              + (f" and {png}" if png else ""), flush=True)
+        return csv_path, png
+
+    # -- SLURM -----------------------------------------------------------------------------------------
+    def slurm_script(self, python: str | None = None, workdir: str | None = None) -> str:
+        """An sbatch job-array script: task i runs run i (`python -m lit_align.sweep run SWEEP --index i`)."""
+        s = {"time": "01:00:00", "cpus_per_task": 4, "gres": None, "partition": None, "max_parallel": None,
+             "setup": None, "sbatch": [], **(self.spec.get("slurm") or {})}
+        python = python or sys.executable
+        workdir = workdir or os.getcwd()
+        logs = (self.out / "slurm").resolve() if not self.out.is_absolute() else self.out / "slurm"
+        array = f"0-{len(self.runs) - 1}" + (f"%{s['max_parallel']}" if s["max_parallel"] else "")
+        lines = ["#!/bin/bash",
+                 f"#SBATCH --job-name={self.name}",
+                 f"#SBATCH --array={array}",
+                 f"#SBATCH --output={logs}/%A_%a.out",
+                 f"#SBATCH --time={s['time']}",
+                 f"#SBATCH --cpus-per-task={s['cpus_per_task']}",
+                 "#SBATCH --ntasks=1"]
+        if s["gres"]:
+            lines.append(f"#SBATCH --gres={s['gres']}")
+        if s["partition"]:
+            lines.append(f"#SBATCH --partition={s['partition']}")
+        lines += [f"#SBATCH {opt}" for opt in s["sbatch"]]
+        runs = "\n".join(f"#   {r.index}: {r.name}" for r in self.runs)
+        lines += ["", f"# {len(self.runs)} runs of sweep {self.path} (array index: run):", runs, "",
+                  "set -euo pipefail", f"cd {shlex.quote(workdir)}"]
+        if s["setup"]:
+            lines.append(s["setup"])
+        lines += ["export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-0} TOKENIZERS_PARALLELISM=false",
+                  f"srun {shlex.quote(python)} -m lit_align.sweep run {shlex.quote(str(self.path))} "
+                  "--index \"$SLURM_ARRAY_TASK_ID\""]
+        return "\n".join(lines) + "\n"
+
+    def write_slurm(self, python: str | None = None, workdir: str | None = None) -> tuple[Path, Path]:
+        """Write <out>/sweep.sbatch and <out>/submit.sh (submits the array, then `collect` after it)."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "slurm").mkdir(exist_ok=True)
+        sbatch = self.out / "sweep.sbatch"
+        sbatch.write_text(self.slurm_script(python, workdir))
+        python = python or sys.executable
+        workdir = workdir or os.getcwd()
+        collect = f"cd {shlex.quote(workdir)} && {shlex.quote(python)} -m lit_align.sweep collect {shlex.quote(str(self.path))}"
+        submit = self.out / "submit.sh"
+        submit.write_text("#!/bin/bash\n# Submit the sweep's job array, then collect its results when every task has ended.\n"
+                          "set -euo pipefail\n"
+                          f"job=$(sbatch --parsable {shlex.quote(str(sbatch.resolve()))})\n"
+                          f"sbatch --dependency=afterany:$job --job-name={self.name}-collect "
+                          f"--output={shlex.quote(str((self.out / 'slurm').resolve()))}/collect_%j.out "
+                          f"--wrap={shlex.quote(collect)}\n"
+                          "echo \"submitted array job $job\"\n")
+        submit.chmod(0o755)
+        return sbatch, submit
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m lit_align.sweep", description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=["run", "collect", "slurm", "list"])
+    parser.add_argument("sweep", help="the sweep YAML")
+    parser.add_argument("--index", type=int, help="run: only this run (e.g. $SLURM_ARRAY_TASK_ID)")
+    parser.add_argument("--subprocess", action="store_true", help="run: each run in its own process")
+    parser.add_argument("--verbose", action="store_true", help="run: show each run's output instead of logging it")
+    parser.add_argument("--out", help="override the sweep's output directory")
+    parser.add_argument("--python", help="slurm: the Python interpreter of the jobs (default: this one)")
+    parser.add_argument("--workdir", help="slurm: the jobs' working directory (default: here)")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        sweep = Sweep(args.sweep)
+        if args.out:
+            sweep.out = Path(args.out)
+        if args.command == "list":
+            for r in sweep.runs:
+                done = "done" if sweep.result_path(r).exists() else ""
+                print(f"{r.index:4d}  {r.name}  {done}")
+        elif args.command == "run" and args.index is not None:
+            if not 0 <= args.index < len(sweep.runs):
+                raise LitAlignError(f"--index {args.index}: the sweep has runs 0..{len(sweep.runs) - 1}")
+            result = sweep.run_one(sweep.runs[args.index], quiet=not args.verbose)
+            print(json.dumps(result), flush=True)
+        elif args.command == "run":
+            sweep.run_all(subprocess=args.subprocess)
+            sweep.collect()
+        elif args.command == "collect":
+            sweep.collect()
+        else:
+            sbatch, submit = sweep.write_slurm(args.python, args.workdir)
+            print(f"wrote {sbatch} ({len(sweep.runs)} array tasks) and {submit}\nsubmit with: bash {submit}")
+    except LitAlignError as e:
+        print(f"\nlit_align.sweep: error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""Sweeps: a tiny grid runs through the real CLI and writes a CSV with one row per run and a PNG; a run
+that is done is not run again; the SLURM array script is generated (without SLURM); every sweep file
+in configs/sweeps resolves to configs that LitAlignCLI accepts."""
+
+import csv
+import json
+
+import pytest
+import yaml
+from conftest import REPO
+
+SWEEPS = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs" / "sweeps").glob("*.yaml"))
+
+TINY = {
+    "name": "tiny",
+    "sizes": [8, 16],
+    "seeds": [0],
+    "epochs": 1,
+    "min_steps": 2,
+    "metrics": ["val_id/logps/accuracy", "val_ood/logps/accuracy"],
+    "base": {
+        "data": {"class_path": "lit_align.data.AlignDataModule", "init_args": {
+            "train": {"path": "builtin:ab"}, "batch_size": 8, "max_length": 64,
+            "val": {"id": {"path": "builtin:ab", "split": "id", "limit": 8, "kind": "pair"},
+                    "ood": {"path": "builtin:ab", "split": "ood", "limit": 8, "kind": "pair"}}}},
+        "trainer": {"accelerator": "cpu", "log_every_n_steps": 1},
+    },
+    "objectives": {"sft": {"model": {"class_path": "lit_align.objectives.SFT",
+                                     "init_args": {"policy": {"name": "builtin:tiny"}}}}},
+    "slurm": {"time": "00:10:00", "gres": "gpu:1", "max_parallel": 4, "setup": "source .venv/bin/activate"},
+}
+
+
+def _write(tmp_path, spec) -> "Path":  # noqa: F821
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({**spec, "out": str(tmp_path / "out")}))
+    return path
+
+
+def test_tiny_sweep_writes_one_csv_row_per_run_and_a_png(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from lit_align.sweep import main
+
+    path = _write(tmp_path, TINY)
+    main(["run", str(path)])
+    with open(tmp_path / "out" / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["run"] for r in rows) == ["sft-n16-s0", "sft-n8-s0"]
+    for r in rows:
+        assert int(r["train_examples"]) == int(r["size"]) and int(r["steps"]) == 2
+        assert 0.0 <= float(r["val_id/logps/accuracy"]) <= 1.0 and r["val_ood/logps/accuracy"] != ""
+    assert (tmp_path / "out" / "tiny.png").stat().st_size > 10_000
+    run_dir = tmp_path / "out" / "runs" / "sft-n8-s0"
+    assert json.loads((run_dir / "result.json").read_text())["seed"] == 0
+    assert list((run_dir / "version_0").glob("events.out.tfevents.*"))
+    # a second invocation finds every run done and only collects
+    capsys.readouterr()
+    main(["run", str(path)])
+    assert capsys.readouterr().out.count("done already") == 2
+
+
+def test_run_configs_set_size_seed_and_steps(tmp_path):
+    from lit_align.sweep import Sweep
+
+    sweep = Sweep(_write(tmp_path, {**TINY, "sizes": [100], "seeds": [3], "epochs": 2, "min_steps": 5}))
+    (run,) = sweep.runs
+    cfg = sweep.config(run)
+    assert cfg["data"]["init_args"]["train"] == {"path": "builtin:ab", "limit": 100}
+    assert cfg["data"]["init_args"]["seed"] == 3 and cfg["seed_everything"] == 3
+    assert cfg["trainer"]["max_steps"] == 25  # ceil(2 epochs * 100 / batch 8)
+    assert cfg["export"]["enabled"] is False
+    assert cfg["trainer"]["logger"]["init_args"]["name"] == "sft-n100-s3"
+
+
+def test_slurm_array_script(tmp_path):
+    from lit_align.sweep import Sweep
+
+    sweep = Sweep(_write(tmp_path, {**TINY, "seeds": [0, 1]}))
+    sbatch, submit = sweep.write_slurm(python="/env/bin/python", workdir="/project")
+    script = sbatch.read_text()
+    assert script.startswith("#!/bin/bash\n")
+    assert "#SBATCH --array=0-3%4" in script and "#SBATCH --gres=gpu:1" in script
+    assert "#SBATCH --time=00:10:00" in script and "cd /project" in script
+    assert "source .venv/bin/activate" in script
+    assert f'srun /env/bin/python -m lit_align.sweep run {sweep.path} --index "$SLURM_ARRAY_TASK_ID"' in script
+    for i, name in enumerate(["sft-n8-s0", "sft-n8-s1", "sft-n16-s0", "sft-n16-s1"]):
+        assert f"#   {i}: {name}" in script
+    text = submit.read_text()
+    assert "sbatch --parsable" in text and "--dependency=afterany:$job" in text and "lit_align.sweep collect" in text
+
+
+@pytest.mark.parametrize("sweep_file", SWEEPS)
+def test_every_sweep_config_resolves_and_parses(sweep_file, tmp_path, capsys):
+    from lit_align.cli import LitAlignCLI
+    from lit_align.sweep import Sweep
+
+    sweep = Sweep(REPO / sweep_file)
+    seen = set()
+    for run in sweep.runs:
+        if run.objective in seen:
+            continue
+        seen.add(run.objective)
+        cfg = sweep.config(run)
+        path = tmp_path / f"{run.objective}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        with pytest.raises(SystemExit) as exit_info:
+            LitAlignCLI(args=["fit", "--config", str(path), "--print_config"])
+        assert exit_info.value.code in (0, None), (sweep_file, run.objective)
+        assert "class_path: lit_align.objectives" in capsys.readouterr().out
