@@ -1,0 +1,123 @@
+"""Checkpoint safety: a process killed while writing a checkpoint leaves the last good one readable (checkpoints
+are written under a hidden partial name, flushed, then renamed), and `--ckpt_path last` resumes the newest
+*complete* checkpoint (a truncated newer file is skipped; a directory checkpoint caught between its two renames
+is still found)."""
+
+import io
+import os
+import signal
+import zipfile
+from pathlib import Path
+
+import torch
+from conftest import REPO, run_cli
+from lightning.pytorch import Callback, Trainer
+from test_resume import ONE_THREAD, one_thread, run_in_process, scalars  # noqa: F401 (fixture)
+
+from lit_align.callbacks import RunCheckpoint
+from lit_align.callbacks.checkpoint import commit, is_complete, old_path, partial_path
+from lit_align.data import AlignDataModule
+from lit_align.models import ModelSpec
+from lit_align.objectives import SFT, OptimSpec
+
+
+class KillDuringSave(Callback):
+    """Test helper, loaded by the CLI subprocess from tests/: while the checkpoint of optimizer step `step` is
+    saved, the write of last.ckpt's bytes stops half-way and the process is SIGKILLed (power cut, OOM kill)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        if trainer.global_step != self.step:
+            return
+        import lightning.fabric.plugins.io.torch_io as torch_io
+
+        original = torch_io._atomic_save
+
+        def dying_save(obj, filepath):
+            if "last" not in os.path.basename(str(filepath)):
+                return original(obj, filepath)
+            buffer = io.BytesIO()
+            torch.save(obj, buffer)
+            data = buffer.getvalue()
+            with open(filepath, "wb") as f:  # whatever path the checkpoint is written to, half of it
+                f.write(data[: len(data) // 2])
+                f.flush()
+                os.fsync(f.fileno())
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        torch_io._atomic_save = dying_save
+
+
+RUN = ["fit", "--config", str(REPO / "configs" / "quickstart.yaml"), "--model.init_args.policy.name", "builtin:tiny",
+       "--data.init_args.train.limit", "48", "--data.init_args.val.val.limit", "8", "--data.init_args.batch_size", "4",
+       "--trainer.max_steps", "6", "--trainer.val_check_interval", "4", "--trainer.log_every_n_steps", "1",
+       "--trainer.logger.init_args.name", "safety", "--checkpoint.every_n_train_steps", "2",
+       "--trainer.enable_model_summary", "false", "--export.enabled", "false"]
+
+
+def test_kill_during_save_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, one_thread):  # noqa: F811
+    killed = run_cli([*RUN, "--trainer.callbacks+=test_checkpoint_safety.KillDuringSave",
+                      "--trainer.callbacks.step", "4"], cwd=tmp_path, env=ONE_THREAD)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    ckpts = tmp_path / "logs" / "safety" / "checkpoints"
+    partial = Path(partial_path(str(ckpts / "last.ckpt")))
+    assert partial.exists() and not zipfile.is_zipfile(partial)  # it died writing step 4's last.ckpt ...
+    last = torch.load(ckpts / "last.ckpt", weights_only=False)   # ... and step 2's is intact
+    assert last["global_step"] == 2
+
+    run_in_process([*RUN, "--ckpt_path", "last"], tmp_path, monkeypatch)
+    assert not partial.exists()  # the leftover of the killed save is cleaned up
+    assert torch.load(ckpts / "last.ckpt", weights_only=False)["global_step"] == 6
+    assert sorted(scalars(tmp_path / "logs" / "safety" / "version_1", "train/loss")) == [2, 3, 4, 5]
+
+
+def test_resume_skips_an_incomplete_newer_checkpoint(tmp_path, one_thread):  # noqa: F811
+    def fit(max_steps, ckpt_path=None):
+        model = SFT(policy=ModelSpec(name="builtin:tiny"), optim=OptimSpec(lr=1e-2))
+        data = AlignDataModule(train={"path": "builtin:sft", "limit": 32}, batch_size=4, max_length=64)
+        data.connect(model.tokenizer, model.kind)
+        trainer = Trainer(max_steps=max_steps, accelerator="cpu", logger=False, enable_progress_bar=False,
+                          enable_model_summary=False,
+                          callbacks=[RunCheckpoint(dirpath=str(tmp_path), every_n_train_steps=1)])
+        trainer.fit(model, datamodule=data, ckpt_path=ckpt_path, weights_only=False)  # hparams hold dataclasses
+        return trainer
+
+    fit(2)
+    good = (tmp_path / "last.ckpt").read_bytes()
+    (tmp_path / "last-v1.ckpt").write_bytes(good[: len(good) // 3])  # newer, truncated (e.g. a copy cut short)
+    os.utime(tmp_path / "last-v1.ckpt", (os.path.getmtime(tmp_path / "last.ckpt") + 60,) * 2)
+    assert RunCheckpoint(dirpath=str(tmp_path))._find_last_checkpoints(None) == {str(tmp_path / "last.ckpt")}
+    trainer = fit(3, ckpt_path="last")
+    assert trainer.ckpt_path == str(tmp_path / "last.ckpt") and trainer.global_step == 3
+
+
+def _directory_checkpoint(path: Path, tag: str) -> None:
+    path.mkdir()
+    torch.save({"tag": tag}, path / "meta.pt")
+    (path / ".metadata").write_bytes(b"index")
+    (path / "__0_0.distcp").write_bytes(tag.encode())
+
+
+def test_directory_checkpoints_commit_and_recover(tmp_path):
+    final = tmp_path / "last.ckpt"
+    _directory_checkpoint(final, "old")
+    part = Path(partial_path(str(final)))
+    _directory_checkpoint(part, "new")
+    (part / ".metadata").unlink()
+    assert not is_complete(str(part))  # the index is written last: without it the directory is partial
+    (part / ".metadata").write_bytes(b"index")
+    commit(str(part), str(final))
+    assert not part.exists() and not Path(old_path(str(final))).exists()
+    assert torch.load(final / "meta.pt")["tag"] == "new"
+
+    # killed between the two renames of the next commit: the previous checkpoint is still found
+    os.replace(final, old_path(str(final)))
+    found = RunCheckpoint(dirpath=str(tmp_path))._find_last_checkpoints(None)
+    assert found == {old_path(str(final))}
+    # files: a truncated torch.save archive is incomplete, a whole one complete
+    torch.save({"x": torch.ones(3)}, tmp_path / "f.ckpt")
+    data = (tmp_path / "f.ckpt").read_bytes()
+    (tmp_path / "g.ckpt").write_bytes(data[:-30])
+    assert is_complete(str(tmp_path / "f.ckpt")) and not is_complete(str(tmp_path / "g.ckpt"))
