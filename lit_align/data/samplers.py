@@ -104,3 +104,62 @@ class ResumableSampler(DistributedSampler):
         if same_data and state.get("consumed", 0) > 0:
             self._skip[self.epoch] = int(state["consumed"])
 
+
+class WeightedResampler(ResumableSampler):
+    """Draws training examples in proportion to a weight ("train on it several times" instead of scaling its
+    loss): importance-reweighted SFT's `resample` mode (objectives/iw_sft.py).
+
+    Epoch `e` is `len(dataset)` draws with replacement, `torch.multinomial(weights, n, replacement=True)` from
+    a generator seeded with `seed + e`: one global order, deterministic in (seed, epoch, weights), whatever
+    the number of processes. Sharding across ranks, `state_dict` / `load_state_dict` and the skip of the
+    part already trained on are ResumableSampler's, so a resumed run sees exactly the draws the
+    uninterrupted run would have. The state also records a digest of the weights: a state saved under other
+    weights cannot name the same draws, and the epoch then starts over (with a warning).
+
+    `weights`: (n,) non-negative, or a callable returning them. A callable is read when an epoch's draw
+    begins, so an objective can hand the sampler weights it computes after the data loader was built
+    (Lightning builds it before on_fit_start).
+    """
+
+    def __init__(self, dataset: Sized, weights, num_replicas: int = 1, rank: int = 0, seed: int = 0,
+                 drop_last: bool = False):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=drop_last)
+        self._weights = weights
+        self._loaded_digest: str | None = None
+
+    @property
+    def weights(self) -> torch.Tensor:
+        w = self._weights() if callable(self._weights) else self._weights
+        w = torch.as_tensor(w, dtype=torch.float64).reshape(-1).cpu()
+        if w.numel() != len(self.dataset):
+            raise ValueError(f"{w.numel()} sampling weights for {len(self.dataset)} examples")
+        if (w < 0).any() or not torch.isfinite(w).all() or w.sum() <= 0:
+            raise ValueError("sampling weights must be finite, >= 0 and not all 0")
+        return w
+
+    def order(self, epoch: int) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed + epoch)
+        return torch.multinomial(self.weights, len(self.dataset), replacement=True, generator=g).tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        if self._loaded_digest is not None:
+            if self._loaded_digest != _digest(self.weights) and self._skip.pop(self.epoch, None):
+                import warnings
+
+                warnings.warn("the saved sampler position belongs to other sampling weights; the epoch's draw "
+                              "starts over", stacklevel=2)
+            self._loaded_digest = None
+        return super().__iter__()
+
+    def state_dict(self, consumed: int | None = None) -> dict:
+        return {**super().state_dict(consumed), "weights": _digest(self.weights)}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self._loaded_digest = state.get("weights")  # compared when iteration starts (weights may come later)
+
+
+def _digest(w: torch.Tensor) -> str:
+    import hashlib
+
+    return hashlib.sha256(w.double().numpy().tobytes()).hexdigest()[:16]
