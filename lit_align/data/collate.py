@@ -52,3 +52,56 @@ def collate(items: list[tuple[int, Tokenized]], pad_id: int, pad_to_multiple_of:
         "prefix_tokens": torch.tensor([ex.prefix_len for ex in examples], dtype=torch.long),
         "context_tokens": torch.tensor([len(ex.context) for ex in examples], dtype=torch.long),
     }
+
+
+def collate_prefix(items: list[tuple[int, Tokenized]], pad_id: int, pad_to_multiple_of: int = 1) -> dict:
+    """Shared-context layout (kind "prefix_pair"): each example's context once, its continuations apart.
+
+        context_ids     (B, C) long   prompt + shared prefix, LEFT-padded (so every context ends at C-1
+                                      and continuations follow it directly)
+        context_mask    (B, C) long   1 on real context tokens
+        input_ids       (N, L) long   continuation tokens only, N = k * B rows continuation-major (as in
+                                      `collate`), right-padded
+        attention_mask  (N, L) long   1 on real continuation tokens
+        labels          (N, L) long   the continuation token ids, -100 on padding. All are targets: token 0
+                                      is predicted by the context's last logit, token t by the logit at t-1
+        weight, index, num_continuations, prefix_tokens, context_tokens: as in `collate`
+    """
+    indices = [i for i, _ in items]
+    examples = [ex for _, ex in items]
+    k = len(examples[0].continuations)
+    if any(len(ex.continuations) != k for ex in examples):
+        raise ValueError("every example of a batch must have the same number of continuations")
+    for ex in examples:
+        if not ex.context:
+            raise ValueError(f"{ex.where}: the shared-context layout needs a non-empty context (prompt or prefix)")
+    B = len(examples)
+    C = max(len(ex.context) for ex in examples)
+    C = -(-C // pad_to_multiple_of) * pad_to_multiple_of
+    context_ids = torch.full((B, C), pad_id, dtype=torch.long)
+    context_mask = torch.zeros((B, C), dtype=torch.long)
+    for b, ex in enumerate(examples):
+        context_ids[b, C - len(ex.context):] = torch.tensor(ex.context, dtype=torch.long)
+        context_mask[b, C - len(ex.context):] = 1
+    rows = [ex.continuations[j] for j in range(k) for ex in examples]
+    L = -(-max(len(r) for r in rows) // pad_to_multiple_of) * pad_to_multiple_of
+    input_ids = torch.full((k * B, L), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((k * B, L), dtype=torch.long)
+    labels = torch.full((k * B, L), -100, dtype=torch.long)
+    for r, cont in enumerate(rows):
+        ids = torch.tensor(cont, dtype=torch.long)
+        input_ids[r, : len(ids)] = ids
+        attention_mask[r, : len(ids)] = 1
+        labels[r, : len(ids)] = ids
+    return {
+        "context_ids": context_ids,
+        "context_mask": context_mask,
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "labels": labels,
+        "weight": torch.tensor([1.0 if ex.weight is None else ex.weight for ex in examples]),
+        "index": torch.tensor(indices, dtype=torch.long),
+        "num_continuations": k,
+        "prefix_tokens": torch.tensor([ex.prefix_len for ex in examples], dtype=torch.long),
+        "context_tokens": torch.tensor([len(ex.context) for ex in examples], dtype=torch.long),
+    }

@@ -17,9 +17,9 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
-from lit_align.data.collate import collate
+from lit_align.data.collate import collate, collate_prefix
 from lit_align.data.records import SkipRecord, to_examples
-from lit_align.data.samplers import ResumableSampler
+from lit_align.data.samplers import ResumableSampler, WeightedResampler
 from lit_align.data.sources import Source, as_source, read_rows
 from lit_align.data.tokenize import Tokenized, Tokenizer, TokenizeSpec
 from lit_align.errors import DataError, LitAlignError
@@ -68,7 +68,7 @@ def build_split(name: str, source: Source, kind: str, tokenizer: Tokenizer,
                             disable=rank_zero_only.rank != 0):
         summary.rows += 1
         if source.columns and isinstance(row, dict):
-            row = {source.columns.get(k, k): v for k, v in row.items()}
+            # {new: old}: read field `old` as `new` (from the original row, so swaps work)
             row = {**row, **{new: row[old] for new, old in source.columns.items() if old in row}}
         try:
             for ex in to_examples(row, where, kind, source.format):
@@ -206,10 +206,20 @@ class AlignDataModule(LightningDataModule):
     # and its position is saved in checkpoints so that a resumed run sees exactly the batches it would have.
     _train_sampler: ResumableSampler | None = None
     _train_sampler_state: dict | None = None
+    # Set by an objective that draws training examples in proportion to a weight (importance-reweighted SFT,
+    # mode resample): a callable giving the (n,) weights of the train split, read when an epoch's draw begins.
+    # The training order then comes from WeightedResampler (same sharding and resume as ResumableSampler).
+    train_weights = None
+
     def train_dataloader(self) -> DataLoader:
         dist = (self.trainer.distributed_sampler_kwargs if self.trainer is not None else None) or {}
-        self._train_sampler = ResumableSampler(self.splits["train"], num_replicas=dist.get("num_replicas", 1),
-                                               rank=dist.get("rank", 0), shuffle=True, seed=self.seed)
+        if self.train_weights is not None:
+            self._train_sampler = WeightedResampler(self.splits["train"], self.train_weights,
+                                                    num_replicas=dist.get("num_replicas", 1), rank=dist.get("rank", 0),
+                                                    seed=self.seed)
+        else:
+            self._train_sampler = ResumableSampler(self.splits["train"], num_replicas=dist.get("num_replicas", 1),
+                                                   rank=dist.get("rank", 0), shuffle=True, seed=self.seed)
         if self._train_sampler_state:
             self._train_sampler.load_state_dict(self._train_sampler_state)
         return self._loader("train", self.batch_size, shuffle=True, sampler=self._train_sampler)
@@ -249,9 +259,9 @@ class AlignDataModule(LightningDataModule):
 
 # kind -> collate function. "sft" and "pair" share the padded layout of collate.py; objectives with their
 # own batch layout (e.g. prefix-DPO's shared context) register theirs here.
-COLLATE_BY_KIND = {"sft": collate, "pair": collate}
+COLLATE_BY_KIND = {"sft": collate, "pair": collate, "prefix_pair": collate_prefix}
 # kind -> the record kind of records.py it reads (a kind with its own layout may read "pair" records).
-RECORD_KIND = {"sft": "sft", "pair": "pair", "probe": "probe"}
+RECORD_KIND = {"sft": "sft", "pair": "pair", "prefix_pair": "pair", "probe": "probe"}
 
 
 def _collate_named(items, name: str, kind: str, pad_id: int, pad_to_multiple_of: int) -> dict:

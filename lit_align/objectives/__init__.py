@@ -1,4 +1,7 @@
 from lit_align.objectives.base import Objective, OptimSpec
+from lit_align.objectives.dpo import DPO
+from lit_align.objectives.iw_sft import IWSFT
+from lit_align.objectives.prefix_dpo import PrefixDPO
 from lit_align.objectives.sft import SFT
 
-__all__ = ["Objective", "OptimSpec", "SFT"]
+__all__ = ["Objective", "OptimSpec", "SFT", "DPO", "PrefixDPO", "IWSFT"]

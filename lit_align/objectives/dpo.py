@@ -1,0 +1,138 @@
+"""Direct Preference Optimization (Rafailov et al. 2023) and its common loss variants.
+
+For a pair (x, y_w, y_l) of a prompt, a chosen and a rejected continuation, with log-probs summed over
+the continuation's target tokens only (the prompt is context; the end token counts for full answers):
+
+    h   = [log π_θ(y_w|x) - log π_ref(y_w|x)] - [log π_θ(y_l|x) - log π_ref(y_l|x)]
+    L   = Σ_pairs ℓ(h) / number of pairs
+    ℓ   = -log σ(βh)                                    loss: sigmoid  (label_smoothing ε: cDPO,
+                                                                        -(1-ε) log σ(βh) - ε log σ(-βh))
+          (-(1-ε) log σ(βh) + ε log σ(-βh)) / (1-2ε)    loss: robust   (Chowdhury et al. 2024)
+          (h - 1/(2β))²                                  loss: ipo      (Azar et al. 2023)
+          max(0, 1 - βh)                                 loss: hinge    (SLiC / RSO)
+        + α · (-log π_θ(y_w|x) / |y_w|)                  nll_weight α > 0: an NLL term on the chosen
+                                                         continuation, a per-token mean per pair (RPO)
+
+The mean is over the pairs of the whole optimizer step (every accumulated micro-batch, every device; see
+objectives/base.py). π_ref is a constant: no gradient flows into it (reference.py: a frozen copy, the LoRA
+policy with its adapter disabled, or a precomputed cache). With `length_normalize`, every log π (policy
+and reference) is divided by its continuation's token count before h is formed (as in SimPO / the IPO
+implementations); the NLL term is a per-token mean either way. Chosen and rejected rows run through the
+policy in ONE forward pass (rows [0:B] chosen, [B:2B] rejected; collate.py); log-probs are fp32
+(logprobs.py). Record weights are not used. With π_θ = π_ref the sigmoid loss is exactly log 2.
+
+Metrics (train per optimizer step, every validation set per epoch), each a mean over pairs:
+{split}/loss, {split}/rewards/chosen = β(log π_θ(y_w|x) - log π_ref(y_w|x)) (detached),
+{split}/rewards/rejected, {split}/rewards/margins (chosen - rejected), {split}/rewards/accuracy (share of
+pairs whose chosen reward is strictly higher), {split}/logps/chosen and {split}/logps/rejected (policy,
+summed over the continuation's tokens, not length-normalised), {split}/logps/margins (chosen - rejected)
+and {split}/logps/accuracy (share of pairs whose chosen log-prob is higher: the policy's own preference,
+without the reference), {split}/nll when nll_weight > 0.
+"""
+
+from __future__ import annotations
+
+from lit_align.errors import LitAlignError
+from lit_align.logprobs import LogpsFn, SeqLogps, sequence_logps
+from lit_align.losses import PREFERENCE_LOSSES, chosen_nll
+from lit_align.models import ModelSpec
+from lit_align.objectives.base import Objective, OptimSpec, Sums
+from lit_align.reference import ReferenceSpec, build_reference
+
+
+class DPO(Objective):
+    kind = "pair"
+
+    def __init__(
+        self,
+        policy: ModelSpec | None = None,
+        optim: OptimSpec | None = None,
+        beta: float = 0.1,
+        loss: str = "sigmoid",
+        label_smoothing: float = 0.0,
+        nll_weight: float = 0.0,
+        length_normalize: bool = False,
+        reference: ReferenceSpec | None = None,
+    ):
+        """
+        Args:
+            policy: the model to train (hub name, local path, or builtin:tiny / builtin:small), dtype, LoRA.
+            optim: AdamW and the learning-rate schedule.
+            beta: β, the strength of the implicit KL penalty towards the reference (IPO: its τ).
+            loss: sigmoid (DPO; with label_smoothing: cDPO), robust, ipo or hinge.
+            label_smoothing: ε, the assumed probability that a preference label is flipped (sigmoid, robust).
+            nll_weight: α, weight of an NLL term on the chosen continuation (0: none).
+            length_normalize: divide every sequence log-prob by its token count before the loss.
+            reference: where π_ref comes from: mode copy (a frozen model), disable_adapter (the LoRA
+                policy's base) or cache (a precomputed file).
+        """
+        super().__init__(policy, optim)
+        if loss not in PREFERENCE_LOSSES:
+            raise LitAlignError(f"loss must be one of {', '.join(PREFERENCE_LOSSES)}, not '{loss}'")
+        if beta <= 0:
+            raise LitAlignError(f"beta must be > 0, not {beta}")
+        if not 0 <= label_smoothing < 0.5:
+            raise LitAlignError(f"label_smoothing must be in [0, 0.5), not {label_smoothing}")
+        if nll_weight < 0:
+            raise LitAlignError(f"nll_weight must be >= 0, not {nll_weight}")
+        self.beta, self.loss_name, self.label_smoothing = beta, loss, label_smoothing
+        self.nll_weight, self.length_normalize = nll_weight, length_normalize
+        self.reference = build_reference(reference, self.logps_fn())
+
+    def logps_fn(self) -> LogpsFn:
+        """How per-continuation log-probs are computed from this objective's batches (policy and reference)."""
+        return sequence_logps
+
+    # -- reference ------------------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        super().configure_model()
+        self.reference.configure(self.model, self.policy_spec, self.tokenizer)
+
+    def _prepare_reference(self) -> None:
+        trainer = self.trainer
+        self.reference.prepare(
+            self.model, trainer.datamodule,
+            from_policy=trainer.global_step == 0 and trainer.ckpt_path is None,
+            precision=str(trainer.precision), forward_context=trainer.precision_plugin.forward_context)
+
+    def on_fit_start(self) -> None:
+        self._prepare_reference()
+
+    def on_validation_start(self) -> None:
+        self._prepare_reference()  # a no-op once prepared (lit_align validate runs no fit)
+
+    def on_test_start(self) -> None:
+        self._prepare_reference()
+
+    # -- loss -----------------------------------------------------------------------------------------
+    def step(self, batch: dict) -> Sums:
+        policy: SeqLogps = self.logps_fn()(self.model, batch)      # (B, 2) fp32, with gradient
+        ref: SeqLogps = self.reference(batch, self.model)         # (B, 2) fp32, constants
+        if not (ref.tokens == policy.tokens).all():
+            raise LitAlignError("the reference log-probs do not cover the same tokens as the policy's (a stale "
+                                "reference cache, or a reference with another tokenizer)")
+        pi, pi_ref = policy.logps, ref.logps
+        if self.length_normalize:
+            pi, pi_ref = pi / policy.tokens, pi_ref / policy.tokens
+        out = PREFERENCE_LOSSES[self.loss_name](pi[:, 0], pi[:, 1], pi_ref[:, 0], pi_ref[:, 1], beta=self.beta,
+                                                label_smoothing=self.label_smoothing)
+        losses = out.losses                                          # (B,)
+        n_pairs = losses.shape[0]
+        sums = {}
+        if self.nll_weight > 0:
+            nll = chosen_nll(policy.logps[:, 0], policy.tokens[:, 0])  # (B,) per-token mean per pair
+            losses = losses + self.nll_weight * nll
+            sums["nll"] = (nll.detach().sum(), n_pairs)
+        logps = policy.logps.detach()
+        return {
+            "loss": (losses.sum(), n_pairs),
+            "rewards/chosen": (out.chosen_rewards.sum(), n_pairs),
+            "rewards/rejected": (out.rejected_rewards.sum(), n_pairs),
+            "rewards/margins": ((out.chosen_rewards - out.rejected_rewards).sum(), n_pairs),
+            "rewards/accuracy": ((out.chosen_rewards > out.rejected_rewards).float().sum(), n_pairs),
+            "logps/chosen": (logps[:, 0].sum(), n_pairs),
+            "logps/rejected": (logps[:, 1].sum(), n_pairs),
+            "logps/margins": ((logps[:, 0] - logps[:, 1]).sum(), n_pairs),
+            "logps/accuracy": ((logps[:, 0] > logps[:, 1]).float().sum(), n_pairs),
+            **sums,
+        }

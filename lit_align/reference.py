@@ -1,0 +1,414 @@
+"""Reference log-probs: log π_ref(y_j | x_i) of every continuation j of every example i of a batch, for
+objectives that compare the policy with a fixed reference (DPO, prefix-DPO, importance-reweighted SFT).
+
+A `Reference` is objective-agnostic: given a batch it returns a `SeqLogps` (B, k) of sequence log-probs
+and target-token counts, constants (no gradient). The objective says how sequence log-probs are computed
+from its batch layout (`logps_fn`, e.g. logprobs.sequence_logps or logprobs.shared_context_logps), so
+policy and reference always agree on which tokens count. Three modes (`ReferenceSpec.mode`):
+
+    copy             a frozen copy of the starting policy (its spec without LoRA), or another model
+                     (`model`: a hub name or a path). Eval mode, no grad, never trained, a submodule of
+                     the objective so it moves with it between devices, and kept out of checkpoints (it is
+                     rebuilt from its spec on resume).
+    disable_adapter  the policy itself with its LoRA adapter disabled (`with model.disable_adapter():`):
+                     exactly the base model, with no second copy in memory. Needs a LoRA policy.
+    cache            computed once before training for every split of the data module and saved to
+                     `cache_dir/<split>-<key>.pt`, where key hashes (reference weights, tokenizer vocabulary,
+                     chat template, batch layout, precision, the split's token ids); looked up by the batch's
+                     `split` and `index`. No reference model is in memory during training, and later runs on
+                     the same model and data (a β sweep) reuse the files. A file whose stored key differs
+                     from the run's is never used: it is rebuilt, or refused when `build: false`, with a
+                     message naming what differs (model, tokenizer, template, data, ...).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from lit_align.errors import LitAlignError
+from lit_align.logprobs import LogpsFn, SeqLogps
+from lit_align.models import ModelSpec, load_model
+
+MODES = ("copy", "disable_adapter", "cache")
+CACHE_FORMAT = 1
+
+
+@dataclass
+class ReferenceSpec:
+    """Where the reference log-probs come from."""
+
+    mode: str = "copy"
+    """copy (a frozen model), disable_adapter (the LoRA policy with its adapter off), or cache (a file)."""
+    model: ModelSpec | None = None
+    """copy / cache: the reference model when it is not the starting policy (e.g. an SFT model saved in
+    Hugging Face format). It must use the policy's tokenizer."""
+    cache_dir: str = "logs/reference_cache"
+    """cache: directory of the cache files (shared by runs on the same model and data)."""
+    build: bool = True
+    """cache: compute a missing or stale cache file; false refuses to (the files must exist already)."""
+    batch_size: int | None = None
+    """cache: batch size while computing (default: the data module's eval_batch_size)."""
+
+
+def _is_peft(model: torch.nn.Module) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:  # pragma: no cover - peft is a dependency
+        return False
+    return isinstance(model, PeftModel)
+
+
+def _eval_no_grad(model: torch.nn.Module, batch: dict, logps_fn: LogpsFn, disable_adapter: bool = False) -> SeqLogps:
+    """logps_fn(model, batch) in eval mode (no dropout), without gradient, restoring the training mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), model.disable_adapter() if disable_adapter else nullcontext():
+            out = logps_fn(model, batch)
+    finally:
+        model.train(was_training)
+    return SeqLogps(out.logps.detach(), out.tokens)
+
+
+class Reference(torch.nn.Module):
+    """Per-example reference sequence log-probs. Subclasses: FrozenReference, AdapterReference, CachedReference."""
+
+    def __init__(self, spec: ReferenceSpec, logps_fn: LogpsFn):
+        super().__init__()
+        self.spec, self.logps_fn = spec, logps_fn
+
+    def configure(self, policy: torch.nn.Module, policy_spec: ModelSpec, tokenizer) -> None:
+        """Called once the policy is loaded (the objective's configure_model)."""
+
+    def prepare(self, policy: torch.nn.Module, datamodule, *, from_policy: bool, precision: str = "32-true",
+                forward_context: Callable = nullcontext) -> None:
+        """Called once the data is set up, before any batch (the objective's on_fit_start / on_*_start).
+        `from_policy`: the policy still holds its starting weights (not resumed, not yet trained)."""
+
+    def forward(self, batch: dict, policy: torch.nn.Module) -> SeqLogps:
+        raise NotImplementedError
+
+
+# -- (a) a frozen model ---------------------------------------------------------------------------------
+
+
+class FrozenReference(Reference):
+    def __init__(self, spec: ReferenceSpec, logps_fn: LogpsFn):
+        super().__init__(spec, logps_fn)
+        self.model: torch.nn.Module | None = None
+        # The copy is rebuilt from its spec, so checkpoints need not carry it: drop its weights when saving
+        # and, when loading, take the ones it already has (strict loading then still checks the policy's).
+        self.register_state_dict_post_hook(_drop_state)
+        self.register_load_state_dict_pre_hook(_keep_state)
+
+    def configure(self, policy: torch.nn.Module, policy_spec: ModelSpec, tokenizer) -> None:
+        if self.model is not None:
+            return
+        spec = self.spec.model or replace(policy_spec, lora=None, gradient_checkpointing=False)
+        model = load_model(spec, tokenizer)
+        n_ref, n_pol = model.get_input_embeddings().num_embeddings, policy.get_input_embeddings().num_embeddings
+        if n_ref != n_pol:
+            raise LitAlignError(f"the reference model '{spec.name}' has {n_ref} token embeddings but the policy "
+                                f"'{policy_spec.name}' has {n_pol}: they must share one tokenizer")
+        self.model = model.eval().requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "FrozenReference":
+        super().train(mode)
+        if self.model is not None:
+            self.model.eval()  # Lightning calls .train() on the whole objective; the reference stays in eval
+        return self
+
+    def forward(self, batch: dict, policy: torch.nn.Module) -> SeqLogps:
+        if self.model is None:
+            raise LitAlignError("the reference model is not loaded: call configure_model() first")
+        return _eval_no_grad(self.model, batch, self.logps_fn)
+
+
+def _drop_state(module: torch.nn.Module, state_dict: dict, prefix: str, local_metadata) -> None:
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        del state_dict[key]
+
+
+def _keep_state(module: torch.nn.Module, state_dict: dict, prefix: str, *args) -> None:
+    if module.model is not None:
+        for key, value in torch.nn.Module.state_dict(module.model, prefix=prefix + "model.").items():
+            state_dict.setdefault(key, value)
+
+
+# -- (b) the policy with its LoRA adapter disabled -----------------------------------------------------
+
+
+class AdapterReference(Reference):
+    def configure(self, policy: torch.nn.Module, policy_spec: ModelSpec, tokenizer) -> None:
+        if not _is_peft(policy):
+            raise LitAlignError("reference.mode: disable_adapter uses the policy with its LoRA adapter switched "
+                                "off, but the policy has no LoRA adapter: set policy.lora (e.g. {r: 8}), or use "
+                                "reference.mode: copy or cache")
+        if self.spec.model is not None:
+            raise LitAlignError("reference.model is not used with reference.mode: disable_adapter (the reference "
+                                "is the policy's own base model); use mode: copy for another model")
+
+    def forward(self, batch: dict, policy: torch.nn.Module) -> SeqLogps:
+        return _eval_no_grad(policy, batch, self.logps_fn, disable_adapter=True)
+
+
+# -- (c) a precomputed cache file ----------------------------------------------------------------------
+
+
+def _canonical_weights(model: torch.nn.Module):
+    """(name, tensor) of the base weights, with peft's wrapping taken out of the names and LoRA left out,
+    so a LoRA policy and the plain model it wraps give the same fingerprint."""
+    for name, p in model.named_parameters():
+        if "lora_" in name or "modules_to_save" in name:
+            continue
+        name = name.removeprefix("base_model.model.").replace(".base_layer.", ".")
+        yield name, p
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """A hash of the model's weights: per tensor its name, shape, dtype, fp64 sum and 256 strided values."""
+    h = hashlib.sha256()
+    for name, p in sorted(_canonical_weights(model), key=lambda x: x[0]):
+        flat = p.detach().reshape(-1)
+        sample = flat[:: max(1, flat.numel() // 256)][:256].float().cpu()
+        h.update(f"{name}|{tuple(p.shape)}|{p.dtype}|".encode())
+        h.update(struct.pack("<d", flat.sum(dtype=torch.float64).item()))
+        h.update(sample.numpy().tobytes())
+    return h.hexdigest()
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A hash of the vocabulary and special tokens."""
+    payload = {"vocab": sorted(tokenizer.get_vocab().items()), "special": sorted(
+        (k, str(v)) for k, v in tokenizer.special_tokens_map.items())}
+    return hashlib.sha256(json.dumps(payload).encode()).hexdigest()
+
+
+def data_fingerprint(examples) -> str:
+    """A hash of a tokenized split: every example's context and continuation token ids, in order."""
+    h = hashlib.sha256()
+    for ex in examples:
+        h.update(struct.pack("<i", len(ex.context)))
+        h.update(torch.tensor(ex.context, dtype=torch.int64).numpy().tobytes())
+        for cont in ex.continuations:
+            h.update(struct.pack("<i", len(cont)))
+            h.update(torch.tensor(cont, dtype=torch.int64).numpy().tobytes())
+        h.update(struct.pack("<i", ex.prefix_len))
+    return h.hexdigest()
+
+
+def _key(meta: dict) -> str:
+    return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class CachedReference(Reference):
+    def __init__(self, spec: ReferenceSpec, logps_fn: LogpsFn):
+        super().__init__(spec, logps_fn)
+        self.tables: dict[str, tuple[Tensor, Tensor]] = {}   # split -> ((n, k) fp32 logps, (n, k) tokens), on CPU
+        self.files: dict[str, Path] = {}
+        self._policy_spec: ModelSpec | None = None
+        self._tokenizer = None
+
+    def configure(self, policy: torch.nn.Module, policy_spec: ModelSpec, tokenizer) -> None:
+        self._policy_spec, self._tokenizer = policy_spec, tokenizer
+
+    def _model_spec(self) -> ModelSpec:
+        return self.spec.model or replace(self._policy_spec, lora=None, gradient_checkpointing=False)
+
+    def prepare(self, policy: torch.nn.Module, datamodule, *, from_policy: bool, precision: str = "32-true",
+                forward_context: Callable = nullcontext) -> None:
+        if datamodule is None or not hasattr(datamodule, "splits"):
+            raise LitAlignError("reference.mode: cache computes the reference over the data module's splits: "
+                                "fit with an AlignDataModule")
+        todo = [n for n in datamodule.splits if n not in self.tables]
+        if not todo:
+            return
+        if self._policy_spec is None:
+            raise LitAlignError("the reference is not configured: call configure_model() first")
+        # The model that defines the reference: the starting policy itself (its base, for a LoRA policy)
+        # when it is still untouched, else a freshly loaded copy (on resume, or another model).
+        use_policy = from_policy and self.spec.model is None
+        model = policy if use_policy else load_model(self._model_spec(), self._tokenizer)
+        common = {
+            "format": CACHE_FORMAT,
+            "model": weights_fingerprint(model),
+            "tokenizer": tokenizer_fingerprint(self._tokenizer),
+            "template": hashlib.sha256(str(self._tokenizer.chat_template).encode()).hexdigest(),
+            "layout": f"{datamodule.kind}/{getattr(self.logps_fn, '__name__', str(self.logps_fn))}",
+            "precision": str(precision),
+        }
+        device = next(policy.parameters()).device
+        moved = False
+        for name in todo:
+            split = datamodule.splits[name]
+            meta = {**common, "data": data_fingerprint(split.examples), "examples": len(split.examples),
+                    "continuations": len(split.examples[0].continuations)}
+            path = Path(self.spec.cache_dir) / f"{name}-{_key(meta)}.pt"
+            table = _load_table(path, meta)
+            if table is None:
+                stale = _stale_report(Path(self.spec.cache_dir), name, meta)
+                if not self.spec.build:
+                    raise LitAlignError(
+                        f"reference.mode: cache: no cache file for split '{name}' matches this run "
+                        f"(expected {path}). {stale or 'There is no cache file for this split.'} "
+                        "Set reference.build: true to compute it, or run with the model and data it was built for.")
+                if not use_policy and not moved:
+                    model = model.to(device)
+                    moved = True
+                _info(f"reference cache: computing split '{name}' ({len(split.examples)} examples)"
+                      + (f"; {stale}" if stale else ""))
+                start = time.perf_counter()
+                table = self._compute(model, datamodule, name, device, forward_context,
+                                      disable_adapter=use_policy and _is_peft(policy))
+                _save_table(path, meta, table)
+                _info(f"reference cache: wrote {path} in {time.perf_counter() - start:.1f} s")
+            else:
+                _info(f"reference cache: using {path}")
+            self.tables[name], self.files[name] = table, path
+        del model  # a loaded copy goes now: no reference model stays in memory during training
+
+    def _compute(self, model, datamodule, name: str, device, forward_context, disable_adapter: bool):
+        from lightning.pytorch.utilities import rank_zero_only
+        from rich.progress import track
+
+        split = datamodule.splits[name]
+        n, k = len(split.examples), len(split.examples[0].continuations)
+        logps = torch.full((n, k), float("nan"))
+        tokens = torch.zeros((n, k), dtype=torch.long)
+        loader = datamodule._loader(name, self.spec.batch_size or datamodule.eval_batch_size, shuffle=False)
+        for batch in track(loader, description=f"reference log-probs: {name}", total=len(loader),
+                           disable=rank_zero_only.rank != 0):
+            batch = {key: v.to(device) if isinstance(v, Tensor) else v for key, v in batch.items()}
+            with forward_context():
+                out = _eval_no_grad(model, batch, self.logps_fn, disable_adapter=disable_adapter)
+            index = batch["index"].cpu()
+            logps[index], tokens[index] = out.logps.float().cpu(), out.tokens.cpu()
+        return logps, tokens
+
+    def forward(self, batch: dict, policy: torch.nn.Module) -> SeqLogps:
+        name = batch.get("split", "train")
+        if name not in self.tables:
+            raise LitAlignError(f"no reference cache for split '{name}' (have: {', '.join(self.tables) or 'none'}); "
+                                "the objective prepares it in on_fit_start from the data module's splits")
+        logps, tokens = self.tables[name]
+        index = batch["index"].cpu()
+        device = batch["index"].device
+        return SeqLogps(logps[index].to(device), tokens[index].to(device))
+
+
+def _info(msg: str) -> None:
+    from lightning.pytorch.utilities import rank_zero_info
+
+    rank_zero_info(msg)
+
+
+def _load_table(path: Path, meta: dict) -> tuple[Tensor, Tensor] | None:
+    """The cached (logps, tokens) if `path` exists and was built for exactly `meta`, else None."""
+    if not path.is_file():
+        return None
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file: rebuilt (or refused) like a stale one
+        _info(f"reference cache: cannot read {path} ({type(e).__name__}); ignoring it")
+        return None
+    if not isinstance(saved, dict) or saved.get("meta") != meta:
+        return None
+    logps, tokens = saved["logps"], saved["tokens"]
+    shape = (meta["examples"], meta["continuations"])
+    if tuple(logps.shape) != shape or tuple(tokens.shape) != shape or torch.isnan(logps).any():
+        return None
+    return logps, tokens
+
+
+def _save_table(path: Path, meta: dict, table: tuple[Tensor, Tensor]) -> None:
+    """Write atomically (a concurrent run of a sweep reads either nothing or a whole file); rank 0 only."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if rank_zero_only.rank != 0:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save({"meta": meta, "logps": table[0], "tokens": table[1]}, tmp)
+    os.replace(tmp, path)
+
+
+def _stale_report(cache_dir: Path, name: str, meta: dict) -> str:
+    """Which parts of the key differ in the existing cache files of split `name` (the closest one)."""
+    best: list[str] | None = None
+    for path in sorted(cache_dir.glob(f"{name}-*.pt")):
+        try:
+            other = torch.load(path, map_location="cpu", weights_only=True).get("meta", {})
+        except Exception:
+            continue
+        differ = [k for k in meta if other.get(k) != meta[k] and k != "examples"]
+        if best is None or len(differ) < len(best):
+            best = differ
+    if best is None:
+        return ""
+    return ("the existing cache for this split is stale: built for a different "
+            + ", ".join(best or ["build"]))
+
+
+# -- whole-split tables (importance-reweighted SFT weighs every example by its log-prob) ------------------
+
+
+def split_logps(logps_of: Callable[[dict], SeqLogps], datamodule, name: str, device, batch_size: int | None = None,
+                forward_context: Callable = nullcontext, description: str | None = None) -> tuple[Tensor, Tensor]:
+    """(n, k) fp32 log-probs and (n, k) target-token counts of every example of split `name`, on CPU, in the
+    split's index order: `logps_of(batch)` over the split's batches, unshuffled."""
+    from lightning.pytorch.utilities import rank_zero_only
+    from rich.progress import track
+
+    split = datamodule.splits[name]
+    n, k = len(split.examples), len(split.examples[0].continuations)
+    logps = torch.full((n, k), float("nan"))
+    tokens = torch.zeros((n, k), dtype=torch.long)
+    loader = datamodule._loader(name, batch_size or datamodule.eval_batch_size, shuffle=False)
+    for batch in track(loader, description=description or f"log-probs: {name}", total=len(loader),
+                       disable=rank_zero_only.rank != 0, transient=True):
+        batch = {key: v.to(device) if isinstance(v, Tensor) else v for key, v in batch.items()}
+        with forward_context():
+            out = logps_of(batch)
+        index = batch["index"].cpu()
+        logps[index], tokens[index] = out.logps.detach().float().cpu(), out.tokens.cpu()
+    return logps, tokens
+
+
+def reference_split_logps(reference: Reference, policy: torch.nn.Module, datamodule, name: str,
+                          forward_context: Callable = nullcontext) -> tuple[Tensor, Tensor]:
+    """log π_ref and token counts (n, k) of every example of split `name`: the cache's table when the
+    reference is a cache (prepared), else computed batch by batch with the reference (frozen copy, adapter
+    disabled). Call `reference.prepare(...)` first."""
+    if isinstance(reference, CachedReference) and name in reference.tables:
+        return reference.tables[name]
+    device = next(policy.parameters()).device
+    return split_logps(lambda batch: reference(batch, policy), datamodule, name, device, reference.spec.batch_size,
+                       forward_context, description=f"reference log-probs: {name}")
+
+
+def policy_split_logps(model: torch.nn.Module, logps_fn: LogpsFn, datamodule, name: str,
+                       forward_context: Callable = nullcontext, batch_size: int | None = None) -> tuple[Tensor, Tensor]:
+    """The same table from `model` as it is now (eval mode, no gradient): refreshing a reference from the
+    current policy."""
+    device = next(model.parameters()).device
+    return split_logps(lambda batch: _eval_no_grad(model, batch, logps_fn), datamodule, name, device, batch_size,
+                       forward_context, description=f"policy log-probs: {name}")
+
+
+def build_reference(spec: ReferenceSpec | None, logps_fn: LogpsFn) -> Reference:
+    spec = spec or ReferenceSpec()
+    classes = {"copy": FrozenReference, "disable_adapter": AdapterReference, "cache": CachedReference}
+    if spec.mode not in classes:
+        raise LitAlignError(f"reference.mode must be one of {', '.join(MODES)}, not '{spec.mode}'")
+    return classes[spec.mode](spec, logps_fn)
