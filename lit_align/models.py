@@ -62,6 +62,8 @@ class ModelSpec:
     """e.g. "sdpa", "eager", "flash_attention_2"; None lets transformers choose."""
     init_seed: int = 0
     """Seed for the random init of built-in models (so policy and reference start identical)."""
+    quantization: str | None = None
+    """"4bit": load the weights in 4-bit NF4 (bitsandbytes; QLoRA with `lora`). Needs a CUDA GPU."""
     extra: dict = field(default_factory=dict)
     """Extra keyword arguments for from_pretrained."""
 
@@ -133,6 +135,8 @@ def _dtype(name: str) -> torch.dtype:
 
 def load_model(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
     """The causal LM of `spec` (LoRA applied if asked)."""
+    if spec.quantization is not None:
+        check_quantization(spec)
     if spec.name.startswith(BUILTIN_PREFIX):
         from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -151,10 +155,17 @@ def load_model(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase) -> PreTraine
         kwargs = dict(dtype=_dtype(spec.dtype), trust_remote_code=spec.trust_remote_code, **spec.extra)
         if spec.attn_implementation:
             kwargs["attn_implementation"] = spec.attn_implementation
+        if spec.quantization is not None:
+            kwargs.update(quantization_kwargs(spec))
         try:
             model = AutoModelForCausalLM.from_pretrained(spec.name, **kwargs)
         except OSError as e:
             raise LitAlignError(f"Could not load the model '{spec.name}': {e}") from None
+    if spec.quantization is not None:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=spec.gradient_checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
     if spec.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
@@ -165,6 +176,82 @@ def load_model(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase) -> PreTraine
             r=spec.lora.r, lora_alpha=spec.lora.alpha, lora_dropout=spec.lora.dropout,
             target_modules=spec.lora.target_modules, task_type="CAUSAL_LM",
         ))
+    return model
+
+
+# -- 4-bit QLoRA ----------------------------------------------------------------------------------------------
+
+
+def check_quantization(spec: ModelSpec) -> None:
+    """Refuse, with a plain message, a quantized model that cannot work here (before any download)."""
+    if spec.quantization != "4bit":
+        raise LitAlignError(f"policy.quantization must be 4bit or null, not '{spec.quantization}'")
+    if spec.lora is None:
+        raise LitAlignError("policy.quantization: 4bit trains LoRA adapters on frozen 4-bit weights (QLoRA): "
+                            "set policy.lora as well")
+    if spec.name.startswith(BUILTIN_PREFIX):
+        raise LitAlignError("policy.quantization: 4bit needs a saved model (a hub name or a directory), not a "
+                            f"built-in one ('{spec.name}')")
+    if not torch.cuda.is_available():
+        raise LitAlignError("policy.quantization: 4bit (QLoRA, bitsandbytes) needs a CUDA GPU, and this machine "
+                            "has none. Train without quantization on CPU (e.g. LoRA alone).")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise LitAlignError("policy.quantization: 4bit needs the bitsandbytes package: pip install bitsandbytes") \
+            from None
+
+
+def quantization_kwargs(spec: ModelSpec) -> dict:
+    """from_pretrained arguments for NF4 weights with double quantization, computing in bf16 (or the dtype)."""
+    from transformers import BitsAndBytesConfig
+
+    compute = torch.bfloat16 if spec.dtype == "float32" else _dtype(spec.dtype)
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                bnb_4bit_compute_dtype=compute, bnb_4bit_quant_storage=compute)
+    return {"quantization_config": config, "device_map": {"": torch.cuda.current_device()}}
+
+
+# -- sharding (FSDP2 through Lightning's ModelParallelStrategy, FSDP on GPUs) ---------------------------------
+
+# Class names of the decoder layers of the models loaded so far (Hugging Face `_no_split_modules`): the unit of
+# sharding. Filled by `decoder_layers`, read by `fsdp_auto_wrap_policy`.
+_DECODER_LAYER_NAMES: set[str] = {"LlamaDecoderLayer", "Qwen2DecoderLayer", "Qwen3DecoderLayer", "MistralDecoderLayer",
+                                  "GemmaDecoderLayer", "Gemma2DecoderLayer", "Phi3DecoderLayer", "GPTNeoXLayer"}
+
+
+def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The transformer blocks of `model` (also inside a peft wrapper), in order."""
+    for m in model.modules():
+        _DECODER_LAYER_NAMES.update(getattr(m, "_no_split_modules", None) or [])
+    return [m for m in model.modules() if type(m).__name__ in _DECODER_LAYER_NAMES]
+
+
+def fsdp_auto_wrap_policy(module: torch.nn.Module, recurse: bool, nonwrapped_numel: int) -> bool:
+    """FSDP (v1) auto-wrap policy: one FSDP unit per decoder layer (configs/strategies/fsdp.yaml)."""
+    return True if recurse else type(module).__name__ in _DECODER_LAYER_NAMES
+
+
+def shard_model(model: torch.nn.Module, device_mesh, reshard_after_forward: bool = True) -> torch.nn.Module:
+    """FSDP2: `fully_shard` each decoder layer, then the whole model, over the data-parallel dimension of
+    Lightning's ModelParallelStrategy mesh. Frozen weights (a LoRA base, a reference model) are sharded too;
+    they are gathered for each layer's forward and need no gradient reduction."""
+    try:
+        from torch.distributed.fsdp import fully_shard
+    except ImportError:  # torch < 2.6
+        from torch.distributed._composable.fsdp import fully_shard
+    names = device_mesh.mesh_dim_names or ()
+    if "tensor_parallel" in names and device_mesh["tensor_parallel"].size() > 1:
+        raise LitAlignError("lit_align shards with FSDP2 only (no tensor parallelism): set the strategy's "
+                            "tensor_parallel_size: 1 and data_parallel_size: <devices x nodes> "
+                            "(configs/strategies/fsdp2.yaml)")
+    mesh = device_mesh["data_parallel"] if "data_parallel" in names else device_mesh
+    layers = decoder_layers(model)
+    if not layers:
+        raise LitAlignError(f"FSDP2: found no decoder layers in {type(model).__name__} to shard")
+    for layer in layers:
+        fully_shard(layer, mesh=mesh, reshard_after_forward=reshard_after_forward)
+    fully_shard(model, mesh=mesh, reshard_after_forward=reshard_after_forward)
     return model
 
 

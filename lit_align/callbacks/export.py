@@ -11,7 +11,7 @@ import os
 from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
-from lit_align.models import save_hf
+from lit_align.export import export_module
 
 
 class ExportHF(Callback):
@@ -28,9 +28,7 @@ class ExportHF(Callback):
         if not self.enabled or trainer.interrupted:
             return
         path = self.dirpath or os.path.join(trainer.log_dir or trainer.default_root_dir, "hf_model")
-        if trainer.is_global_zero:
-            lora = pl_module.policy_spec.lora
-            save_hf(pl_module.model, pl_module.tokenizer, path, merge_lora=bool(lora and lora.merge_on_export))
-            rank_zero_info(f"final model (Hugging Face format): {path}")
+        export_module(trainer, pl_module, path)  # every rank: FSDP/FSDP2 gather the full weights for rank 0
+        rank_zero_info(f"final model (Hugging Face format): {path}")
         self.saved_to = path
         trainer.strategy.barrier()

@@ -34,7 +34,7 @@ from torchmetrics import MeanMetric
 
 from lit_align.errors import LitAlignError
 from lit_align.logprobs import forward_logps
-from lit_align.models import ModelSpec, load_model, load_tokenizer
+from lit_align.models import ModelSpec, load_model, load_tokenizer, shard_model
 
 Sums = dict[str, tuple[Tensor, Tensor]]
 
@@ -89,6 +89,8 @@ class Objective(LightningModule):
     def configure_model(self) -> None:
         if self.model is None:
             self.model = load_model(self.policy_spec, self.tokenizer)
+            if self.device_mesh is not None:  # FSDP2 (ModelParallelStrategy): shard the decoder layers, then the model
+                shard_model(self.model, self.device_mesh)
 
     def step(self, batch: dict) -> Sums:
         raise NotImplementedError

@@ -1,0 +1,116 @@
+"""Two processes on CPU (gloo), through the CLI in a subprocess, give the same run as one process with twice the
+batch: DDP (configs/strategies/ddp.yaml) and FSDP2 (configs/strategies/fsdp2.yaml, Lightning's
+ModelParallelStrategy). Compared: train/loss and train/token_accuracy at every step, val/loss (torchmetrics,
+synchronised), and the final weights (FSDP2: gathered from its sharded checkpoint by `lit_align export`, and
+by the export at the end of fit). The base class normalises the loss over the global number of target tokens
+of the step and each rank reads a disjoint half of every batch, so only float rounding differs."""
+
+import torch
+from conftest import REPO, requires_gpu, run_cli
+from safetensors.torch import load_file
+from test_resume import ONE_THREAD, assert_same_state, one_thread, run_in_process, scalars  # noqa: F401
+
+CONFIG = str(REPO / "configs" / "quickstart.yaml")
+STRATEGIES = REPO / "configs" / "strategies"
+COMMON = ["--model.init_args.policy.name", "builtin:tiny", "--model.init_args.optim.warmup_steps", "1",
+          "--data.init_args.train.limit", "64", "--data.init_args.val.val.limit", "16",
+          "--trainer.max_steps", "4", "--trainer.val_check_interval", "4", "--trainer.log_every_n_steps", "1",
+          "--trainer.accelerator", "cpu", "--trainer.enable_model_summary", "false"]
+TOL = 1e-5   # metrics; measured: train/loss differs by <= 5e-7, token accuracy and val/loss not at all
+WTOL = 5e-5  # weights; measured: <= 6e-6 after 4 AdamW steps at lr 3e-3 (Adam magnifies tiny gradient differences)
+
+
+def single(tmp_path, monkeypatch, name: str, batch: int) -> None:
+    run_in_process(["fit", "--config", CONFIG, *COMMON, "--data.init_args.batch_size", str(batch),
+                    "--trainer.logger.init_args.name", name], tmp_path, monkeypatch)
+
+
+def two_processes(tmp_path, name: str, strategy: str, batch: int, *extra: str) -> None:
+    out = run_cli(["fit", "--config", CONFIG, "--config", str(STRATEGIES / strategy), *COMMON,
+                   "--trainer.devices", "2", "--data.init_args.batch_size", str(batch),
+                   "--trainer.logger.init_args.name", name, *extra], cwd=tmp_path, env=ONE_THREAD, timeout=400)
+    assert out.returncode == 0, out.stderr[-4000:]
+
+
+def assert_same_curves(a, b, tags=("train/loss", "train/token_accuracy", "val/loss")) -> None:
+    for tag in tags:
+        sa, sb = scalars(a, tag), scalars(b, tag)
+        assert sa and sorted(sa) == sorted(sb), (tag, sa, sb)
+        for step in sa:
+            assert abs(sa[step] - sb[step]) <= TOL, (tag, step, sa[step], sb[step])
+
+
+def test_ddp_two_processes_equal_one_with_twice_the_batch(tmp_path, monkeypatch, one_thread):  # noqa: F811
+    single(tmp_path, monkeypatch, "one", batch=8)
+    two_processes(tmp_path, "ddp", "ddp.yaml", 4)
+    logs = tmp_path / "logs"
+    assert_same_curves(logs / "one" / "version_0", logs / "ddp" / "version_0")
+    assert_same_state(logs / "one" / "checkpoints" / "last.ckpt", logs / "ddp" / "checkpoints" / "last.ckpt",
+                      atol=WTOL)
+
+
+def test_fsdp2_two_processes_equal_one_with_twice_the_batch(tmp_path, monkeypatch, one_thread):  # noqa: F811
+    from lit_align.export import export_checkpoint
+
+    single(tmp_path, monkeypatch, "one", batch=8)
+    two_processes(tmp_path, "fsdp2", "fsdp2.yaml", 4)
+    logs = tmp_path / "logs"
+    assert_same_curves(logs / "one" / "version_0", logs / "fsdp2" / "version_0")
+    sharded = logs / "fsdp2" / "checkpoints" / "last.ckpt"
+    assert sharded.is_dir() and len(list(sharded.glob("*.distcp"))) == 2  # one shard file per rank
+    exported = export_checkpoint(sharded, tmp_path / "exported")           # gathered without a process group
+    ref = load_file(logs / "one" / "version_0" / "hf_model" / "model.safetensors")
+    for weights in (load_file(exported / "model.safetensors"),               # from the checkpoint
+                    load_file(logs / "fsdp2" / "version_0" / "hf_model" / "model.safetensors")):  # end of fit
+        assert weights.keys() == ref.keys()
+        for k in ref:
+            torch.testing.assert_close(weights[k], ref[k], atol=WTOL, rtol=0, msg=k)
+
+
+# -- GPU-only paths: refused with a plain message without a GPU, exercised with one -----------------------------
+
+
+def test_qlora_without_gpu_is_refused_with_a_clear_message(tmp_path):
+    import pytest
+
+    from lit_align.errors import LitAlignError
+    from lit_align.models import LoraSpec, ModelSpec, builtin_tokenizer, load_model
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    spec = ModelSpec(name=str(tmp_path), quantization="4bit", lora=LoraSpec())
+    with pytest.raises(LitAlignError, match="needs a CUDA GPU"):
+        load_model(spec, builtin_tokenizer())
+    with pytest.raises(LitAlignError, match="set policy.lora"):
+        load_model(ModelSpec(name=str(tmp_path), quantization="4bit"), builtin_tokenizer())
+
+
+@requires_gpu
+def test_qlora_bf16_trains_on_a_gpu(tmp_path):
+    import pytest
+
+    pytest.importorskip("bitsandbytes")
+    from lit_align.models import ModelSpec, builtin_tokenizer, load_model
+
+    tok = builtin_tokenizer()
+    load_model(ModelSpec(name="builtin:tiny"), tok).save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    out = run_cli(["fit", "--config", CONFIG, "--config", str(STRATEGIES / "qlora.yaml"), *COMMON,
+                   "--model.init_args.policy.name", str(tmp_path / "base"), "--trainer.accelerator", "gpu",
+                   "--trainer.devices", "1", "--trainer.max_steps", "2", "--trainer.logger.init_args.name", "qlora"],
+                  cwd=tmp_path, env=ONE_THREAD)
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert (tmp_path / "logs" / "qlora" / "version_0" / "hf_model" / "adapter_config.json").exists()
+
+
+@requires_gpu
+def test_fsdp_bf16_on_gpus(tmp_path):
+    import pytest
+
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs 2 GPUs")
+    out = run_cli(["fit", "--config", CONFIG, "--config", str(STRATEGIES / "fsdp.yaml"), *COMMON,
+                   "--trainer.accelerator", "gpu", "--trainer.devices", "2", "--trainer.logger.init_args.name", "fsdp"],
+                  cwd=tmp_path, env=ONE_THREAD)
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert (tmp_path / "logs" / "fsdp" / "version_0" / "hf_model" / "model.safetensors").exists()
