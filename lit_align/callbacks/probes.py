@@ -16,8 +16,11 @@ logged as the category `greedy` (its text under `probe_text/<set>`).
 
 Probe records are read with the training data's machinery (data/datamodule.build_split with kind "probe",
 the objective's tokenizer and the data module's tokenization options: chat template, end token,
-max_length, truncation), so a probe's `chosen` is tokenized exactly as the training pair's chosen answer.
-One record's categories share its (possibly truncated) context.
+max_length, max_prompt_length, truncation; `max_length` / `max_prompt_length` here override the last
+ones for probes only). Each response is tokenized as the training example {prompt, completion: response}
+would be, so a probe's `chosen` has exactly the tokens (context, answer, end token) of the training
+pair's chosen answer. A response that leaves no room for its prompt is dropped and counted per category
+in the set's summary line (e.g. `12 dropped (irr_train: prompt truncated away)`).
 
 Cost and correctness: batched (rows sorted by length), no gradient, eval mode (no dropout), the
 trainer's precision context; every module's train/eval flag and the torch RNG states are restored, and
@@ -32,6 +35,7 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections import Counter
 from dataclasses import dataclass, replace
 
 import torch
@@ -143,21 +147,36 @@ class Probes(Callback):
         tokenizer = self._tokenizer(trainer, pl_module)
         self._end_id = tokenizer.end_id
 
-        def tokenize(ex: Example) -> Tokenized | str:
+        dropped: Counter = Counter()
+
+        def tokenize(ex: Example) -> "list[Tokenized] | str":
+            # Each response is tokenized as the training example {prompt, completion: response} would be
+            # (so its context is truncated exactly as in training); the record's rows are kept together.
             ex = self._select(ex)
-            return NO_CATEGORY if ex is None else tokenizer(ex)
+            if ex is None:
+                return NO_CATEGORY
+            rows = []
+            for cat, text in zip(ex.categories, ex.continuations):
+                result = tokenizer(replace(ex, continuations=[text], categories=[cat]))
+                if isinstance(result, str):
+                    dropped[f"{cat}: {result}"] += 1
+                else:
+                    rows.append(result)
+            return rows or "every response dropped"
 
         sets = []
         for name, source in self.sources.items():
+            dropped.clear()
             split, summary = build_split(f"probe {name}", source, "probe", tokenize)
+            summary.dropped.update(dropped)
             rank_zero_info(f"data {summary.line()}")
+            records: list[list[Tokenized]] = split.examples  # type: ignore[assignment]  (rows per record)
             order = list(self.fields.values()) if self.fields is not None else []
-            for ex in split.examples:
-                order += [c for c in ex.categories if c not in order]
-            rows = [(order.index(c), replace(ex, continuations=[cont], categories=[c]))
-                    for ex in split.examples for c, cont in zip(ex.categories, ex.continuations)]
-            rows.sort(key=lambda r: len(r[1].context) + len(r[1].continuations[0]))
-            sets.append(ProbeSet(name, order, rows, [ex.context for ex in split.examples], summary))
+            for rows in records:
+                order += [ex.categories[0] for ex in rows if ex.categories[0] not in order]
+            flat = [(order.index(ex.categories[0]), ex) for rows in records for ex in rows]
+            flat.sort(key=lambda r: len(r[1].context) + len(r[1].continuations[0]))
+            sets.append(ProbeSet(name, order, flat, [rows[0].context for rows in records], summary))
         self.sets = sets
         return sets
 
