@@ -86,11 +86,22 @@ def test_dpo_gets_the_same_match_rate_metric():
 
 @requires_shared
 def test_model_written_evals_human_vs_lm_read_as_pairs():
+    """configs/examples/eval_sets_mwe.yaml in small: train on lm rows 8.., evaluate on lm rows 0-7 and human rows."""
     human = SHARED_DATA / "model-written-evals" / "human" / "survival-instinct.jsonl"
     lm = SHARED_DATA / "model-written-evals" / "lm" / "survival-instinct.jsonl"
-    data = _setup(_sft(), train={"path": str(human), "limit": 8}, max_length=256, val={
+    data = _setup(_sft(), train={"path": str(lm), "skip": 8, "limit": 8}, max_length=384, val={
         "human": {"path": str(human), "limit": 8, "kind": "pair"},
         "lm": {"path": str(lm), "limit": 8, "kind": "pair"}})
     for name in ("val_human", "val_lm"):
         assert data.split_kinds[name] == "pair" and data.summaries[name].kept == 8
         assert all(len(ex.continuations) == 2 for ex in data.splits[name].examples)
+    train_lines = {int(ex.where.rsplit(":", 1)[1]) for ex in data.splits["train"].examples}
+    val_lines = {int(ex.where.rsplit(":", 1)[1]) for ex in data.splits["val_lm"].examples}
+    assert train_lines == set(range(9, 17)) and val_lines == set(range(1, 9))
+
+
+def test_skip_then_limit_on_a_builtin_task():
+    from lit_align.data.sources import Source, read_rows
+
+    every = [row for _, row in read_rows(Source("builtin:ab", limit=10))]
+    assert [row for _, row in read_rows(Source("builtin:ab", skip=4, limit=6))] == every[4:]

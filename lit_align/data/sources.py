@@ -38,7 +38,9 @@ class Source:
     subset: str | None = None
     """Configuration name of a `datasets` name."""
     limit: int | None = None
-    """Use at most this many rows (the first ones)."""
+    """Use at most this many rows (the first ones, after `skip`)."""
+    skip: int = 0
+    """Skip this many rows first: e.g. train on a file's rows from 200 on, evaluate on its first 200 (limit)."""
     format: str = "auto"
     """Record format: auto, sft, pair, hh, contrast, group, probe (see records.py)."""
     columns: dict[str, str] | None = None
@@ -204,7 +206,8 @@ def read_rows(source: Source) -> Iterator[tuple[str, object]]:
 
         task = source.path.split(":", 1)[1]
         try:
-            rows = builtin_records(task, source.split, n=source.limit, seed=source.seed)
+            rows = builtin_records(task, source.split, seed=source.seed,
+                                   n=None if source.limit is None else source.skip + source.limit)
         except ValueError as e:
             raise LitAlignError(f"Data source '{source.path}': {e}") from None
         rows_iter: Iterator[tuple[str, object]] = ((f"{source.label}:{i}", r) for i, r in enumerate(rows))
@@ -224,6 +227,8 @@ def read_rows(source: Source) -> Iterator[tuple[str, object]]:
         else:
             rows_iter = _datasets(source)
     for count, item in enumerate(rows_iter):
-        if source.limit is not None and count >= source.limit:
+        if count < source.skip:
+            continue
+        if source.limit is not None and count - source.skip >= source.limit:
             break
         yield item
