@@ -145,3 +145,42 @@ def test_plot_probes_draws_a_grid(probed_run, tmp_path):
     assert [s for s, _ in scalars["probe/toy/chosen"]] == [0, 1, 2, 3]
     out = plot_probes({"sft": tmp / "run", "again": tmp / "run"}, tmp_path / "grid.png")
     assert out.stat().st_size > 10_000
+
+
+def test_probes_under_fsdp2_on_two_processes_equal_one_process(tmp_path, monkeypatch):
+    """Sharded over 2 ranks (FSDP2: every rank must join every forward, so the shorter shard is padded) and
+    all-reduced, the probes give the single-process numbers; a set with fewer rows than ranks, and greedy
+    answers (generate with synced ranks), included."""
+    from conftest import REPO, run_cli
+    from test_resume import ONE_THREAD, run_in_process, scalars
+
+    (tmp_path / "toy.jsonl").write_text("".join(json.dumps(r) + "\n" for r in PROBES))
+    (tmp_path / "one.jsonl").write_text(json.dumps(PROBES[0]) + "\n")
+    (tmp_path / "probes.yaml").write_text((
+        "trainer:\n  callbacks:\n    - class_path: lit_align.callbacks.Probes\n      init_args:\n"
+        f"        sets: {{toy: {tmp_path / 'toy.jsonl'}, one: {tmp_path / 'one.jsonl'}}}\n"
+        "        every_n_steps: 2\n        batch_size: 2\n        greedy: 2\n        max_new_tokens: 4\n"))
+    common = ["--config", str(REPO / "configs" / "quickstart.yaml"), "--config", str(tmp_path / "probes.yaml"),
+              "--model.init_args.policy.name", "builtin:tiny", "--model.init_args.optim.warmup_steps", "1",
+              "--data.init_args.train.limit", "32", "--data.init_args.val.val.limit", "8",
+              "--trainer.max_steps", "4", "--trainer.val_check_interval", "4", "--trainer.accelerator", "cpu",
+              "--trainer.enable_model_summary", "false", "--export.enabled", "false"]
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_in_process(["fit", *common, "--data.init_args.batch_size", "8", "--trainer.logger.init_args.name", "one"],
+                       tmp_path, monkeypatch)
+    finally:
+        torch.set_num_threads(before)
+    out = run_cli(["fit", *common, "--config", str(REPO / "configs" / "strategies" / "fsdp2.yaml"),
+                   "--trainer.devices", "2", "--data.init_args.batch_size", "4",
+                   "--trainer.logger.init_args.name", "fsdp2"], cwd=tmp_path, env=ONE_THREAD, timeout=400)
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert "probes:" in out.stdout + out.stderr                      # the cost line at the end of fit
+    one, two = tmp_path / "logs" / "one" / "version_0", tmp_path / "logs" / "fsdp2" / "version_0"
+    for prefix in ("probe", "probe_token"):
+        for tag in [f"toy/{c}" for c in ("chosen", "rejected", "other", "greedy")] + ["one/chosen", "one/greedy"]:
+            a, b = scalars(one, f"{prefix}/{tag}"), scalars(two, f"{prefix}/{tag}")
+            assert sorted(a) == sorted(b) == [0, 2, 4], (tag, a, b)
+            for step in (0, 2, 4) if not tag.endswith("greedy") else (0,):  # greedy: identical weights only
+                assert b[step] == pytest.approx(a[step], rel=1e-4, abs=1e-4), (prefix, tag, step)
