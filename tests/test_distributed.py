@@ -114,3 +114,32 @@ def test_fsdp_bf16_on_gpus(tmp_path):
                   cwd=tmp_path, env=ONE_THREAD)
     assert out.returncode == 0, out.stderr[-4000:]
     assert (tmp_path / "logs" / "fsdp" / "version_0" / "hf_model" / "model.safetensors").exists()
+
+
+def test_dpo_with_frozen_reference_under_fsdp2_equals_one_process(tmp_path, monkeypatch, one_thread):  # noqa: F811
+    """DPO with a frozen reference copy: under FSDP2 the policy is sharded, the reference stays frozen on every
+    rank's device; the run equals one process with twice the batch (step 0: policy = reference, loss log 2)."""
+    import math
+
+    import pytest
+
+    pytest.importorskip("lit_align.objectives.dpo")
+    dpo = REPO / "configs" / "dpo.yaml"
+    if not dpo.exists():
+        pytest.skip("configs/dpo.yaml is absent")
+    args = ["--data.init_args.train.limit", "32", "--data.init_args.val.val.limit", "16",
+            "--data.init_args.eval_batch_size", "8", "--trainer.max_steps", "3", "--trainer.val_check_interval", "3",
+            "--trainer.log_every_n_steps", "1", "--trainer.enable_model_summary", "false",
+            "--model.init_args.reference.mode", "copy", "--export.enabled", "false"]
+    run_in_process(["fit", "--config", str(dpo), *args, "--data.init_args.batch_size", "8",
+                    "--trainer.logger.init_args.name", "one"], tmp_path, monkeypatch)
+    out = run_cli(["fit", "--config", str(dpo), "--config", str(STRATEGIES / "fsdp2.yaml"), *args,
+                   "--trainer.accelerator", "cpu", "--data.init_args.batch_size", "4",
+                   "--trainer.logger.init_args.name", "fsdp2"], cwd=tmp_path, env=ONE_THREAD, timeout=400)
+    assert out.returncode == 0, out.stderr[-4000:]
+    logs = tmp_path / "logs"
+    assert abs(scalars(logs / "fsdp2" / "version_0", "train/loss")[0] - math.log(2)) < 1e-6
+    assert_same_curves(logs / "one" / "version_0", logs / "fsdp2" / "version_0",
+                       tags=("train/loss", "train/rewards/margins", "train/rewards/accuracy", "val/loss"))
+    meta = torch.load(logs / "fsdp2" / "checkpoints" / "last.ckpt" / "meta.pt", weights_only=False)
+    assert meta["global_step"] == 3
