@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from dataclasses import fields
 from pathlib import Path
 
@@ -85,7 +86,9 @@ def _dcp_policy_weights(path: Path) -> tuple[dict, dict]:
     spec = policy_spec(meta.get("hyper_parameters", {}))
     model = load_model(spec, load_tokenizer(spec))
     target = {POLICY_PREFIX + k: v for k, v in model.state_dict().items()}
-    dcp.load({"state_dict": target}, checkpoint_id=str(path), no_dist=True)
+    with warnings.catch_warnings():  # "torch.distributed is ... uninitialized": intended, no process group
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.load({"state_dict": target}, checkpoint_id=str(path), no_dist=True)
     return {k[len(POLICY_PREFIX):]: v for k, v in target.items()}, meta
 
 

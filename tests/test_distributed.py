@@ -143,3 +143,34 @@ def test_dpo_with_frozen_reference_under_fsdp2_equals_one_process(tmp_path, monk
                        tags=("train/loss", "train/rewards/margins", "train/rewards/accuracy", "val/loss"))
     meta = torch.load(logs / "fsdp2" / "checkpoints" / "last.ckpt" / "meta.pt", weights_only=False)
     assert meta["global_step"] == 3
+
+
+def test_export_command_on_a_lora_checkpoint(tmp_path, one_thread):  # noqa: F811
+    """`lit_align export CKPT OUT [--merge-lora]` on a single-file checkpoint: the adapter, or the merged model,
+    gives the trained policy's logits."""
+    from lightning.pytorch import Trainer
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from lit_align.callbacks import RunCheckpoint
+    from lit_align.cli import main
+    from lit_align.data import AlignDataModule
+    from lit_align.models import LoraSpec, ModelSpec, load_model
+    from lit_align.objectives import SFT, OptimSpec
+
+    model = SFT(policy=ModelSpec(name="builtin:tiny", lora=LoraSpec(r=4)), optim=OptimSpec(lr=1e-2))
+    data = AlignDataModule(train={"path": "builtin:sft", "limit": 16}, batch_size=4, max_length=64)
+    data.connect(model.tokenizer, model.kind)
+    Trainer(max_steps=2, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+            callbacks=[RunCheckpoint(dirpath=str(tmp_path / "ckpt"))]).fit(model, datamodule=data)
+    ckpt = str(tmp_path / "ckpt" / "last.ckpt")
+    main(["export", ckpt, str(tmp_path / "merged"), "--merge-lora"])
+    main(["export", ckpt, str(tmp_path / "adapter")])
+    ids = torch.tensor([[5, 17, 42, 99, 3]])
+    with torch.no_grad():
+        expected = model.model(ids).logits
+        merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")(ids).logits
+        base = load_model(ModelSpec(name="builtin:tiny"), model.tokenizer)
+        adapter = PeftModel.from_pretrained(base, tmp_path / "adapter")(ids).logits
+    torch.testing.assert_close(merged, expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(adapter, expected, atol=1e-6, rtol=0)

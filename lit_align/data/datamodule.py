@@ -9,6 +9,7 @@ token-level contract and pads batches. It never knows the loss: the objective te
 from __future__ import annotations
 
 import functools
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -236,6 +237,8 @@ class AlignDataModule(LightningDataModule):
 
     def load_state_dict(self, state: dict) -> None:
         self._train_sampler_state = state.get("train_sampler")
+        if self._train_sampler_state:  # Lightning cannot see that this loader resumes mid-epoch: not its warning
+            warnings.filterwarnings("ignore", message=".*your dataloader is not resumable")
         if self._train_sampler is None or not self._train_sampler_state:
             return
         # Strategies that restore after setup (FSDP2, FSDP, DeepSpeed) built the loader already (the optimizer's
