@@ -197,8 +197,38 @@ def test_gsm8k_example_config_runs(tmp_path):
         "--data.init_args.batch_size", "2", "--data.init_args.max_length", "256",
         "--trainer.max_steps", "2", "--trainer.limit_val_batches", "2", "--trainer.val_check_interval", "2",
         "--trainer.accelerator", "cpu", "--trainer.precision", "32-true", "--export.enabled", "false",
-    ], cwd=tmp_path)
+    ], cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})  # see _one_thread
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout + result.stderr
     assert "reference cache: wrote" in out
     assert sorted(p.name.split("-")[0] for p in (tmp_path / "cache").iterdir()) == ["train", "val"]
+
+
+# -- it learns -------------------------------------------------------------------------------------------
+
+
+def test_short_prefix_dpo_run_prefers_the_heldout_correction():
+    import lightning as L
+
+    from lit_align.models import ModelSpec
+    from lit_align.objectives import OptimSpec
+
+    L.seed_everything(0)
+    obj = PrefixDPO(policy=ModelSpec(name="builtin:tiny"), optim=OptimSpec(lr=3e-3, schedule="constant"), beta=0.1)
+    dm = AlignDataModule(train="builtin:steers", val={"val": {"path": "builtin:steers", "split": "val", "limit": 200}},
+                         batch_size=16, eval_batch_size=100, max_length=64)
+    dm.connect(obj.tokenizer, obj.kind)
+
+    def trainer(**kwargs):
+        return L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0, inference_mode=False, **kwargs)
+
+    before = trainer().validate(obj, datamodule=dm, verbose=False)[0]
+    trainer(max_steps=120, limit_val_batches=0).fit(obj, datamodule=dm)
+    after = trainer().validate(obj, datamodule=dm, verbose=False)[0]
+    print(f"\nheld-out logps chosen/rejected: before {before['val/logps/chosen']:.2f}/"
+          f"{before['val/logps/rejected']:.2f}, after {after['val/logps/chosen']:.2f}/{after['val/logps/rejected']:.2f}")
+    gap_before = before["val/logps/chosen"] - before["val/logps/rejected"]
+    gap_after = after["val/logps/chosen"] - after["val/logps/rejected"]
+    assert gap_after > 1.0 and gap_after > gap_before + 1.0
+    assert after["val/rewards/accuracy"] >= 0.65  # chance is 0.5 (200 held-out steers)
