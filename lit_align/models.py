@@ -245,7 +245,7 @@ def shard_model(model: torch.nn.Module, device_mesh, reshard_after_forward: bool
         raise LitAlignError("lit_align shards with FSDP2 only (no tensor parallelism): set the strategy's "
                             "tensor_parallel_size: 1 and data_parallel_size: <devices x nodes> "
                             "(configs/strategies/fsdp2.yaml)")
-    mesh = device_mesh["data_parallel"] if "data_parallel" in names else device_mesh
+    mesh = device_mesh["data_parallel"] if device_mesh.ndim > 1 and "data_parallel" in names else device_mesh
     layers = decoder_layers(model)
     if not layers:
         raise LitAlignError(f"FSDP2: found no decoder layers in {type(model).__name__} to shard")

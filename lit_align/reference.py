@@ -38,7 +38,7 @@ from torch import Tensor
 
 from lit_align.errors import LitAlignError
 from lit_align.logprobs import LogpsFn, SeqLogps
-from lit_align.models import ModelSpec, load_model
+from lit_align.models import ModelSpec, load_model, shard_model
 
 MODES = ("copy", "disable_adapter", "cache")
 CACHE_FORMAT = 1
@@ -121,7 +121,11 @@ class FrozenReference(Reference):
         if n_ref != n_pol:
             raise LitAlignError(f"the reference model '{spec.name}' has {n_ref} token embeddings but the policy "
                                 f"'{policy_spec.name}' has {n_pol}: they must share one tokenizer")
-        self.model = model.eval().requires_grad_(False)
+        model = model.eval().requires_grad_(False)
+        mesh = getattr(next(policy.parameters()), "device_mesh", None)  # FSDP2: the policy's weights are DTensors
+        if mesh is not None:  # shard the copy like the policy (gathered layer by layer in its forward)
+            shard_model(model, mesh)
+        self.model = model
 
     def train(self, mode: bool = True) -> "FrozenReference":
         super().train(mode)
@@ -180,6 +184,8 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
     """A hash of the model's weights: per tensor its name, shape, dtype, fp64 sum and 256 strided values."""
     h = hashlib.sha256()
     for name, p in sorted(_canonical_weights(model), key=lambda x: x[0]):
+        if hasattr(p, "full_tensor"):  # FSDP2: gather the shards (every rank computes the fingerprint)
+            p = p.full_tensor()
         flat = p.detach().reshape(-1)
         sample = flat[:: max(1, flat.numel() // 256)][:256].float().cpu()
         h.update(f"{name}|{tuple(p.shape)}|{p.dtype}|".encode())

@@ -5,8 +5,12 @@ synchronised), and the final weights (FSDP2: gathered from its sharded checkpoin
 by the export at the end of fit). The base class normalises the loss over the global number of target tokens
 of the step and each rank reads a disjoint half of every batch, so only float rounding differs."""
 
+import math
+
+import pytest
 import torch
 from conftest import REPO, requires_gpu, run_cli
+from lightning.pytorch import Callback
 from safetensors.torch import load_file
 from test_resume import ONE_THREAD, assert_same_state, one_thread, run_in_process, scalars  # noqa: F401
 
@@ -71,8 +75,6 @@ def test_fsdp2_two_processes_equal_one_with_twice_the_batch(tmp_path, monkeypatc
 
 
 def test_qlora_without_gpu_is_refused_with_a_clear_message(tmp_path):
-    import pytest
-
     from lit_align.errors import LitAlignError
     from lit_align.models import LoraSpec, ModelSpec, builtin_tokenizer, load_model
 
@@ -87,8 +89,6 @@ def test_qlora_without_gpu_is_refused_with_a_clear_message(tmp_path):
 
 @requires_gpu
 def test_qlora_bf16_trains_on_a_gpu(tmp_path):
-    import pytest
-
     pytest.importorskip("bitsandbytes")
     from lit_align.models import ModelSpec, builtin_tokenizer, load_model
 
@@ -105,8 +105,6 @@ def test_qlora_bf16_trains_on_a_gpu(tmp_path):
 
 @requires_gpu
 def test_fsdp_bf16_on_gpus(tmp_path):
-    import pytest
-
     if torch.cuda.device_count() < 2:
         pytest.skip("needs 2 GPUs")
     out = run_cli(["fit", "--config", CONFIG, "--config", str(STRATEGIES / "fsdp.yaml"), *COMMON,
@@ -116,33 +114,53 @@ def test_fsdp_bf16_on_gpus(tmp_path):
     assert (tmp_path / "logs" / "fsdp" / "version_0" / "hf_model" / "model.safetensors").exists()
 
 
-def test_dpo_with_frozen_reference_under_fsdp2_equals_one_process(tmp_path, monkeypatch, one_thread):  # noqa: F811
-    """DPO with a frozen reference copy: under FSDP2 the policy is sharded, the reference stays frozen on every
-    rank's device; the run equals one process with twice the batch (step 0: policy = reference, loss log 2)."""
-    import math
+class CheckReference(Callback):
+    """Test helper, loaded by the ranks from tests/: when training starts, the reference is frozen, outside the
+    optimizer and on this rank's device; a copy is sharded like the policy (FSDP2); a cache holds no model."""
 
-    import pytest
+    def __init__(self, mode: str):
+        self.mode = mode
 
-    pytest.importorskip("lit_align.objectives.dpo")
-    dpo = REPO / "configs" / "dpo.yaml"
-    if not dpo.exists():
-        pytest.skip("configs/dpo.yaml is absent")
-    args = ["--data.init_args.train.limit", "32", "--data.init_args.val.val.limit", "16",
-            "--data.init_args.eval_batch_size", "8", "--trainer.max_steps", "3", "--trainer.val_check_interval", "3",
-            "--trainer.log_every_n_steps", "1", "--trainer.enable_model_summary", "false",
-            "--model.init_args.reference.mode", "copy", "--export.enabled", "false"]
-    run_in_process(["fit", "--config", str(dpo), *args, "--data.init_args.batch_size", "8",
-                    "--trainer.logger.init_args.name", "one"], tmp_path, monkeypatch)
-    out = run_cli(["fit", "--config", str(dpo), "--config", str(STRATEGIES / "fsdp2.yaml"), *args,
-                   "--trainer.accelerator", "cpu", "--data.init_args.batch_size", "4",
-                   "--trainer.logger.init_args.name", "fsdp2"], cwd=tmp_path, env=ONE_THREAD, timeout=400)
+    def on_train_start(self, trainer, pl_module):
+        ref = list(pl_module.reference.parameters())
+        optimized = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
+        if self.mode == "cache":
+            assert not ref and pl_module.reference.tables, "a cached reference keeps no model in memory"
+            return
+        assert ref and all(not p.requires_grad and id(p) not in optimized for p in ref), "reference not frozen"
+        assert all(p.device == pl_module.device for p in ref), "reference on another device"
+        assert all(type(p).__name__ == "DTensor" for p in ref), "reference copy not sharded"
+        assert all(type(p).__name__ == "DTensor" for p in pl_module.model.parameters()), "policy not sharded"
+
+
+@pytest.mark.parametrize("mode", ["copy", "cache"])
+def test_dpo_reference_under_fsdp2_equals_one_process(tmp_path, monkeypatch, one_thread, mode):  # noqa: F811
+    """DPO under FSDP2 with a frozen reference copy (sharded like the policy) or a precomputed cache (computed
+    through the sharded policy): the run equals one process with twice the batch (step 0: loss log 2)."""
+    def args(name: str, batch: int) -> list[str]:
+        return ["--data.init_args.train.limit", "32", "--data.init_args.val.val.limit", "16",
+                "--data.init_args.batch_size", str(batch), "--data.init_args.eval_batch_size", "8",
+                "--trainer.max_steps", "3", "--trainer.val_check_interval", "3", "--trainer.log_every_n_steps", "1",
+                "--trainer.enable_model_summary", "false", "--export.enabled", "false",
+                "--model.init_args.reference.mode", mode,
+                "--model.init_args.reference.cache_dir", str(tmp_path / f"ref_cache_{name}")]
+
+    dpo = str(REPO / "configs" / "dpo.yaml")
+    run_in_process(["fit", "--config", dpo, *args("one", 8), "--trainer.logger.init_args.name", "one"],
+                   tmp_path, monkeypatch)
+    out = run_cli(["fit", "--config", dpo, "--config", str(STRATEGIES / "fsdp2.yaml"), *args("two", 4),
+                   "--trainer.accelerator", "cpu",
+                   "--trainer.logger.init_args.name", "fsdp2", "--trainer.callbacks+=test_distributed.CheckReference",
+                   "--trainer.callbacks.mode", mode], cwd=tmp_path, env=ONE_THREAD, timeout=400)
     assert out.returncode == 0, out.stderr[-4000:]
     logs = tmp_path / "logs"
     assert abs(scalars(logs / "fsdp2" / "version_0", "train/loss")[0] - math.log(2)) < 1e-6
     assert_same_curves(logs / "one" / "version_0", logs / "fsdp2" / "version_0",
                        tags=("train/loss", "train/rewards/margins", "train/rewards/accuracy", "val/loss"))
-    meta = torch.load(logs / "fsdp2" / "checkpoints" / "last.ckpt" / "meta.pt", weights_only=False)
-    assert meta["global_step"] == 3
+    if mode == "cache":  # the same reference numbers, computed by one process and by two sharded ones
+        one, two = (sorted((tmp_path / f"ref_cache_{n}").glob("train-*.pt")) for n in ("one", "two"))
+        assert len(one) == len(two) == 1
+        torch.testing.assert_close(torch.load(two[0])["logps"], torch.load(one[0])["logps"], atol=1e-5, rtol=0)
 
 
 def test_export_command_on_a_lora_checkpoint(tmp_path, one_thread):  # noqa: F811
