@@ -160,7 +160,8 @@ class WeightSpec:
     """Use the per-token geometric mean π_ref(y|x)^(1/|y|) instead of the sequence probability."""
     normalize: str | None = None
     """Scope of the self-normalisation to mean 1: dataset (the whole split), group (completions sharing a
-    prompt), batch (each micro-batch), or none. Default: dataset (policy_ratio: none)."""
+    prompt), batch (each micro-batch of each device: the only scope that depends on how examples fall into
+    batches), or none (the raw weights, capped at max_ratio). Default: dataset (policy_ratio: none)."""
     max_ratio: float | None = 10.0
     """Clip weights at this multiple of the scope mean (>= 1; the mean stays 1). None: no clipping."""
     refresh_every: int = 0
@@ -231,8 +232,9 @@ class ImportanceWeights:
             table.weights, table.clipped = normalized_weights(log_w, groups if scope == "group" else None,
                                                               self.spec.max_ratio)
         elif scope == "none" and self.spec.source != "policy_ratio":
-            table.weights = log_w.exp().float()
-            table.clipped = torch.zeros(log_w.shape, dtype=torch.bool)
+            raw = log_w.exp()
+            cap = float("inf") if self.spec.max_ratio is None else self.spec.max_ratio
+            table.weights, table.clipped = raw.clamp(max=cap).float(), raw > cap
         self.tables[split] = table
         return table
 

@@ -142,6 +142,19 @@ def test_weights_do_not_depend_on_batching(tmp_path, scope):
         assert w.mean().item() == pytest.approx(1.0, abs=1e-5)
 
 
+def test_weights_from_the_data(tmp_path):
+    rows = [{"prompt": f"What is {i} plus 1?", "completion": f"{i + 1}.", **({"weight": float(i)} if i else {})}
+            for i in range(4)]                   # weights 1 (none given), 1, 2, 3
+    path = tmp_path / "weighted.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    obj = IWSFT(policy=TINY, weights=WeightSpec(source="data", max_ratio=None))
+    assert obj.reference is None                 # no reference model for record weights
+    obj.configure_model()
+    dm = _data(obj, train=str(path), batch_size=4)
+    obj.prepare_weights(dm)
+    assert obj.importance.tables["train"].weights.tolist() == pytest.approx([4 / 7, 4 / 7, 8 / 7, 12 / 7])
+
+
 def test_policy_ratio_variant():
     obj = IWSFT(policy=TINY, weights=WeightSpec(source="policy_ratio"))
     obj.configure_model()

@@ -180,3 +180,10 @@ def test_resampler_resumes_exactly_and_shards_like_the_resumable_sampler():
     ranks = [WeightedResampler(list(range(n)), weights, num_replicas=2, rank=r, seed=1) for r in (0, 1)]
     assert list(ranks[0]) == order[0::2] and list(ranks[1]) == order[1::2]
     assert isinstance(full, ResumableSampler)
+
+
+def test_data_weights_as_given_with_no_normalisation():
+    iw = ImportanceWeights(WeightSpec(source="data", normalize="none", max_ratio=2.0))
+    iw.build("train", data_log_weights(torch.tensor([1.0, 3.0, 0.5])), torch.zeros(3, dtype=torch.long))
+    w, clipped = iw.lookup("train", torch.arange(3))
+    assert w.tolist() == [1.0, 2.0, 0.5] and clipped.tolist() == [False, True, False]
