@@ -1,6 +1,7 @@
 """Turn GSM8K model solutions into prefix-DPO pair records (logic: lit_align/data/gsm8k.py).
 
-    python scripts/gsm8k_prefix_pairs.py ../shared/data/gsm8k/example_model_solutions.jsonl data/gsm8k_prefix_pairs.jsonl
+    python scripts/gsm8k_prefix_pairs.py ../shared/data/gsm8k/example_model_solutions.jsonl \
+        data/gsm8k_prefix_pairs.jsonl
     lit_align fit --config configs/examples/prefix_dpo_gsm8k.yaml
 """
 

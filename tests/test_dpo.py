@@ -100,7 +100,8 @@ def test_variants_length_normalisation_and_nll(batch):
     h = (pol.logps[:, 0] - pol.logps[:, 1]) - (ref.logps[:, 0] - ref.logps[:, 1])
     sums = base.step(batch)
     assert _mean(sums, "loss") == pytest.approx(torch.nn.functional.softplus(-0.5 * h).mean().item(), abs=1e-5)
-    assert _mean(sums, "rewards/accuracy") == ((pol.logps[:, 0] - ref.logps[:, 0]) > (pol.logps[:, 1] - ref.logps[:, 1])).float().mean().item()
+    ratio = pol.logps - ref.logps                                        # (B, 2)
+    assert _mean(sums, "rewards/accuracy") == (ratio[:, 0] > ratio[:, 1]).float().mean().item()
 
     for loss, expect in (("ipo", (h - 1.0) ** 2), ("hinge", torch.relu(1 - 0.5 * h))):
         other = DPO(beta=0.5, loss=loss)
@@ -112,7 +113,8 @@ def test_variants_length_normalisation_and_nll(batch):
     norm.configure_model()
     norm.model.load_state_dict(base.model.state_dict())
     t = pol.tokens.float()
-    hn = (pol.logps[:, 0] / t[:, 0] - pol.logps[:, 1] / t[:, 1]) - (ref.logps[:, 0] / t[:, 0] - ref.logps[:, 1] / t[:, 1])
+    normed = (pol.logps - ref.logps) / t                                 # (B, 2)
+    hn = normed[:, 0] - normed[:, 1]
     nll = -pol.logps[:, 0] / t[:, 0]
     sums = norm.step(batch)
     assert _mean(sums, "loss") == pytest.approx((torch.nn.functional.softplus(-0.5 * hn) + 0.5 * nll).mean().item(),

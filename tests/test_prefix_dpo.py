@@ -10,6 +10,7 @@ import torch
 from conftest import REPO, SHARED_DATA, requires_shared, run_cli
 
 from lit_align.data import AlignDataModule
+from lit_align.data.collate import collate_prefix
 from lit_align.data.gsm8k import common_line_prefix, convert, prefix_pair, prefix_pairs
 from lit_align.logprobs import joined_context_logps, shared_context_logps
 from lit_align.objectives import DPO, PrefixDPO
@@ -152,14 +153,9 @@ def test_very_different_context_lengths(tmp_path):
     # and each example alone (no padding at all) gives the same numbers as in the padded batch
     together = shared_context_logps(obj.model, batch).logps
     for i in range(2):
-        alone = shared_context_logps(obj.model, dm.splits["train"] and _collate_one(dm, i)).logps
+        one = collate_prefix([dm.splits["train"][i]], obj.tokenizer.pad_token_id)
+        alone = shared_context_logps(obj.model, one).logps
         assert torch.allclose(alone[0], together[batch["index"].tolist().index(i)], atol=1e-4)
-
-
-def _collate_one(dm, i):
-    from lit_align.data.collate import collate_prefix
-
-    return collate_prefix([dm.splits["train"][i]], dm.tokenizer.pad_token_id)
 
 
 # -- GSM8K: model solutions -> prefix pairs ------------------------------------------------------------
@@ -227,7 +223,8 @@ def test_short_prefix_dpo_run_prefers_the_heldout_correction():
     trainer(max_steps=120, limit_val_batches=0).fit(obj, datamodule=dm)
     after = trainer().validate(obj, datamodule=dm, verbose=False)[0]
     print(f"\nheld-out logps chosen/rejected: before {before['val/logps/chosen']:.2f}/"
-          f"{before['val/logps/rejected']:.2f}, after {after['val/logps/chosen']:.2f}/{after['val/logps/rejected']:.2f}")
+          f"{before['val/logps/rejected']:.2f}, after {after['val/logps/chosen']:.2f}/"
+          f"{after['val/logps/rejected']:.2f}; val/rewards/accuracy after {after['val/rewards/accuracy']:.3f}")
     gap_before = before["val/logps/chosen"] - before["val/logps/rejected"]
     gap_after = after["val/logps/chosen"] - after["val/logps/rejected"]
     assert gap_after > 1.0 and gap_after > gap_before + 1.0

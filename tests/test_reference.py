@@ -89,10 +89,19 @@ def test_frozen_copy_is_frozen_in_eval_mode_and_out_of_checkpoints(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(again.model.state_dict().values(), obj.model.state_dict().values()))
 
 
-def test_another_model_must_share_the_tokenizer(tmp_path):
-    from lit_align.models import builtin_tokenizer, load_model
+def test_another_model_by_path(tmp_path):
+    """copy with `model`: e.g. an SFT model saved in Hugging Face format; it must share the tokenizer."""
+    from lit_align.logprobs import sequence_logps
+    from lit_align.models import builtin_tokenizer, load_model, save_hf
 
     other = load_model(ModelSpec(name="builtin:tiny", init_seed=3), builtin_tokenizer())
+    save_hf(other, builtin_tokenizer(), tmp_path / "other")
+    obj = _objective("copy", tmp_path, policy=ModelSpec(name="builtin:tiny"),
+                     model=ModelSpec(name=str(tmp_path / "other")))
+    batch = next(iter(_data(obj).train_dataloader()))
+    with torch.no_grad():
+        assert torch.allclose(obj.reference(batch, obj.model).logps, sequence_logps(other, batch).logps, atol=1e-5)
+
     other.resize_token_embeddings(600)
     other.save_pretrained(tmp_path / "other")
     with pytest.raises(LitAlignError, match="must share one tokenizer"):

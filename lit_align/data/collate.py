@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from lit_align.data.tokenize import Tokenized
+from lit_align.errors import LitAlignError
 
 
 def collate(items: list[tuple[int, Tokenized]], pad_id: int, pad_to_multiple_of: int = 1) -> dict:
@@ -74,7 +75,8 @@ def collate_prefix(items: list[tuple[int, Tokenized]], pad_id: int, pad_to_multi
         raise ValueError("every example of a batch must have the same number of continuations")
     for ex in examples:
         if not ex.context:
-            raise ValueError(f"{ex.where}: the shared-context layout needs a non-empty context (prompt or prefix)")
+            raise LitAlignError(f"{ex.where}: prefix-DPO's shared-context layout needs a non-empty context "
+                                "(a prompt or a prefix)")
     B = len(examples)
     C = max(len(ex.context) for ex in examples)
     C = -(-C // pad_to_multiple_of) * pad_to_multiple_of
