@@ -8,7 +8,7 @@ import torch
 from lit_align.data import AlignDataModule
 from lit_align.errors import LitAlignError
 from lit_align.models import LoraSpec, ModelSpec
-from lit_align.objectives import DPO, PrefixDPO
+from lit_align.objectives import DPO, OptimSpec, PrefixDPO
 from lit_align.reference import CachedReference, ReferenceSpec
 
 LORA = ModelSpec(name="builtin:tiny", lora=LoraSpec(r=4, alpha=8))
@@ -179,3 +179,38 @@ def test_cache_through_trainer_fit(tmp_path):
     trainer.fit(obj, datamodule=dm)
     assert set(obj.reference.tables) == {"train", "val"}
     assert trainer.callback_metrics["val/loss"].isfinite()
+
+
+@pytest.mark.parametrize("mode", ["copy", "cache"])
+def test_resume_from_checkpoint(tmp_path, mode, monkeypatch):
+    """A checkpoint carries no reference; resuming rebuilds it from its spec (copy) or finds the cache built
+    from the starting model, not from the trained policy it resumes (cache)."""
+    import lightning as L
+
+    def fit(steps, ckpt_path=None):
+        obj = DPO(policy=ModelSpec(name="builtin:tiny"), optim=OptimSpec(lr=1e-2),
+                  reference=ReferenceSpec(mode=mode, cache_dir=str(tmp_path / "cache")))
+        dm = AlignDataModule(train={"path": "builtin:pairs", "limit": 16}, batch_size=4)
+        dm.connect(obj.tokenizer, obj.kind)
+        trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_progress_bar=False,
+                            enable_model_summary=False, default_root_dir=tmp_path, limit_val_batches=0)
+        trainer.fit(obj, datamodule=dm, ckpt_path=ckpt_path, weights_only=False)  # hparams hold dataclasses
+        return obj, trainer
+
+    first, trainer = fit(2)
+    ckpt = tmp_path / "two.ckpt"
+    trainer.save_checkpoint(ckpt)
+    state = torch.load(ckpt, weights_only=False)["state_dict"]
+    assert state and not any(k.startswith("reference.") for k in state)
+    if mode == "cache":
+        table = first.reference.tables["train"]
+        monkeypatch.setattr(CachedReference, "_compute", lambda *a, **k: pytest.fail("recomputed a valid cache"))
+    second, trainer = fit(4, ckpt_path=str(ckpt))
+    assert trainer.global_step == 4
+    if mode == "cache":
+        assert torch.equal(second.reference.tables["train"][0], table[0])
+    else:  # the reference is still the starting model
+        fresh = DPO(policy=ModelSpec(name="builtin:tiny"))
+        fresh.configure_model()
+        for a, b in zip(second.reference.model.parameters(), fresh.model.parameters()):
+            assert torch.equal(a, b)
