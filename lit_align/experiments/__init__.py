@@ -1,0 +1,1 @@
+"""Experiments run through the package (each has a thin entry point under scripts/)."""
