@@ -126,12 +126,13 @@ def test_weights_do_not_depend_on_batching(tmp_path, scope):
         dm = _data(obj, train=_group_file(tmp_path), batch_size=batch_size, seed=seed)
         obj.importance.tables.clear()
         obj.prepare_weights(dm)
-        weights, together = {}, set()
-        for batch in dm.train_dataloader():
+        weights, batches_of_group = {}, {}
+        for b, batch in enumerate(dm.train_dataloader()):
             w, _ = obj.batch_weights(batch)
             weights.update(zip(batch["index"].tolist(), w.tolist()))
-            groups = {dm.splits["train"].examples[i].group for i in batch["index"].tolist()}
-            together |= {len(groups)}
+            for i in batch["index"].tolist():
+                batches_of_group.setdefault(dm.splits["train"].examples[i].group, set()).add(b)
+        assert any(len(b) > 1 for b in batches_of_group.values())   # a prompt's completions in different batches
         seen.append(weights)
     assert len(seen[0]) == 18 and seen[0] == seen[1]
     w = torch.tensor([seen[0][i] for i in range(18)])
