@@ -91,6 +91,35 @@ def test_loss_matches_hand_computed_weights(tmp_path):
     assert obj.importance.tables["train"].weights.mean().item() == pytest.approx(1.0, abs=1e-6)
 
 
+class GradRecorder(IWSFT):
+    """IW-SFT that keeps the (normalised) gradients of its first optimizer step."""
+
+    def on_before_optimizer_step(self, optimizer):
+        super().on_before_optimizer_step(optimizer)
+        self.grads = {n: p.grad.detach().clone() for n, p in self.named_parameters() if p.grad is not None}
+
+
+def _first_step_grads(batch_size, accumulate):
+    obj = GradRecorder(policy=TINY, optim=OptimSpec(lr=1e-3), weights=WeightSpec(alpha=1.0, max_ratio=None))
+    obj.configure_model()
+    _perturb(obj.reference.model, scale=0.2)     # a reference with clear preferences: weights far from 1
+    dm = AlignDataModule(train={"path": "builtin:sft", "limit": 32}, batch_size=batch_size, max_length=64)
+    dm.connect(obj.tokenizer, obj.kind)
+    trainer = pl.Trainer(max_steps=1, accumulate_grad_batches=accumulate, accelerator="cpu", logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(obj, datamodule=dm)
+    return obj
+
+
+def test_gradient_accumulation_gives_the_same_gradient():
+    one, two = _first_step_grads(8, 1), _first_step_grads(4, 2)
+    weights = one.importance.tables["train"].weights
+    assert weights.std() > 0.1                    # the weights matter
+    assert one.grads.keys() == two.grads.keys() and one.grads
+    for name, g in one.grads.items():
+        assert torch.allclose(g, two.grads[name], atol=1e-6, rtol=1e-4), name
+
+
 def test_a_1000x_gap_with_clipping_gives_bounded_weights_and_a_sane_loss():
     obj = _iw(alpha=1.0, max_ratio=5.0)
     dm = _data(obj)

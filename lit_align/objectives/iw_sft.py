@@ -40,6 +40,12 @@ scale differs by Σ_i w_i n_i / Σ_i n_i (1 when all completions have the same l
 It has no single heavy step, but repeats some examples and never shows others (the ESS counts how many
 effectively remain). Evaluation sets are always weighted by the loss (their `loss` is the same estimator).
 
+Caveat: weights fixed at the start do not know when to stop. If the model can only move a shared preference
+(e.g. a letter prior on A/B questions), the weighted optimum mirrors the starting bias: log-odds α·Δ the other
+way for a starting gap of Δ nats (Δ/n per token with length_normalize). The cap M does not bind when many
+examples are disfavoured (their weights are then only ~2x the mean). `refresh_every` (weights from the
+current policy), α < 1 or length_normalize limit the overshoot (scripts/ab_experiment.py shows it).
+
 Policy-ratio variant (weights.source: policy_ratio; Qin & Springenberg 2025, "Supervised Fine Tuning on Curated
 Data is Reinforcement Learning"): w_i = clamp(exp(mean_t(log π_θ(y_it|..) - log π_ref(y_it|..))), 0, 16),
 detached, from the current policy in the same forward pass (mode loss only, normalize none or batch). It is
