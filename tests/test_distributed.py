@@ -142,7 +142,8 @@ def test_dpo_reference_under_fsdp2_equals_one_process(tmp_path, monkeypatch, one
                 "--data.init_args.batch_size", str(batch), "--data.init_args.eval_batch_size", "8",
                 "--trainer.max_steps", "3", "--trainer.val_check_interval", "3", "--trainer.log_every_n_steps", "1",
                 "--trainer.enable_model_summary", "false", "--export.enabled", "false",
-                "--model.init_args.reference.mode", mode,
+                "--model.init_args.reference.mode", mode, "--model.init_args.loss", "sigmoid",
+                "--model.init_args.nll_weight", "0.0",  # plain DPO: loss log 2 while policy = reference
                 "--model.init_args.reference.cache_dir", str(tmp_path / f"ref_cache_{name}")]
 
     dpo = str(REPO / "configs" / "dpo.yaml")
