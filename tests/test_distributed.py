@@ -1,9 +1,10 @@
 """Two processes on CPU (gloo), through the CLI in a subprocess, give the same run as one process with twice the
-batch: DDP (configs/strategies/ddp.yaml) and FSDP2 (configs/strategies/fsdp2.yaml, Lightning's
-ModelParallelStrategy). Compared: train/loss and train/token_accuracy at every step, val/loss (torchmetrics,
-synchronised), and the final weights (FSDP2: gathered from its sharded checkpoint by `lit_align export`, and
-by the export at the end of fit). The base class normalises the loss over the global number of target tokens
-of the step and each rank reads a disjoint half of every batch, so only float rounding differs."""
+batch: SFT under DDP (configs/strategies/ddp.yaml), DPO under FSDP2 (configs/strategies/fsdp2.yaml, Lightning's
+ModelParallelStrategy) with its reference as a frozen copy (sharded like the policy) or a precomputed cache.
+Compared: the train metrics at every step, val/loss (torchmetrics, synchronised), and the final weights (FSDP2:
+gathered from its sharded checkpoint by `lit_align export`, and by the export at the end of fit). The base
+class normalises the loss over the global count of the step (target tokens, pairs) and each rank reads a
+disjoint half of every batch, so only float rounding differs. Also: the export command, GPU-only paths."""
 
 import math
 
@@ -51,24 +52,6 @@ def test_ddp_two_processes_equal_one_with_twice_the_batch(tmp_path, monkeypatch,
     assert_same_curves(logs / "one" / "version_0", logs / "ddp" / "version_0")
     assert_same_state(logs / "one" / "checkpoints" / "last.ckpt", logs / "ddp" / "checkpoints" / "last.ckpt",
                       atol=WTOL)
-
-
-def test_fsdp2_two_processes_equal_one_with_twice_the_batch(tmp_path, monkeypatch, one_thread):  # noqa: F811
-    from lit_align.export import export_checkpoint
-
-    single(tmp_path, monkeypatch, "one", batch=8)
-    two_processes(tmp_path, "fsdp2", "fsdp2.yaml", 4)
-    logs = tmp_path / "logs"
-    assert_same_curves(logs / "one" / "version_0", logs / "fsdp2" / "version_0")
-    sharded = logs / "fsdp2" / "checkpoints" / "last.ckpt"
-    assert sharded.is_dir() and len(list(sharded.glob("*.distcp"))) == 2  # one shard file per rank
-    exported = export_checkpoint(sharded, tmp_path / "exported")           # gathered without a process group
-    ref = load_file(logs / "one" / "version_0" / "hf_model" / "model.safetensors")
-    for weights in (load_file(exported / "model.safetensors"),               # from the checkpoint
-                    load_file(logs / "fsdp2" / "version_0" / "hf_model" / "model.safetensors")):  # end of fit
-        assert weights.keys() == ref.keys()
-        for k in ref:
-            torch.testing.assert_close(weights[k], ref[k], atol=WTOL, rtol=0, msg=k)
 
 
 # -- GPU-only paths: refused with a plain message without a GPU, exercised with one -----------------------------
@@ -134,14 +117,17 @@ class CheckReference(Callback):
 
 
 @pytest.mark.parametrize("mode", ["copy", "cache"])
-def test_dpo_reference_under_fsdp2_equals_one_process(tmp_path, monkeypatch, one_thread, mode):  # noqa: F811
+def test_dpo_under_fsdp2_equals_one_process(tmp_path, monkeypatch, one_thread, mode):  # noqa: F811
     """DPO under FSDP2 with a frozen reference copy (sharded like the policy) or a precomputed cache (computed
-    through the sharded policy): the run equals one process with twice the batch (step 0: loss log 2)."""
+    through the sharded policy) equals one process with twice the batch (step 0: loss log 2); the copy run's
+    final weights, gathered from its sharded checkpoint and by the end-of-fit export, equal one process's."""
+    from lit_align.export import export_checkpoint
+
     def args(name: str, batch: int) -> list[str]:
         return ["--data.init_args.train.limit", "32", "--data.init_args.val.val.limit", "16",
                 "--data.init_args.batch_size", str(batch), "--data.init_args.eval_batch_size", "8",
                 "--trainer.max_steps", "3", "--trainer.val_check_interval", "3", "--trainer.log_every_n_steps", "1",
-                "--trainer.enable_model_summary", "false", "--export.enabled", "false",
+                "--trainer.enable_model_summary", "false", "--export.enabled", str(mode == "copy").lower(),
                 "--model.init_args.reference.mode", mode, "--model.init_args.loss", "sigmoid",
                 "--model.init_args.nll_weight", "0.0",  # plain DPO: loss log 2 while policy = reference
                 "--model.init_args.reference.cache_dir", str(tmp_path / f"ref_cache_{name}")]
@@ -162,6 +148,16 @@ def test_dpo_reference_under_fsdp2_equals_one_process(tmp_path, monkeypatch, one
         one, two = (sorted((tmp_path / f"ref_cache_{n}").glob("train-*.pt")) for n in ("one", "two"))
         assert len(one) == len(two) == 1
         torch.testing.assert_close(torch.load(two[0])["logps"], torch.load(one[0])["logps"], atol=1e-5, rtol=0)
+        return
+    sharded = logs / "fsdp2" / "checkpoints" / "last.ckpt"
+    assert sharded.is_dir() and len(list(sharded.glob("*.distcp"))) == 2  # one shard file per rank
+    exported = export_checkpoint(sharded, tmp_path / "exported")           # gathered without a process group
+    ref = load_file(logs / "one" / "version_0" / "hf_model" / "model.safetensors")
+    for weights in (load_file(exported / "model.safetensors"),               # from the checkpoint
+                    load_file(logs / "fsdp2" / "version_0" / "hf_model" / "model.safetensors")):  # end of fit
+        assert weights.keys() == ref.keys()
+        for k in ref:
+            torch.testing.assert_close(weights[k], ref[k], atol=WTOL, rtol=0, msg=k)
 
 
 def test_export_command_on_a_lora_checkpoint(tmp_path, one_thread):  # noqa: F811
