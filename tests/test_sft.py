@@ -110,3 +110,21 @@ def test_named_validation_sets_are_logged_separately(tmp_path):
             s, c = model.step(batch)["loss"]
             total, count = total + s.item(), count + c.item()
     assert metrics["val_ood/loss"].item() == pytest.approx(total / count, rel=1e-5)
+
+
+def test_in_process_resume_from_a_checkpoint(tmp_path):
+    """trainer.fit(ckpt_path=...) in Python: Lightning loads weights-only, and the objective's config
+    dataclasses (saved in its hyperparameters) must be allowed."""
+
+    def fit(steps, ckpt=None):
+        model = SFT(policy=ModelSpec("builtin:tiny"), optim=OptimSpec(lr=1e-3))
+        dm = AlignDataModule(train={"path": "builtin:sft", "limit": 32}, batch_size=4, max_length=64)
+        dm.connect(model.tokenizer, model.kind)
+        trainer = pl.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_progress_bar=False,
+                             enable_model_summary=False, default_root_dir=tmp_path)
+        trainer.fit(model, datamodule=dm, ckpt_path=ckpt)
+        return trainer
+
+    path = tmp_path / "two.ckpt"
+    fit(2).save_checkpoint(path)
+    assert fit(4, str(path)).global_step == 4

@@ -5,3 +5,9 @@ from lit_align.objectives.prefix_dpo import PrefixDPO
 from lit_align.objectives.sft import SFT
 
 __all__ = ["Objective", "OptimSpec", "SFT", "DPO", "PrefixDPO", "IWSFT"]
+
+from lit_align.objectives.base import allow_in_checkpoints  # noqa: E402
+from lit_align.reference import ReferenceSpec  # noqa: E402
+from lit_align.weights import WeightSpec  # noqa: E402
+
+allow_in_checkpoints(ReferenceSpec, WeightSpec)

@@ -34,7 +34,7 @@ from torchmetrics import MeanMetric
 
 from lit_align.errors import LitAlignError
 from lit_align.logprobs import forward_logps
-from lit_align.models import ModelSpec, load_model, load_tokenizer, shard_model
+from lit_align.models import LoraSpec, ModelSpec, load_model, load_tokenizer, shard_model
 
 Sums = dict[str, tuple[Tensor, Tensor]]
 
@@ -66,6 +66,15 @@ def lr_lambda(step: int, total: int, warmup: int, schedule: str, min_ratio: floa
     progress = min(max(step - warmup, 0) / max(total - warmup, 1), 1.0)
     decay = 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1 - progress
     return min_ratio + (1 - min_ratio) * decay
+
+
+def allow_in_checkpoints(*classes: type) -> None:
+    """Let torch's weights-only loader (Lightning's default) read these config dataclasses, which the
+    objectives save in their hyperparameters, so `trainer.fit(ckpt_path=...)` works in Python too."""
+    torch.serialization.add_safe_globals(list(classes))
+
+
+allow_in_checkpoints(ModelSpec, LoraSpec, OptimSpec)
 
 
 class Objective(LightningModule):
