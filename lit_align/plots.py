@@ -115,10 +115,11 @@ def plot_probes(runs: "dict[str, str | Path]", out: "str | Path", sets: list[str
 
 
 def plot_sweep(rows: list[dict], metrics: list[str], out: "str | Path", x: str = "train_examples",
-               group: str = "objective", ncols: int = 3, title: str | None = None) -> Path:
+               group: str = "objective", ncols: int | None = None, title: str | None = None) -> Path:
     """One panel per metric: the metric against `x` (log scale), one line per `group`, the mean over seeds
-    with a band from the lowest to the highest seed."""
-    plt, fig, axes = _grid(len(metrics), ncols)
+    with a band from the lowest to the highest seed. Accuracies are drawn on [0, 1] with chance (0.5) dotted."""
+    plt, fig, axes = _grid(len(metrics), ncols or (2 if len(metrics) in (2, 4) else 3))
+    styles = ["-", "--", "-.", ":"]
     groups = list(dict.fromkeys(r[group] for r in rows))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, metric in zip(axes, metrics):
@@ -133,12 +134,16 @@ def plot_sweep(rows: list[dict], metrics: list[str], out: "str | Path", x: str =
             xs = sorted(by_x)
             mean = [sum(by_x[k]) / len(by_x[k]) for k in xs]
             c = colours[i % len(colours)]
-            ax.plot(xs, mean, marker="o", label=f"{g}", color=c, lw=1.6)
+            ax.plot(xs, mean, marker="os^D"[i % 4], ls=styles[i % len(styles)], label=f"{g}", color=c, lw=1.6)
             if any(len(by_x[k]) > 1 for k in xs):
                 ax.fill_between(xs, [min(by_x[k]) for k in xs], [max(by_x[k]) for k in xs], color=c, alpha=0.15)
         if "accuracy" in metric:
             ax.axhline(0.5, color="grey", lw=0.6, ls=":")
+            ax.set_ylim(-0.02, 1.02)
         ax.set_xscale("log")
+        ticks = sorted({float(r[x]) for r in rows})
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.minorticks_off()
         ax.set_title(metric, fontsize=9)
         ax.set_xlabel(x.replace("_", " "), fontsize=8)
         ax.tick_params(labelsize=7)

@@ -163,8 +163,7 @@ class Sweep:
         start = time.perf_counter()
         log = open(run_dir / "log.txt", "w") if quiet else None
         try:
-            with contextlib.redirect_stdout(log) if log else contextlib.nullcontext(), \
-                    contextlib.redirect_stderr(log) if log else contextlib.nullcontext():
+            with _output_to(log):
                 cli = LitAlignCLI(args=["fit", "--config", str(config_path)])
                 metrics: dict[str, float] = {}
                 for d in cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False):
@@ -293,6 +292,25 @@ class Sweep:
                           "echo \"submitted array job $job\"\n")
         submit.chmod(0o755)
         return sbatch, submit
+
+
+@contextlib.contextmanager
+def _output_to(stream):
+    """Send stdout, stderr and Lightning's log messages to `stream` (None: leave them alone)."""
+    if stream is None:
+        yield
+        return
+    import logging
+
+    handlers = [h for name in ("lightning", "lightning.pytorch", "lightning.fabric", "lit_align")
+                for h in logging.getLogger(name).handlers if isinstance(h, logging.StreamHandler)]
+    before = [h.setStream(stream) for h in handlers]
+    try:
+        with contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
+            yield
+    finally:
+        for h, old in zip(handlers, before):
+            h.setStream(old)
 
 
 def main(argv: list[str] | None = None) -> None:
