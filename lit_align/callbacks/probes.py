@@ -27,7 +27,18 @@ trainer's precision context; every module's train/eval flag and the torch RNG st
 parameter gradients are never touched, so training is unchanged by probing. Under DDP/FSDP the rows are
 sharded over the ranks (every rank runs the same number of batches) and the sums and counts all-reduced.
 Seconds spent probing vs training are logged (`probe_cost/seconds`, `probe_cost/fraction`) and printed at
-the end of `fit`.
+the end of `fit`; one probe costs about a forward pass over all the set's responses (sets x records x
+categories sequences), so the `limit` of the sets and `every_n_steps` set the price.
+
+In a config (configs/examples/probes_hh_sft.yaml is a full one):
+
+    trainer:
+      callbacks:
+        - class_path: lit_align.callbacks.Probes
+          init_args:
+            sets: {train: {path: probes_train.jsonl, limit: 24}, test: probes_test.jsonl}
+            categories: [chosen, rejected, irr_hum]      # or {logged name: field}; default: every field
+            every_n_steps: 100
 """
 
 from __future__ import annotations
