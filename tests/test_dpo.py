@@ -13,19 +13,9 @@ from lit_align.errors import DataError, LitAlignError
 from lit_align.logprobs import sequence_logps
 from lit_align.objectives import DPO
 
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # see _one_thread below
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # conftest sets it too; explicit for the subprocess
 METRICS = {"loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracy",
            "logps/chosen", "logps/rejected", "logps/margins", "logps/accuracy"}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: tiny models gain nothing from two, and on a busy 2-core machine two threads can
-    make a step ~100x slower (measured: 4 s vs 0.04 s of CPU per prefix-DPO step under load 9)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _data(obj, task="builtin:pairs", n=16, batch_size=4, **kwargs):

@@ -22,15 +22,6 @@ from lit_align.weights import WeightSpec, group_ids
 TINY = ModelSpec("builtin:tiny")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One thread: on 2 shared cores more threads oversubscribe them and a tiny step gets much slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _data(obj, train=None, batch_size=4, seed=0, val=None):
     dm = AlignDataModule(train=train or {"path": "builtin:ab", "limit": 16}, val=val, batch_size=batch_size,
                          max_length=96, seed=seed)

@@ -71,14 +71,6 @@ class CorruptWeightsAt(Callback):
                 pl_module.model.get_input_embeddings().weight[0, 0] = math.nan
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def fit(tmp_path, *callbacks, max_steps=5, **objective):
     model = NaNLossAt(policy=ModelSpec(name="builtin:tiny"), optim=OptimSpec(lr=1e-2), **objective)
     data = AlignDataModule(train={"path": "builtin:sft", "limit": 32}, batch_size=4, max_length=64)

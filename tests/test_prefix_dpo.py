@@ -193,7 +193,7 @@ def test_gsm8k_example_config_runs(tmp_path):
         "--data.init_args.batch_size", "2", "--data.init_args.max_length", "256",
         "--trainer.max_steps", "2", "--trainer.limit_val_batches", "2", "--trainer.val_check_interval", "2",
         "--trainer.accelerator", "cpu", "--trainer.precision", "32-true", "--export.enabled", "false",
-    ], cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})  # see _one_thread
+    ], cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout + result.stderr
     assert "reference cache: wrote" in out

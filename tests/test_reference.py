@@ -14,16 +14,6 @@ from lit_align.reference import CachedReference, ReferenceSpec
 LORA = ModelSpec(name="builtin:tiny", lora=LoraSpec(r=4, alpha=8))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: tiny models gain nothing from two, and on a busy 2-core machine two threads can
-    make a step ~100x slower (measured: 4 s vs 0.04 s of CPU per prefix-DPO step under load 9)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _data(obj, task="builtin:pairs", n=12, **kwargs):
     dm = AlignDataModule(train={"path": task, "limit": n}, val={"val": {"path": task, "split": "val", "limit": n}},
                          batch_size=4, max_length=96, **kwargs)
