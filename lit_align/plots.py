@@ -104,14 +104,7 @@ def plot_probes(runs: "dict[str, str | Path]", out: "str | Path", sets: list[str
     what = "per-token" if per_token else "sequence"
     fig.supxlabel("optimizer step", fontsize=9)
     fig.supylabel(f"{'change in ' if delta else ''}{what} log p(response | prompt)", fontsize=9)
-    if title:
-        fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save(fig, out, title)
 
 
 def plot_sweep(rows: list[dict], metrics: list[str], out: "str | Path", x: str = "train_examples",
@@ -149,14 +142,7 @@ def plot_sweep(rows: list[dict], metrics: list[str], out: "str | Path", x: str =
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save(fig, out, title)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -181,3 +167,17 @@ def main(argv: list[str] | None = None) -> None:
     out = plot_probes(runs, args.out, sets=args.sets, categories=args.categories, per_token=args.per_token,
                       delta=args.delta, ncols=args.ncols, title=args.title)
     print(f"wrote {out}")
+
+
+def _save(fig, out: "str | Path", title: str | None) -> Path:
+    """Title, lay out, write the PNG (creating its folder) and free the figure."""
+    import matplotlib.pyplot as plt
+
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out

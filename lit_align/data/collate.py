@@ -21,6 +21,17 @@ from lit_align.data.tokenize import Tokenized
 from lit_align.errors import LitAlignError
 
 
+def _example_fields(indices: list[int], examples: list[Tokenized], k: int) -> dict:
+    """Per-example entries shared by every batch layout."""
+    return {
+        "weight": torch.tensor([1.0 if ex.weight is None else ex.weight for ex in examples]),
+        "index": torch.tensor(indices, dtype=torch.long),
+        "num_continuations": k,
+        "prefix_tokens": torch.tensor([ex.prefix_len for ex in examples], dtype=torch.long),
+        "context_tokens": torch.tensor([len(ex.context) for ex in examples], dtype=torch.long),
+    }
+
+
 def collate(items: list[tuple[int, Tokenized]], pad_id: int, pad_to_multiple_of: int = 1) -> dict:
     indices = [i for i, _ in items]
     examples = [ex for _, ex in items]
@@ -47,11 +58,7 @@ def collate(items: list[tuple[int, Tokenized]], pad_id: int, pad_to_multiple_of:
         "input_ids": input_ids,
         "attention_mask": attention_mask,
         "labels": labels,
-        "weight": torch.tensor([1.0 if ex.weight is None else ex.weight for ex in examples]),
-        "index": torch.tensor(indices, dtype=torch.long),
-        "num_continuations": k,
-        "prefix_tokens": torch.tensor([ex.prefix_len for ex in examples], dtype=torch.long),
-        "context_tokens": torch.tensor([len(ex.context) for ex in examples], dtype=torch.long),
+        **_example_fields(indices, examples, k),
     }
 
 
@@ -101,9 +108,5 @@ def collate_prefix(items: list[tuple[int, Tokenized]], pad_id: int, pad_to_multi
         "input_ids": input_ids,
         "attention_mask": attention_mask,
         "labels": labels,
-        "weight": torch.tensor([1.0 if ex.weight is None else ex.weight for ex in examples]),
-        "index": torch.tensor(indices, dtype=torch.long),
-        "num_continuations": k,
-        "prefix_tokens": torch.tensor([ex.prefix_len for ex in examples], dtype=torch.long),
-        "context_tokens": torch.tensor([len(ex.context) for ex in examples], dtype=torch.long),
+        **_example_fields(indices, examples, k),
     }
