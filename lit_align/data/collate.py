@@ -11,6 +11,9 @@ Batch layout (every objective reads the same keys):
     num_continuations  int        k
     prefix_tokens   (B,)  long    shared-prefix tokens in each example's context
     context_tokens  (B,)  long
+
+`padded_length` is the row length an example asks of this layout (what the training sampler groups by,
+data/samplers.py); `padding_fraction` measures what a batch wastes on padding.
 """
 
 from __future__ import annotations
@@ -30,6 +33,20 @@ def _example_fields(indices: list[int], examples: list[Tokenized], k: int) -> di
         "prefix_tokens": torch.tensor([ex.prefix_len for ex in examples], dtype=torch.long),
         "context_tokens": torch.tensor([len(ex.context) for ex in examples], dtype=torch.long),
     }
+
+
+def padded_length(ex: Tokenized) -> int:
+    """The padded row length an example causes: its context plus its longest continuation (its rows share
+    one padded length in a batch). Right for `collate_prefix` too: its context and continuation widths
+    grow with the same two terms."""
+    return len(ex.context) + max(len(c) for c in ex.continuations)
+
+
+def padding_fraction(batch: dict) -> float:
+    """Share of padding among the model-input positions of a collated batch: 1 - real / all, over
+    attention_mask (N, T), plus context_mask (B, C) in the shared-context layout."""
+    masks = [batch["attention_mask"]] + ([batch["context_mask"]] if "context_mask" in batch else [])
+    return 1.0 - sum(int(m.sum()) for m in masks) / sum(m.numel() for m in masks)
 
 
 def collate(items: list[tuple[int, Tokenized]], pad_id: int, pad_to_multiple_of: int = 1) -> dict:

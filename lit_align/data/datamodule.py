@@ -18,7 +18,7 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
-from lit_align.data.collate import collate, collate_prefix
+from lit_align.data.collate import collate, collate_prefix, padded_length
 from lit_align.data.records import SkipRecord, to_examples
 from lit_align.data.samplers import ResumableSampler, WeightedResampler
 from lit_align.data.sources import Source, as_source, read_rows
@@ -109,6 +109,7 @@ class AlignDataModule(LightningDataModule):
         skip_invalid: bool = False,
         num_workers: int = 0,
         pad_to_multiple_of: int = 1,
+        group_by_length: int = 256,
         seed: int = 0,
     ):
         """
@@ -127,6 +128,8 @@ class AlignDataModule(LightningDataModule):
             skip_invalid: skip and count bad records instead of stopping at the first.
             num_workers: DataLoader worker processes.
             pad_to_multiple_of: pad sequence length to a multiple of this (8 helps GPU kernels).
+            group_by_length: sort the shuffled training order by length within windows of this many
+                examples, so batches hold similar lengths and waste little on padding (0: off).
             seed: seed of the training shuffle.
         """
         super().__init__()
@@ -137,6 +140,9 @@ class AlignDataModule(LightningDataModule):
         self.spec = TokenizeSpec(max_length, max_prompt_length, truncation_side, chat_template, end_token)
         self.skip_invalid, self.num_workers = skip_invalid, num_workers
         self.pad_to_multiple_of, self.seed = pad_to_multiple_of, seed
+        if group_by_length < 0:
+            raise LitAlignError(f"group_by_length must be >= 0 (0: off), not {group_by_length}")
+        self.group_by_length = group_by_length
         self.tokenizer = None
         self.kind: str | None = None
         self.splits: dict[str, TokenizedSplit] = {}
@@ -205,6 +211,8 @@ class AlignDataModule(LightningDataModule):
     # The training order comes from a seeded, resumable sampler with DistributedSampler semantics
     # (data/samplers.py): each data-parallel rank a disjoint shard, Lightning keeps it (no sampler injected),
     # and its position is saved in checkpoints so that a resumed run sees exactly the batches it would have.
+    # With group_by_length it sorts the shuffle by length within windows (less padding); the order still does
+    # not depend on batch size or ranks.
     _train_sampler: ResumableSampler | None = None
     _train_sampler_state: dict | None = None
     # Set by an objective that draws training examples in proportion to a weight (importance-reweighted SFT,
@@ -219,8 +227,10 @@ class AlignDataModule(LightningDataModule):
                                                     num_replicas=dist.get("num_replicas", 1), rank=dist.get("rank", 0),
                                                     seed=self.seed)
         else:
+            lengths = [padded_length(ex) for ex in self.splits["train"].examples] if self.group_by_length else None
             self._train_sampler = ResumableSampler(self.splits["train"], num_replicas=dist.get("num_replicas", 1),
-                                                   rank=dist.get("rank", 0), shuffle=True, seed=self.seed)
+                                                   rank=dist.get("rank", 0), shuffle=True, seed=self.seed,
+                                                   lengths=lengths, group_size=self.group_by_length)
         if self._train_sampler_state:
             self._train_sampler.load_state_dict(self._train_sampler_state)
         return self._loader("train", self.batch_size, shuffle=True, sampler=self._train_sampler)

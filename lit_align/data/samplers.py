@@ -21,22 +21,42 @@ handed out so far is used (exact with num_workers=0).
 The iterator is a generator, so the skip is read when iteration actually starts: a state loaded after
 the DataLoader (and its iterator) were created but before the first batch still takes effect.
 It subclasses DistributedSampler so that Lightning keeps it instead of injecting its own.
+
+Grouping by length. Given each example's `lengths` and a `group_size` > 0, the epoch's order is the seeded
+permutation above cut into consecutive windows of `group_size` positions, each window sorted by length,
+longest first (a stable sort: ties keep their shuffled order, so the result is deterministic; longest first
+so that a batch too long for memory fails at the start of a window, not after it). Consecutive batches then
+hold similar lengths and waste little on padding, while the windows still follow the shuffle. The order
+stays a pure function of (seed, epoch, lengths, group_size): it never depends on the batch size or the
+number of ranks, so batch 8, batch 4 x accumulation 2 and 2 ranks x batch 4 see the same examples per
+optimizer step, and the resume skip above works unchanged. A batch straddling two windows mixes their
+lengths; with group_size a multiple of the global batch size (batch size x ranks) none does. The state
+records `group_size`: a state saved with another one names other examples, and the epoch starts over (as
+for another seed). WeightedResampler draws with replacement and does not group.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sized
+from collections.abc import Iterator, Sequence, Sized
 
 import torch
 from torch.utils.data import DistributedSampler
 
 
 class ResumableSampler(DistributedSampler):
+    """`lengths`: (n,) each example's length (what it costs in a padded batch); with `group_size` > 0 the
+    order is sorted by length, longest first, within windows of `group_size` positions (module docstring).
+    """
+
     def __init__(self, dataset: Sized, num_replicas: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0,
-                 drop_last: bool = False):
+                 drop_last: bool = False, lengths: Sequence[int] | None = None, group_size: int = 0):
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} is not in [0, {num_replicas})")
+        if group_size < 0:
+            raise ValueError(f"group_size must be >= 0, not {group_size}")
+        if lengths is not None and len(lengths) != len(dataset):
+            raise ValueError(f"{len(lengths)} lengths for {len(dataset)} examples")
         # DistributedSampler.__init__ would query torch.distributed when num_replicas/rank are None; we always
         # pass them, so set the attributes it defines ourselves (no process group needed).
         self.dataset, self.num_replicas, self.rank = dataset, num_replicas, rank
@@ -48,14 +68,22 @@ class ResumableSampler(DistributedSampler):
         self._skip: dict[int, int] = {}      # epoch -> prefix of that epoch's order already trained on
         self._handed_out = 0                 # indices yielded by this rank in the current iteration
         self._iter_start = 0                 # prefix skipped by the current iteration
+        self.lengths = None if lengths is None else [int(x) for x in lengths]
+        self.group_size = group_size if lengths is not None else 0  # 0: no grouping (also without lengths)
 
     def order(self, epoch: int) -> list[int]:
         """The global order of epoch `epoch` (before sharding)."""
         n = len(self.dataset)
         if not self.shuffle:
-            return list(range(n))
-        g = torch.Generator().manual_seed(self.seed + epoch)
-        return torch.randperm(n, generator=g).tolist()
+            order = list(range(n))
+        else:
+            g = torch.Generator().manual_seed(self.seed + epoch)
+            order = torch.randperm(n, generator=g).tolist()
+        if not self.group_size:
+            return order
+        G, lengths = self.group_size, self.lengths
+        # each window of G positions, longest first; sorted() is stable, so ties keep the shuffled order
+        return [i for w in range(0, n, G) for i in sorted(order[w:w + G], key=lambda i: -lengths[i])]
 
     def _shard(self, order: list[int]) -> list[int]:
         R = self.num_replicas
@@ -92,15 +120,17 @@ class ResumableSampler(DistributedSampler):
         if consumed >= (n - n % self.num_replicas if self.drop_last else n):
             epoch, consumed = epoch + 1, 0  # the epoch is done: the next one starts from its beginning
         return {"epoch": epoch, "consumed": int(consumed), "seed": self.seed, "shuffle": self.shuffle,
-                "dataset_size": n, "num_replicas": self.num_replicas}
+                "dataset_size": n, "num_replicas": self.num_replicas, "group_size": self.group_size}
 
     def load_state_dict(self, state: dict) -> None:
         """Resume in epoch `state["epoch"]` after its first `state["consumed"]` examples. A state saved on
-        another dataset size or seed cannot name the same examples: the epoch then starts over."""
+        another dataset size, seed or length grouping cannot name the same examples: the epoch then starts
+        over."""
         self.epoch = int(state["epoch"])
         self._skip.clear()
         same_data = (state.get("dataset_size") == len(self.dataset) and state.get("seed") == self.seed
-                     and state.get("shuffle", True) == self.shuffle)
+                     and state.get("shuffle", True) == self.shuffle
+                     and state.get("group_size", 0) == self.group_size)
         if same_data and state.get("consumed", 0) > 0:
             self._skip[self.epoch] = int(state["consumed"])
 
