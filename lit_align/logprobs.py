@@ -1,18 +1,42 @@
 """Per-token and per-sequence log-probabilities of the target tokens, always in fp32.
 
-The full-vocabulary logits are only touched at target positions, a chunk of rows at a time, so the
-fp32 copy of a whole (N, T, V) logits tensor is never materialised.
+Two ways to get them from a model, chosen per model by `set_lm_head(model, positions, chunk)` (load_model
+does it from ModelSpec.lm_head / ModelSpec.logits_chunk):
+
+- "targets" (default): the vocabulary projection (LM head) runs only on the positions that predict a
+  target token, never on prompt, shared-prefix or padding positions, and a chunk of those rows at a
+  time: each chunk's (chunk, V) fp32 logits are formed, reduced to log p(target) and dropped; with more
+  than one chunk under autograd they are recomputed in backward (torch.utils.checkpoint), so the
+  (N, T, V) logits of a batch are never materialised, forward or backward. The head is entered through
+  the model's own forward (its forward is swapped for the duration of the call), so wrappers that hook
+  the root module (FSDP2, peft, accelerate) keep working.
+- "all": the model's ordinary forward returns (N, T, V) logits; the target positions are then read from
+  them a chunk at a time (`gather_logps`). The naive path, kept for comparison and for architectures
+  whose forward post-processes the head's output (soft-capping, logit scaling): those fall back to it.
+
+Both give the same numbers (and gradients) up to float rounding (tests/test_logprobs.py).
 """
 
 from __future__ import annotations
 
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 IGNORE = -100
+
+# model_type of architectures whose causal-LM forward returns lm_head(hidden) unchanged (no soft-capping,
+# no logit scaling), so the head can be restricted to target positions. Others use the "all" path.
+PLAIN_HEAD_MODEL_TYPES = {
+    "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "phi", "phi3", "gemma",
+    "gpt_neox", "olmo", "olmo2", "smollm3", "gpt2", "starcoder2", "stablelm", "deepseek_v3", "ministral",
+}
+LM_HEAD_POSITIONS = ("targets", "all")
 
 
 @dataclass
@@ -35,38 +59,141 @@ class TokenLogps:
         return self.mask.sum(-1)
 
 
+def _pick_logps(rows: Tensor, ids: Tensor, chunk_rows: int = 4096) -> Tensor:
+    """rows (M, V) logits any dtype, ids (M,) -> log softmax(rows)[ids] (M,) fp32, a chunk at a time."""
+    out = torch.empty(ids.shape[0], dtype=torch.float32, device=rows.device)
+    for s in range(0, ids.shape[0], chunk_rows):
+        chunk = rows[s: s + chunk_rows].float()               # (chunk, V) fp32: the only fp32 vocab tensor
+        out[s: s + chunk_rows] = chunk.gather(-1, ids[s: s + chunk_rows, None]).squeeze(-1) - chunk.logsumexp(-1)
+    return out
+
+
+def _scatter(values: Tensor, mask: Tensor, fill=0) -> Tensor:
+    """values (M,) at the True positions of mask (N, T) -> (N, T) tensor, `fill` elsewhere."""
+    out = torch.full(mask.shape, fill, dtype=values.dtype, device=values.device)
+    out[mask] = values
+    return out
+
+
 def gather_logps(logits: Tensor, labels: Tensor, with_accuracy: bool = False, chunk_rows: int = 4096) -> TokenLogps:
     """logits (N, T, V) any dtype, labels (N, T) with IGNORE where not a target -> TokenLogps.
 
     labels[:, t] is predicted by logits[:, t-1] (labels are not shifted; position 0 is never a target).
     """
     N, T, _ = logits.shape
-    targets = labels[:, 1:]                                  # (N, T-1)
-    mask = targets != IGNORE
-    picked = logits[:, :-1][mask]                            # (M, V) only target positions, model dtype
-    ids = targets[mask]                                      # (M,)
-    out = torch.empty(ids.shape[0], dtype=torch.float32, device=logits.device)
-    hit = torch.empty(ids.shape[0], dtype=torch.bool, device=logits.device) if with_accuracy else None
-    for s in range(0, ids.shape[0], chunk_rows):
-        rows = picked[s: s + chunk_rows].float()             # (chunk, V) fp32: the only fp32 vocab tensor
-        out[s: s + chunk_rows] = rows.gather(-1, ids[s: s + chunk_rows, None]).squeeze(-1) - rows.logsumexp(-1)
-        if hit is not None:
-            hit[s: s + chunk_rows] = rows.argmax(-1) == ids[s: s + chunk_rows]
     full_mask = torch.zeros((N, T), dtype=torch.bool, device=logits.device)
-    full_mask[:, 1:] = mask
-    logps = torch.zeros((N, T), dtype=torch.float32, device=logits.device)
-    logps[full_mask] = out
+    full_mask[:, 1:] = labels[:, 1:] != IGNORE
+    picked = logits[:, :-1][full_mask[:, 1:]]                # (M, V) only target positions, model dtype
+    ids = labels[full_mask]                                  # (M,)
+    logps = _scatter(_pick_logps(picked, ids, chunk_rows), full_mask)
     correct = None
-    if hit is not None:
-        correct = torch.zeros((N, T), dtype=torch.bool, device=logits.device)
-        correct[full_mask] = hit
+    if with_accuracy:
+        hit = torch.cat([picked[s: s + chunk_rows].argmax(-1) == ids[s: s + chunk_rows]
+                         for s in range(0, ids.shape[0], chunk_rows)]) if ids.numel() else ids.bool()
+        correct = _scatter(hit, full_mask, False)
     return TokenLogps(logps, full_mask, correct)
+
+
+# -- the LM head on target positions only ------------------------------------------------------------
+
+
+def set_lm_head(model: torch.nn.Module, positions: str = "targets", chunk: int = 0) -> None:
+    """How log-probs are computed from `model` (module docstring): positions "targets" or "all"; chunk =
+    target rows per vocabulary-projection chunk (0: about 2^25 logits per chunk, e.g. 1024 rows at a
+    32k vocabulary, 220 at 152k)."""
+    if positions not in LM_HEAD_POSITIONS:
+        raise ValueError(f"lm_head must be one of {', '.join(LM_HEAD_POSITIONS)}, not '{positions}'")
+    if chunk < 0:
+        raise ValueError(f"logits_chunk must be >= 0, not {chunk}")
+    model.lit_align_lm_head = (positions, chunk)
+
+
+def _plain_head(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The output embedding to run on target positions only, or None for the "all" path."""
+    positions, _ = getattr(model, "lit_align_lm_head", ("targets", 0))
+    if positions == "all":
+        return None
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in PLAIN_HEAD_MODEL_TYPES:
+        warnings.warn(f"lm_head: targets is not known to be exact for model_type '{model_type}' (its forward may "
+                      "post-process the logits); computing every position's logits instead (set "
+                      "policy.lm_head: all to silence this)", stacklevel=3)
+        model.lit_align_lm_head = ("all", 0)
+        return None
+    return model.get_output_embeddings()
+
+
+def _chunk_logps(project: Callable[[Tensor], Tensor], hidden: Tensor, ids: Tensor) -> tuple[Tensor, Tensor]:
+    """hidden (m, H), ids (m,) -> log p(ids) (m,) fp32 and argmax hits (m,) bool; the (m, V) logits die here."""
+    logits = project(hidden).float()                                   # (m, V) fp32
+    return logits.gather(-1, ids[:, None]).squeeze(-1) - logits.logsumexp(-1), logits.argmax(-1) == ids
+
+
+def head_logps(project: Callable[[Tensor], Tensor], hidden: Tensor, ids: Tensor, chunk: int = 0
+               ) -> tuple[Tensor, Tensor]:
+    """log softmax(project(hidden))[ids] for hidden (M, H), ids (M,) -> ((M,) fp32, (M,) bool argmax hits).
+
+    One chunk of `chunk` rows at a time. With several chunks under autograd, each chunk is checkpointed:
+    backward recomputes its logits instead of keeping all M x V of them alive (one more head matmul on
+    the target rows, the price of never materialising them). A single chunk is not recomputed: its logits
+    are the peak either way.
+    """
+    rows = chunk or max(64, min(8192, 2 ** 25 // max(_vocab_size(project), 1)))
+    if hidden.shape[0] <= rows:
+        return _chunk_logps(project, hidden, ids)
+    recompute = torch.is_grad_enabled() and hidden.requires_grad
+    parts = [checkpoint(_chunk_logps, project, hidden[s: s + rows], ids[s: s + rows], use_reentrant=False)
+             if recompute else _chunk_logps(project, hidden[s: s + rows], ids[s: s + rows])
+             for s in range(0, hidden.shape[0], rows)]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def _vocab_size(project) -> int:
+    module = getattr(project, "__self__", project)
+    return getattr(module, "out_features", 0) or getattr(getattr(module, "weight", None), "shape", (0,))[0]
+
+
+@contextmanager
+def _forward_replaced(module: torch.nn.Module, forward: Callable):
+    """Swap `module.forward` (an instance attribute, as accelerate's hooks set it too), then restore it."""
+    saved = module.__dict__.get("forward")
+    module.forward = forward
+    try:
+        yield
+    finally:
+        if saved is None:
+            del module.forward
+        else:
+            module.forward = saved
+
+
+def token_logps(model: torch.nn.Module, labels: Tensor, with_accuracy: bool = False, **inputs) -> TokenLogps:
+    """model(**inputs) -> the fp32 log-probs of `labels` (N, T): labels[:, t] (IGNORE: not a target) is
+    predicted at position t-1. Targets-only LM head unless the model is set to "all" (module docstring)."""
+    head = _plain_head(model)
+    if head is None:
+        return gather_logps(model(**inputs).logits, labels, with_accuracy=with_accuracy)
+    mask = torch.zeros(labels.shape, dtype=torch.bool, device=labels.device)
+    mask[:, 1:] = labels[:, 1:] != IGNORE                    # (N, T) target positions
+    ids = labels[mask]                                       # (M,)
+    project, hits = head.forward, []
+
+    def targets_only(hidden: Tensor) -> Tensor:               # hidden (N, T, H) -> (M,) fp32 log-probs
+        logps, hit = head_logps(project, hidden[:, :-1][mask[:, 1:]], ids, getattr(model, "lit_align_lm_head",
+                                                                                   ("", 0))[1])
+        hits.append(hit)
+        return logps
+
+    with _forward_replaced(head, targets_only):
+        logps = model(**inputs).logits                       # (M,): what the head returned
+    correct = _scatter(hits[0], mask, False) if with_accuracy else None
+    return TokenLogps(_scatter(logps, mask), mask, correct)
 
 
 def forward_logps(model: torch.nn.Module, batch: dict, with_accuracy: bool = False) -> TokenLogps:
     """Run `model` on a padded batch (see collate.py) and return the target tokens' log-probs."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-    return gather_logps(logits, batch["labels"], with_accuracy=with_accuracy)
+    return token_logps(model, batch["labels"], with_accuracy, input_ids=batch["input_ids"],
+                       attention_mask=batch["attention_mask"], use_cache=False)
 
 
 # -- per-example sequence log-probs, the currency of preference objectives and references -------------
@@ -91,30 +218,6 @@ def sequence_logps(model: torch.nn.Module, batch: dict) -> SeqLogps:
     out = forward_logps(model, batch)
     k = batch["num_continuations"]
     return SeqLogps(out.sequence.view(k, -1).T, out.tokens.view(k, -1).T)  # (k*B,) -> (B, k)
-
-
-def _pick_logps(rows: Tensor, ids: Tensor, chunk_rows: int = 4096) -> Tensor:
-    """rows (M, V) logits any dtype, ids (M,) -> log softmax(rows)[ids] (M,) fp32, a chunk at a time."""
-    out = torch.empty(ids.shape[0], dtype=torch.float32, device=rows.device)
-    for s in range(0, ids.shape[0], chunk_rows):
-        chunk = rows[s: s + chunk_rows].float()               # (chunk, V) fp32
-        out[s: s + chunk_rows] = chunk.gather(-1, ids[s: s + chunk_rows, None]).squeeze(-1) - chunk.logsumexp(-1)
-    return out
-
-
-def _continuation_logps(context_last: Tensor, logits: Tensor, labels: Tensor) -> Tensor:
-    """Token log-probs of continuations that follow a context.
-
-    context_last (N, V): the context's last logit (predicts continuation token 0); logits (N, L, V): the
-    continuation's own logits (position t predicts token t+1); labels (N, L): token ids, IGNORE on padding.
-    Returns (N, L) fp32, 0 on padding.
-    """
-    mask = labels != IGNORE                                  # (N, L)
-    logps = torch.zeros(labels.shape, dtype=torch.float32, device=labels.device)
-    logps[:, 0][mask[:, 0]] = _pick_logps(context_last[mask[:, 0]], labels[:, 0][mask[:, 0]])
-    rest = mask[:, 1:]                                       # (N, L-1)
-    logps[:, 1:][rest] = _pick_logps(logits[:, :-1][rest], labels[:, 1:][rest])
-    return logps
 
 
 def _context_positions(context_mask: Tensor) -> Tensor:
@@ -147,9 +250,11 @@ def shared_context_logps(model: torch.nn.Module, batch: dict) -> SeqLogps:
     cache.batch_select_indices(rows)                                     # (B, ...) -> (N, ...) per layer
     n_ctx = ctx_mask.sum(-1)[rows]                                       # (N,)
     positions = n_ctx[:, None] + torch.arange(ids.shape[1], device=ids.device)          # (N, L)
-    logits = model(input_ids=ids, attention_mask=torch.cat([ctx_mask[rows], mask], 1), position_ids=positions,
-                   past_key_values=cache, use_cache=True).logits                          # (N, L, V)
-    logps = _continuation_logps(out.logits[:, -1][rows], logits, labels)                 # (N, L)
+    cont = token_logps(model, labels, input_ids=ids, attention_mask=torch.cat([ctx_mask[rows], mask], 1),
+                       position_ids=positions, past_key_values=cache, use_cache=True)   # labels[:, 1:]
+    first = labels[:, 0] != IGNORE                                       # token 0: from the context's last logit
+    logps = cont.logps.clone()                                           # (N, L), column 0 still empty
+    logps[first, 0] = _pick_logps(out.logits[:, -1][rows][first], labels[first, 0])
     tokens = (labels != IGNORE).sum(-1)
     return SeqLogps(logps.sum(-1).view(k, B).T, tokens.view(k, B).T)
 
@@ -162,10 +267,9 @@ def joined_context_logps(model: torch.nn.Module, batch: dict) -> SeqLogps:
     k, B = batch["num_continuations"], ctx_ids.shape[0]
     rows = torch.arange(B, device=ids.device).repeat(k)
     full_mask = torch.cat([ctx_mask[rows], mask], 1)                     # (N, C+L)
-    positions = _context_positions(full_mask)
-    logits = model(input_ids=torch.cat([ctx_ids[rows], ids], 1), attention_mask=full_mask,
-                   position_ids=positions, use_cache=False).logits       # (N, C+L, V)
     C = ctx_ids.shape[1]
-    logps = _continuation_logps(logits[:, C - 1], logits[:, C:], labels)  # (N, L)
+    full_labels = torch.cat([torch.full_like(ctx_ids[rows], IGNORE), labels], 1)        # (N, C+L)
+    out = token_logps(model, full_labels, input_ids=torch.cat([ctx_ids[rows], ids], 1), attention_mask=full_mask,
+                      position_ids=_context_positions(full_mask), use_cache=False)
     tokens = (labels != IGNORE).sum(-1)
-    return SeqLogps(logps.sum(-1).view(k, B).T, tokens.view(k, B).T)
+    return SeqLogps(out.sequence.view(k, B).T, tokens.view(k, B).T)

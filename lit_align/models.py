@@ -17,6 +17,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from lit_align.errors import LitAlignError
+from lit_align.logprobs import set_lm_head
 
 BUILTIN_PREFIX = "builtin:"
 
@@ -66,6 +67,11 @@ class ModelSpec:
     """"4bit": load the weights in 4-bit NF4 (bitsandbytes; QLoRA with `lora`). Needs a CUDA GPU."""
     extra: dict = field(default_factory=dict)
     """Extra keyword arguments for from_pretrained."""
+    lm_head: str = "targets"
+    """Where the vocabulary projection runs (logprobs.py): "targets", only on positions that predict a loss
+    target, a chunk at a time (faster, far less memory); "all", on every position (the plain forward)."""
+    logits_chunk: int = 0
+    """Target positions per vocabulary-projection chunk with lm_head: targets (0: ~2^25 logits a chunk)."""
 
 
 def _builtin_corpus() -> list[str]:
@@ -176,6 +182,10 @@ def load_model(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase) -> PreTraine
             r=spec.lora.r, lora_alpha=spec.lora.alpha, lora_dropout=spec.lora.dropout,
             target_modules=spec.lora.target_modules, task_type="CAUSAL_LM",
         ))
+    try:
+        set_lm_head(model, spec.lm_head, spec.logits_chunk)
+    except ValueError as e:
+        raise LitAlignError(f"policy: {e}") from None
     return model
 
 

@@ -114,8 +114,7 @@ def test_padding_fraction_counts_both_tensors_of_the_shared_context_layout():
 @requires_shared
 def test_grouping_cuts_padding_on_hh_rlhf(tok):
     dm = _data(tok, str(SHARED_DATA / "hh-rlhf" / "harmless-base-test.jsonl.gz"), max_length=512, batch_size=8,
-               skip_invalid=True)
-    assert dm.group_by_length == 256  # on by default
+               skip_invalid=True, group_by_length=256)
 
     def epoch_padding() -> tuple[float, float]:
         """(share of padding among all positions of the epoch's batches, mean of the batches' shares)"""

@@ -109,7 +109,8 @@ class AlignDataModule(LightningDataModule):
         skip_invalid: bool = False,
         num_workers: int = 0,
         pad_to_multiple_of: int = 1,
-        group_by_length: int = 256,
+        group_by_length: int = 0,
+        shuffle: bool = True,
         seed: int = 0,
     ):
         """
@@ -129,7 +130,11 @@ class AlignDataModule(LightningDataModule):
             num_workers: DataLoader worker processes.
             pad_to_multiple_of: pad sequence length to a multiple of this (8 helps GPU kernels).
             group_by_length: sort the shuffled training order by length within windows of this many
-                examples, so batches hold similar lengths and waste little on padding (0: off).
+                examples, so batches hold similar lengths and waste little on padding (0, the default: off).
+                Faster, but batches become length-homogeneous, which changes the optimisation: in our DPO
+                test on builtin:pairs (lr 5e-3) it cut held-out reward accuracy from 0.77 to 0.52. Try
+                256 for speed, and check that the curves are unchanged.
+            shuffle: shuffle the training examples each epoch (false: file order, e.g. a curriculum).
             seed: seed of the training shuffle.
         """
         super().__init__()
@@ -143,6 +148,7 @@ class AlignDataModule(LightningDataModule):
         if group_by_length < 0:
             raise LitAlignError(f"group_by_length must be >= 0 (0: off), not {group_by_length}")
         self.group_by_length = group_by_length
+        self.shuffle = shuffle
         self.tokenizer = None
         self.kind: str | None = None
         self.splits: dict[str, TokenizedSplit] = {}
@@ -229,7 +235,7 @@ class AlignDataModule(LightningDataModule):
         else:
             lengths = [padded_length(ex) for ex in self.splits["train"].examples] if self.group_by_length else None
             self._train_sampler = ResumableSampler(self.splits["train"], num_replicas=dist.get("num_replicas", 1),
-                                                   rank=dist.get("rank", 0), shuffle=True, seed=self.seed,
+                                                   rank=dist.get("rank", 0), shuffle=self.shuffle, seed=self.seed,
                                                    lengths=lengths, group_size=self.group_by_length)
         if self._train_sampler_state:
             self._train_sampler.load_state_dict(self._train_sampler_state)
