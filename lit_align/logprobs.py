@@ -99,8 +99,8 @@ def gather_logps(logits: Tensor, labels: Tensor, with_accuracy: bool = False, ch
 
 def set_lm_head(model: torch.nn.Module, positions: str = "targets", chunk: int = 0) -> None:
     """How log-probs are computed from `model` (module docstring): positions "targets" or "all"; chunk =
-    target rows per vocabulary-projection chunk (0: about 2^25 logits per chunk, e.g. 1024 rows at a
-    32k vocabulary, 220 at 152k)."""
+    target rows per vocabulary-projection chunk (0: about 2^23 logits, 32 MB in fp32, per chunk: 256 rows at a
+    32k vocabulary, 55 at 152k)."""
     if positions not in LM_HEAD_POSITIONS:
         raise ValueError(f"lm_head must be one of {', '.join(LM_HEAD_POSITIONS)}, not '{positions}'")
     if chunk < 0:
@@ -138,7 +138,7 @@ def head_logps(project: Callable[[Tensor], Tensor], hidden: Tensor, ids: Tensor,
     the target rows, the price of never materialising them). A single chunk is not recomputed: its logits
     are the peak either way.
     """
-    rows = chunk or max(64, min(8192, 2 ** 25 // max(_vocab_size(project), 1)))
+    rows = chunk or max(32, min(4096, 2 ** 23 // max(_vocab_size(project), 1)))
     if hidden.shape[0] <= rows:
         return _chunk_logps(project, hidden, ids)
     recompute = torch.is_grad_enabled() and hidden.requires_grad
@@ -167,26 +167,38 @@ def _forward_replaced(module: torch.nn.Module, forward: Callable):
             module.forward = saved
 
 
-def token_logps(model: torch.nn.Module, labels: Tensor, with_accuracy: bool = False, **inputs) -> TokenLogps:
-    """model(**inputs) -> the fp32 log-probs of `labels` (N, T): labels[:, t] (IGNORE: not a target) is
-    predicted at position t-1. Targets-only LM head unless the model is set to "all" (module docstring)."""
+def position_logps(model: torch.nn.Module, rows: Tensor, positions: Tensor, ids: Tensor, with_accuracy: bool = False,
+                   **inputs) -> tuple[Tensor, Tensor | None]:
+    """model(**inputs) -> log p(ids[m] | the hidden state of row rows[m] at position positions[m]), (M,) fp32,
+    and the greedy hits (M,) bool when asked. Targets-only LM head unless the model is set to "all"."""
     head = _plain_head(model)
     if head is None:
-        return gather_logps(model(**inputs).logits, labels, with_accuracy=with_accuracy)
-    mask = torch.zeros(labels.shape, dtype=torch.bool, device=labels.device)
-    mask[:, 1:] = labels[:, 1:] != IGNORE                    # (N, T) target positions
-    ids = labels[mask]                                       # (M,)
+        logits = model(**inputs).logits                      # (N, T, V)
+        picked = logits[rows, positions]                     # (M, V)
+        hits = picked.argmax(-1) == ids if with_accuracy else None
+        return _pick_logps(picked, ids), hits
     project, hits = head.forward, []
 
     def targets_only(hidden: Tensor) -> Tensor:               # hidden (N, T, H) -> (M,) fp32 log-probs
-        logps, hit = head_logps(project, hidden[:, :-1][mask[:, 1:]], ids, getattr(model, "lit_align_lm_head",
-                                                                                   ("", 0))[1])
+        logps, hit = head_logps(project, hidden[rows, positions], ids, getattr(model, "lit_align_lm_head", ("", 0))[1])
         hits.append(hit)
         return logps
 
     with _forward_replaced(head, targets_only):
         logps = model(**inputs).logits                       # (M,): what the head returned
-    correct = _scatter(hits[0], mask, False) if with_accuracy else None
+    return logps, hits[0] if with_accuracy else None
+
+
+def token_logps(model: torch.nn.Module, labels: Tensor, with_accuracy: bool = False, **inputs) -> TokenLogps:
+    """model(**inputs) -> the fp32 log-probs of `labels` (N, T): labels[:, t] (IGNORE: not a target) is
+    predicted at position t-1."""
+    if _plain_head(model) is None:
+        return gather_logps(model(**inputs).logits, labels, with_accuracy=with_accuracy)
+    mask = torch.zeros(labels.shape, dtype=torch.bool, device=labels.device)
+    mask[:, 1:] = labels[:, 1:] != IGNORE                    # (N, T) target positions
+    rows, positions = mask.nonzero(as_tuple=True)            # (M,) each, row-major like labels[mask]
+    logps, hits = position_logps(model, rows, positions - 1, labels[mask], with_accuracy, **inputs)
+    correct = _scatter(hits, mask, False) if with_accuracy else None
     return TokenLogps(_scatter(logps, mask), mask, correct)
 
 
@@ -273,3 +285,16 @@ def joined_context_logps(model: torch.nn.Module, batch: dict) -> SeqLogps:
                       position_ids=_context_positions(full_mask), use_cache=False)
     tokens = (labels != IGNORE).sum(-1)
     return SeqLogps(out.sequence.view(k, B).T, tokens.view(k, B).T)
+
+
+def packed_logps(model: torch.nn.Module, batch: dict) -> SeqLogps:
+    """Per-continuation log-probs for the packed layout of `collate_packed`: one row per example holding its
+    context once and its k continuations, each attending to the context and itself (4D attention mask),
+    positioned right after the context. The same numbers as `sequence_logps` on the padded layout."""
+    rows, cont = batch["target_row"], batch["target_cont"]                  # (M,)
+    logps, _ = position_logps(model, rows, batch["target_pos"], batch["target_id"], input_ids=batch["input_ids"],
+                              attention_mask=batch["attention_mask"], position_ids=batch["position_ids"],
+                              use_cache=False)                             # (M,)
+    B, k = batch["cont_tokens"].shape
+    seq = torch.zeros(B * k, dtype=torch.float32, device=logps.device).index_add(0, rows * k + cont, logps)
+    return SeqLogps(seq.view(B, k), batch["cont_tokens"])

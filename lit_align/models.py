@@ -71,7 +71,7 @@ class ModelSpec:
     """Where the vocabulary projection runs (logprobs.py): "targets", only on positions that predict a loss
     target, a chunk at a time (faster, far less memory); "all", on every position (the plain forward)."""
     logits_chunk: int = 0
-    """Target positions per vocabulary-projection chunk with lm_head: targets (0: ~2^25 logits a chunk)."""
+    """Target positions per vocabulary-projection chunk with lm_head: targets (0: ~2^23 logits a chunk)."""
 
 
 def _builtin_corpus() -> list[str]:

@@ -24,6 +24,16 @@ from lit_align.data.tokenize import Tokenized
 from lit_align.errors import LitAlignError
 
 
+def _unzip(items: list[tuple[int, Tokenized]]) -> tuple[list[int], list[Tokenized], int]:
+    """(split index, example) items -> indices, examples, k continuations (the same for every example)."""
+    indices = [i for i, _ in items]
+    examples = [ex for _, ex in items]
+    k = len(examples[0].continuations)
+    if any(len(ex.continuations) != k for ex in examples):
+        raise ValueError("every example of a batch must have the same number of continuations")
+    return indices, examples, k
+
+
 def _example_fields(indices: list[int], examples: list[Tokenized], k: int) -> dict:
     """Per-example entries shared by every batch layout."""
     return {
@@ -42,19 +52,23 @@ def padded_length(ex: Tokenized) -> int:
     return len(ex.context) + max(len(c) for c in ex.continuations)
 
 
+def packed_length(ex: Tokenized) -> int:
+    """The row length an example takes in the packed layout: its context once plus all its continuations."""
+    return len(ex.context) + sum(len(c) for c in ex.continuations)
+
+
 def padding_fraction(batch: dict) -> float:
     """Share of padding among the model-input positions of a collated batch: 1 - real / all, over
-    attention_mask (N, T), plus context_mask (B, C) in the shared-context layout."""
+    attention_mask (N, T), plus context_mask (B, C) in the shared-context layout, token_mask (B, T) in the
+    packed one."""
+    if "token_mask" in batch:
+        return 1.0 - float(batch["token_mask"].float().mean())
     masks = [batch["attention_mask"]] + ([batch["context_mask"]] if "context_mask" in batch else [])
     return 1.0 - sum(int(m.sum()) for m in masks) / sum(m.numel() for m in masks)
 
 
 def collate(items: list[tuple[int, Tokenized]], pad_id: int, pad_to_multiple_of: int = 1) -> dict:
-    indices = [i for i, _ in items]
-    examples = [ex for _, ex in items]
-    k = len(examples[0].continuations)
-    if any(len(ex.continuations) != k for ex in examples):
-        raise ValueError("every example of a batch must have the same number of continuations")
+    indices, examples, k = _unzip(items)
     rows = [(ex.context, ex.continuations[j]) for j in range(k) for ex in examples]
     T = max(len(ctx) + len(cont) for ctx, cont in rows)
     T = -(-T // pad_to_multiple_of) * pad_to_multiple_of
@@ -92,11 +106,7 @@ def collate_prefix(items: list[tuple[int, Tokenized]], pad_id: int, pad_to_multi
                                       is predicted by the context's last logit, token t by the logit at t-1
         weight, index, num_continuations, prefix_tokens, context_tokens: as in `collate`
     """
-    indices = [i for i, _ in items]
-    examples = [ex for _, ex in items]
-    k = len(examples[0].continuations)
-    if any(len(ex.continuations) != k for ex in examples):
-        raise ValueError("every example of a batch must have the same number of continuations")
+    indices, examples, k = _unzip(items)
     for ex in examples:
         if not ex.context:
             raise LitAlignError(f"{ex.where}: prefix-DPO's shared-context layout needs a non-empty context "
@@ -125,5 +135,67 @@ def collate_prefix(items: list[tuple[int, Tokenized]], pad_id: int, pad_to_multi
         "input_ids": input_ids,
         "attention_mask": attention_mask,
         "labels": labels,
+        **_example_fields(indices, examples, k),
+    }
+
+
+def collate_packed(items: list[tuple[int, Tokenized]], pad_id: int, pad_to_multiple_of: int = 1) -> dict:
+    """Packed layout (kind "packed_pair"): ONE row per example, its context once, then its k continuations one
+    after another. Each continuation attends to the context and to itself only (a 4D attention mask) and
+    takes the positions right after the context, so it is computed exactly as if it followed the context
+    alone; the prompt runs once per pair and a pair's answers need no padding to a common length.
+
+        input_ids       (B, T) long
+        attention_mask  (B, 1, T, T) bool  True where query t may attend to key s (padding queries: key 0
+                                      only, since a query with nothing to attend to gives NaN)
+        position_ids    (B, T) long   context 0..P-1; each continuation P, P+1, ...
+        token_mask      (B, T) long   1 on real tokens
+        target_row, target_pos, target_id, target_cont   (M,) long: target token `target_id` of continuation
+                                      `target_cont` of example `target_row` is predicted by the hidden state at
+                                      `target_pos` (a continuation's first token by the context's last)
+        cont_tokens     (B, k) long   target tokens per continuation
+        weight, index, num_continuations, prefix_tokens, context_tokens: as in `collate`
+    """
+    indices, examples, k = _unzip(items)
+    B = len(examples)
+    T = max(packed_length(ex) for ex in examples)
+    T = -(-T // pad_to_multiple_of) * pad_to_multiple_of
+    input_ids = torch.full((B, T), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((B, T), dtype=torch.long)
+    segment = torch.full((B, T), -2, dtype=torch.long)          # -1 context, j continuation j, -2 padding
+    targets = []                                                # (row, predictor position, id, continuation)
+    cont_tokens = torch.zeros((B, k), dtype=torch.long)
+    for b, ex in enumerate(examples):
+        P = len(ex.context)
+        input_ids[b, :P] = torch.tensor(ex.context, dtype=torch.long)
+        position_ids[b, :P] = torch.arange(P)
+        segment[b, :P] = -1
+        start = P
+        for j, cont in enumerate(ex.continuations):
+            n = len(cont)
+            input_ids[b, start: start + n] = torch.tensor(cont, dtype=torch.long)
+            position_ids[b, start: start + n] = torch.arange(P, P + n)
+            segment[b, start: start + n] = j
+            # token i is predicted at the position before it in its own sequence (context, continuation j)
+            for i in range(0 if P else 1, n):  # without a context, token 0 has no prediction (as in `collate`)
+                targets.append((b, P - 1 if i == 0 else start + i - 1, cont[i], j))
+            cont_tokens[b, j] = n if P else n - 1
+            start += n
+        if (cont_tokens[b] == 0).any():
+            raise ValueError(f"{ex.where}: a continuation has no target token")
+    real = segment > -2                                                       # (B, T)
+    order = torch.arange(T)
+    causal = order[None, :, None] >= order[None, None, :]                     # (1, T, T) key s <= query t
+    same = (segment[:, None, :] == -1) | (segment[:, None, :] == segment[:, :, None])   # key is context or own
+    mask = causal & same & real[:, :, None] & real[:, None, :]
+    mask[:, :, 0] |= ~real                                                    # padding queries see key 0
+    target = torch.tensor(targets, dtype=torch.long).reshape(-1, 4)
+    return {
+        "input_ids": input_ids,
+        "attention_mask": mask[:, None],
+        "position_ids": position_ids,
+        "token_mask": real.long(),
+        "target_row": target[:, 0], "target_pos": target[:, 1], "target_id": target[:, 2], "target_cont": target[:, 3],
+        "cont_tokens": cont_tokens,
         **_example_fields(indices, examples, k),
     }

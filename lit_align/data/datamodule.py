@@ -18,7 +18,7 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
-from lit_align.data.collate import collate, collate_prefix, padded_length
+from lit_align.data.collate import collate, collate_packed, collate_prefix, packed_length, padded_length
 from lit_align.data.records import SkipRecord, to_examples
 from lit_align.data.samplers import ResumableSampler, WeightedResampler
 from lit_align.data.sources import Source, as_source, read_rows
@@ -233,7 +233,8 @@ class AlignDataModule(LightningDataModule):
                                                     num_replicas=dist.get("num_replicas", 1), rank=dist.get("rank", 0),
                                                     seed=self.seed)
         else:
-            lengths = [padded_length(ex) for ex in self.splits["train"].examples] if self.group_by_length else None
+            length = packed_length if self.split_kinds.get("train") == "packed_pair" else padded_length
+            lengths = [length(ex) for ex in self.splits["train"].examples] if self.group_by_length else None
             self._train_sampler = ResumableSampler(self.splits["train"], num_replicas=dist.get("num_replicas", 1),
                                                    rank=dist.get("rank", 0), shuffle=self.shuffle, seed=self.seed,
                                                    lengths=lengths, group_size=self.group_by_length)
@@ -278,9 +279,9 @@ class AlignDataModule(LightningDataModule):
 
 # kind -> collate function. "sft" and "pair" share the padded layout of collate.py; objectives with their
 # own batch layout (e.g. prefix-DPO's shared context) register theirs here.
-COLLATE_BY_KIND = {"sft": collate, "pair": collate, "prefix_pair": collate_prefix}
+COLLATE_BY_KIND = {"sft": collate, "pair": collate, "prefix_pair": collate_prefix, "packed_pair": collate_packed}
 # kind -> the record kind of records.py it reads (a kind with its own layout may read "pair" records).
-RECORD_KIND = {"sft": "sft", "pair": "pair", "prefix_pair": "pair", "probe": "probe"}
+RECORD_KIND = {"sft": "sft", "pair": "pair", "prefix_pair": "pair", "packed_pair": "pair", "probe": "probe"}
 
 
 def _collate_named(items, name: str, kind: str, pad_id: int, pad_to_multiple_of: int) -> dict:

@@ -18,8 +18,8 @@ objectives/base.py). π_ref is a constant: no gradient flows into it (reference.
 policy with its adapter disabled, or a precomputed cache). With `length_normalize`, every log π (policy
 and reference) is divided by its continuation's token count before h is formed (as in SimPO / the IPO
 implementations); the NLL term is a per-token mean either way. Chosen and rejected rows run through the
-policy in ONE forward pass (rows [0:B] chosen, [B:2B] rejected; collate.py); log-probs are fp32
-(logprobs.py). Record weights are not used. With π_θ = π_ref the sigmoid loss is exactly log 2.
+policy in ONE forward pass (rows [0:B] chosen, [B:2B] rejected; collate.py), or, with `packed`, as one
+row per pair holding the prompt once (collate_packed); log-probs are fp32 (logprobs.py). Record weights are not used. With π_θ = π_ref the sigmoid loss is exactly log 2.
 
 Metrics (train per optimizer step, every validation set per epoch), each a mean over pairs:
 {split}/loss, {split}/rewards/chosen = β(log π_θ(y_w|x) - log π_ref(y_w|x)) (detached),
@@ -33,7 +33,7 @@ without the reference), {split}/nll when nll_weight > 0.
 from __future__ import annotations
 
 from lit_align.errors import LitAlignError
-from lit_align.logprobs import LogpsFn, SeqLogps, sequence_logps
+from lit_align.logprobs import LogpsFn, SeqLogps, packed_logps, sequence_logps
 from lit_align.losses import PREFERENCE_LOSSES, chosen_nll
 from lit_align.models import ModelSpec
 from lit_align.objectives.base import Objective, OptimSpec, Sums
@@ -53,6 +53,7 @@ class DPO(Objective):
         nll_weight: float = 0.0,
         length_normalize: bool = False,
         reference: ReferenceSpec | None = None,
+        packed: bool = False,
     ):
         """
         Args:
@@ -65,6 +66,9 @@ class DPO(Objective):
             length_normalize: divide every sequence log-prob by its token count before the loss.
             reference: where π_ref comes from: mode copy (a frozen model), disable_adapter (the LoRA
                 policy's base) or cache (a precomputed file).
+            packed: one row per pair: the prompt once, then chosen and rejected, each attending to the prompt
+                and itself (a 4D attention mask; data/collate.py collate_packed). The same losses and
+                gradients, less compute and padding. Needs the sdpa or eager attention (not flash-attention).
         """
         super().__init__(policy, optim)
         if loss not in PREFERENCE_LOSSES:
@@ -77,15 +81,22 @@ class DPO(Objective):
             raise LitAlignError(f"nll_weight must be >= 0, not {nll_weight}")
         self.beta, self.loss_name, self.label_smoothing = beta, loss, label_smoothing
         self.nll_weight, self.length_normalize = nll_weight, length_normalize
+        self.packed = packed
+        if packed:
+            self.kind = "packed_pair"
         self.reference = build_reference(reference, self.logps_fn())
 
     def logps_fn(self) -> LogpsFn:
         """How per-continuation log-probs are computed from this objective's batches (policy and reference)."""
-        return sequence_logps
+        return packed_logps if getattr(self, "packed", False) else sequence_logps
 
     # -- reference ------------------------------------------------------------------------------------
     def configure_model(self) -> None:
         super().configure_model()
+        attention = getattr(self.model.config, "_attn_implementation", None) or ""
+        if getattr(self, "packed", False) and attention.startswith("flash"):
+            raise LitAlignError(f"DPO(packed=true) needs a 4D attention mask, which {attention} does not take; use "
+                                "policy.attn_implementation: sdpa, or packed: false")
         self.reference.configure(self.model, self.policy_spec, self.tokenizer)
 
     def _prepare_reference(self) -> None:

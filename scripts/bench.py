@@ -1,0 +1,542 @@
+"""Side-by-side speed and memory of lit_align's objectives, lit_align's naive paths and TRL, in one run.
+
+    bash scripts/setup.sh bench                  # lit_align + the bench extra (trl, matplotlib)
+    .venv/bin/python scripts/bench.py            # ~2-10 M param Llama, fp32, CPU: a few minutes
+    .venv/bin/python scripts/bench.py --hidden 896 --layers 24 --heads 14 --kv-heads 2 --intermediate 4864 \
+        --vocab 151936 --batch 8 --max-length 1024 --device cuda --precision bf16   # ~0.5 B on a GPU
+
+Every row trains the SAME model (one random init saved to a directory that both libraries load), on the
+SAME examples in the SAME order (HH-RLHF pairs that fit `--max-length` untruncated, no shuffle), with the
+same batch size, precision, optimizer (AdamW) and no gradient checkpointing. Each row runs in a fresh
+forked process:
+    step      median wall time between consecutive optimizer-step ends after `--warmup` steps (data
+              loading, forward, backward, optimizer: everything a user waits for)
+    tokens/s  real (non-padding) tokens of the step's sequences / step; a pair counts prompt + chosen and
+              prompt + rejected, however an implementation computes them
+    memory    peak resident memory during training minus the resident memory before it (the model, its
+              reference and the data are loaded before): activations, gradients, optimizer state,
+              temporaries. On CUDA: torch.cuda.max_memory_allocated.
+Set BENCH_VERBOSE=1 to see the rows' own output. Ratios are against the TRL row of the same objective (>1: lit_align faster / TRL uses more memory).
+
+The prefix-sharing table times one forward + backward of prefix-DPO's policy log-probs on synthetic pairs
+with the shared context computed once (lit_align) vs once per continuation (naive), at several shared-prefix
+: continuation token ratios, next to the ideal speedup from counting FLOPs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import torch  # noqa: E402
+from transformers.utils import logging as hf_logging  # noqa: E402
+
+hf_logging.disable_progress_bar()
+
+REPO = Path(__file__).resolve().parents[1]
+HH = REPO / ".." / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
+
+
+# -- what each row runs -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Case:
+    objective: str          # SFT, IW-SFT, DPO, DPO (cached reference)
+    impl: str               # lit_align, lit_align naive, lit_align grouped, TRL
+    lm_head: str = "targets"
+    group_by_length: int = 0
+    packed: bool = False
+    reference: str = "copy"  # lit_align: copy | cache; TRL: live | precomputed
+    vocab: int | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def cases(args) -> list[Case]:
+    rows = [
+        Case("SFT", "TRL"), Case("SFT", "lit_align"), Case("SFT", "lit_align naive", lm_head="all"),
+        Case("IW-SFT", "lit_align"),
+        Case("DPO", "TRL", reference="live"), Case("DPO", "lit_align"),
+        Case("DPO", "lit_align naive", lm_head="all"),
+        Case("DPO", "lit_align grouped", group_by_length=256),
+        Case("DPO", "lit_align packed", packed=True),
+        Case("DPO", "lit_align packed + grouped", packed=True, group_by_length=256),
+        Case("DPO (cached reference)", "TRL", reference="precomputed"),
+        Case("DPO (cached reference)", "lit_align", reference="cache"),
+        Case("DPO (cached reference)", "lit_align packed + grouped", reference="cache", packed=True,
+             group_by_length=256),
+    ]
+    if args.trl == "off":
+        rows = [r for r in rows if r.impl != "TRL"]
+    return rows
+
+
+def memory_cases(args) -> list[Case]:
+    rows = []
+    for v in args.memory_vocabs:
+        rows += [Case("DPO", "TRL", reference="live", vocab=v), Case("DPO", "lit_align", vocab=v),
+                 Case("DPO", "lit_align naive", lm_head="all", vocab=v)]
+    return [r for r in rows if args.trl != "off" or r.impl != "TRL"]
+
+
+# -- the shared model and data ------------------------------------------------------------------------------
+
+
+def save_model(args, vocab: int, path: Path) -> Path:
+    """One random init of a Llama-style model with the built-in tokenizer, saved for both libraries."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lit_align.models import builtin_tokenizer
+
+    if (path / "config.json").exists():
+        return path
+    tok = builtin_tokenizer()
+    config = LlamaConfig(vocab_size=vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
+                         num_hidden_layers=args.layers, num_attention_heads=args.heads,
+                         num_key_value_heads=args.kv_heads, max_position_embeddings=4096, tie_word_embeddings=True,
+                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    model.generation_config.save_pretrained(path)
+    return path
+
+
+def prepare_pairs(args, model_dir: Path, out: Path) -> tuple[Path, int]:
+    """The first HH-RLHF pairs (in a seeded shuffled order) whose prompt + longer answer fit max_length
+    untruncated, as {prompt: messages, chosen, rejected} JSONL read by both libraries."""
+    import random
+
+    from transformers import AutoTokenizer
+
+    from lit_align.data.records import split_hh
+    from lit_align.data.tokenize import Tokenizer, TokenizeSpec
+    from lit_align.data.records import Example
+
+    tok = Tokenizer(AutoTokenizer.from_pretrained(model_dir), TokenizeSpec(max_length=10 ** 6))
+    with gzip.open(args.data, "rt") as f:
+        rows = [json.loads(line) for line in f]
+    random.Random(0).shuffle(rows)
+    need = args.batch * (args.warmup + args.steps + 1)
+    kept = []
+    for i, row in enumerate(rows):
+        try:
+            prompt, chosen = split_hh(row["chosen"], f"{args.data}:{i}", "chosen")
+            prompt_r, rejected = split_hh(row["rejected"], f"{args.data}:{i}", "rejected")
+        except Exception:
+            continue
+        if prompt != prompt_r or chosen == rejected or not chosen.strip() or not rejected.strip():
+            continue
+        ex = tok(Example(prompt=prompt, continuations=[chosen, rejected]))
+        if isinstance(ex, str) or len(ex.context) + max(map(len, ex.continuations)) > args.max_length - 2:
+            continue  # (2 tokens of slack: TRL's chat-template rendering may end a completion differently)
+        kept.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+        if len(kept) == need:
+            break
+    out.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    return out, len(kept)
+
+
+# -- measuring ----------------------------------------------------------------------------------------------
+
+
+class Meter:
+    """Step-end timestamps and real tokens per step; peak memory above the level when `start()` ran."""
+
+    def __init__(self, device: str):
+        self.device, self.ends, self.tokens = device, [], []
+        self.real, self.slots = [], []  # real tokens and token slots (real + padding) of the model inputs
+
+    def padding(self) -> float:
+        return 1 - sum(self.real) / sum(self.slots) if self.slots else float("nan")
+
+    def start(self) -> None:
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+        else:
+            Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS counter (VmHWM) to the current RSS
+            self.base = _status_kb("VmRSS") * 1024
+
+    def peak_mb(self) -> float:
+        if self.device == "cuda":
+            return (torch.cuda.max_memory_allocated() - self.base) / 2 ** 20
+        return (_status_kb("VmHWM") * 1024 - self.base) / 2 ** 20
+
+    def step_end(self) -> None:
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+        self.ends.append(time.perf_counter())
+
+    def result(self, warmup: int) -> dict:
+        gaps = [b - a for a, b in zip(self.ends[warmup:], self.ends[warmup + 1:])]
+        toks = self.tokens[warmup + 1: warmup + 1 + len(gaps)]
+        step = statistics.median(gaps)
+        return {"step_s": step, "tokens_per_s": sum(toks) / sum(gaps), "peak_mb": self.peak_mb(),
+                "tokens_per_step": statistics.mean(toks), "padding": self.padding()}
+
+
+def _status_kb(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+def sequence_tokens(batch: dict) -> int:
+    """Real tokens of the sequences of a lit_align batch: prompt + continuation per row, whatever the layout."""
+    if "context_mask" in batch:  # shared-context layout: each context counts once per continuation
+        return int(batch["context_mask"].sum()) * batch["num_continuations"] + int(batch["attention_mask"].sum())
+    if "token_mask" in batch:    # packed layout: the context is in the row once
+        return int(batch["token_mask"].sum()) + int(batch["context_tokens"].sum()) * (batch["num_continuations"] - 1)
+    return int(batch["attention_mask"].sum())
+
+
+# -- lit_align ----------------------------------------------------------------------------------------------
+
+
+def run_lit_align(case: Case, args, model_dir: Path, data: Path, cache_dir: str) -> dict:
+    import lightning as L
+
+    from lit_align.data import AlignDataModule
+    from lit_align.models import ModelSpec
+    from lit_align.objectives import DPO, IWSFT, SFT, OptimSpec
+    from lit_align.reference import ReferenceSpec
+
+    meter = Meter(args.device)
+    policy = ModelSpec(name=str(model_dir), lm_head=case.lm_head, dtype="float32")
+    optim = OptimSpec(lr=1e-5, schedule="constant")
+    if case.objective == "SFT":
+        obj = SFT(policy=policy, optim=optim)
+    elif case.objective == "IW-SFT":
+        obj = IWSFT(policy=policy, optim=optim)
+    else:
+        obj = DPO(policy=policy, optim=optim, beta=0.1, packed=case.packed,
+                  reference=ReferenceSpec(mode=case.reference, cache_dir=cache_dir))
+    dm = AlignDataModule(train=str(data), batch_size=args.batch, max_length=args.max_length, shuffle=False,
+                         group_by_length=case.group_by_length)
+    dm.connect(obj.tokenizer, obj.kind)
+    obj.configure_model()  # the policy (and a reference copy) load before the memory baseline, as TRL's do
+
+    class Timer(L.Callback):
+        def on_train_start(self, trainer, module):
+            meter.start()
+
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            from lit_align.data.collate import padding_fraction
+
+            meter.tokens.append(sequence_tokens(batch))
+            meter.slots.append(_slots(batch))
+            meter.real.append(round(_slots(batch) * (1 - padding_fraction(batch))))
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            meter.step_end()
+
+    trainer = L.Trainer(accelerator=args.device, devices=1, precision=_lightning_precision(args), logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        max_steps=args.warmup + args.steps + 1, limit_val_batches=0, num_sanity_val_steps=0,
+                        callbacks=[Timer()])
+    trainer.fit(obj, datamodule=dm)
+    return meter.result(args.warmup)
+
+
+def _slots(batch: dict) -> int:
+    """Token slots of a lit_align batch's model inputs (real + padding), whatever the layout."""
+    if "token_mask" in batch:
+        return batch["token_mask"].numel()
+    return batch["attention_mask"].numel() + (batch["context_mask"].numel() if "context_mask" in batch else 0)
+
+
+def _lightning_precision(args) -> str:
+    return {"fp32": "32-true", "bf16": "bf16-mixed"}[args.precision]
+
+
+# -- TRL ----------------------------------------------------------------------------------------------------
+
+
+def run_trl(case: Case, args, model_dir: Path, data: Path, out_dir: str) -> dict:
+    from datasets import Dataset
+    from transformers import AutoTokenizer, TrainerCallback
+
+    meter = Meter(args.device)
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    common = dict(output_dir=out_dir, per_device_train_batch_size=args.batch, max_length=args.max_length,
+                  learning_rate=1e-5, lr_scheduler_type="constant", max_steps=args.warmup + args.steps + 1,
+                  bf16=args.precision == "bf16", fp16=False, gradient_checkpointing=False, logging_steps=10 ** 6,
+                  save_strategy="no", report_to="none", disable_tqdm=True, dataloader_num_workers=0, seed=0,
+                  use_cpu=args.device == "cpu", train_sampling_strategy="sequential")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    assistant = lambda text: [{"role": "assistant", "content": text}]  # noqa: E731
+    if case.objective == "SFT":
+        from trl import SFTConfig, SFTTrainer
+
+        dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": assistant(r["chosen"])} for r in rows])
+        trainer = SFTTrainer(model=str(model_dir), args=SFTConfig(**common), train_dataset=dataset,
+                             processing_class=tokenizer)
+    else:
+        from trl import DPOConfig, DPOTrainer
+
+        dataset = Dataset.from_list([{"prompt": r["prompt"], "chosen": assistant(r["chosen"]),
+                                      "rejected": assistant(r["rejected"])} for r in rows])
+        config = DPOConfig(**common, beta=0.1, precompute_ref_log_probs=case.reference == "precomputed")
+        trainer = DPOTrainer(model=str(model_dir), args=config, train_dataset=dataset, processing_class=tokenizer)
+
+    collate = trainer.data_collator
+
+    def counting_collator(examples):
+        batch = collate(examples)
+        meter.tokens.append(int(batch["attention_mask"].sum()))
+        meter.real.append(int(batch["attention_mask"].sum()))
+        meter.slots.append(batch["attention_mask"].numel())
+        return batch
+
+    trainer.data_collator = counting_collator
+
+    class Timer(TrainerCallback):
+        def on_train_begin(self, *a, **k):
+            meter.start()
+
+        def on_step_end(self, *a, **k):
+            meter.step_end()
+
+    trainer.add_callback(Timer())
+    trainer.train()
+    return meter.result(args.warmup)
+
+
+# -- prefix sharing -----------------------------------------------------------------------------------------
+
+
+def prefix_case(args, model_dir: Path, ratio: int) -> dict:
+    """Forward + backward of prefix-DPO's policy log-probs on B synthetic pairs whose shared context is
+    `ratio` x the continuation length: shared context (computed once) vs joined (once per continuation)."""
+    from transformers import AutoModelForCausalLM
+
+    from lit_align.logprobs import joined_context_logps, set_lm_head, shared_context_logps
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(args.device)
+    set_lm_head(model, "targets")
+    B, L = args.prefix_batch, args.continuation
+    C = ratio * L
+    g = torch.Generator().manual_seed(ratio)
+    high = 500  # ids of the built-in tokenizer's range
+    batch = {"context_ids": torch.randint(3, high, (B, C), generator=g),
+             "context_mask": torch.ones(B, C, dtype=torch.long),
+             "input_ids": torch.randint(3, high, (2 * B, L), generator=g),
+             "attention_mask": torch.ones(2 * B, L, dtype=torch.long), "num_continuations": 2}
+    batch["labels"] = batch["input_ids"].clone()
+    batch = {k: v.to(args.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    times = {}
+    for name, fn in (("joined", joined_context_logps), ("shared", shared_context_logps)):
+        spans = []
+        for i in range(args.prefix_repeats + 1):
+            model.zero_grad(set_to_none=True)
+            if args.device == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn(model, batch).logps.sum().backward()
+            if args.device == "cuda":
+                torch.cuda.synchronize()
+            if i:  # the first run warms up
+                spans.append(time.perf_counter() - start)
+        times[name] = statistics.median(spans)
+    cfg = model.config
+    return {"ratio": ratio, "context": C, "continuation": L, "joined_s": times["joined"], "shared_s": times["shared"],
+            "ideal": flops(cfg, C, L, shared=False) / flops(cfg, C, L, shared=True)}
+
+
+def flops(cfg, C: int, L: int, shared: bool) -> float:
+    """Forward FLOPs of one pair (backward is ~2x the same terms, so the ratio is unchanged). Linear layers
+    scale with tokens (2 x weights per token), attention with (query, key) token pairs (2 x 2 x hidden per
+    pair and layer: scores and the weighted sum), the LM head with the target tokens (2 x H x V each)."""
+    H, layers = cfg.hidden_size, cfg.num_hidden_layers
+    kv = cfg.num_key_value_heads * (H // cfg.num_attention_heads)
+    per_token = 2 * layers * (2 * H * H + 2 * H * kv + 3 * H * cfg.intermediate_size)
+    pairs = lambda q, k0: q * k0 + q * (q + 1) / 2  # noqa: E731  q new tokens after k0 cached ones, causal
+    head = 2 * H * cfg.vocab_size * 2 * L
+    if shared:
+        tokens, attn_pairs = C + 2 * L, pairs(C, 0) + 2 * pairs(L, C)
+    else:
+        tokens, attn_pairs = 2 * (C + L), 2 * pairs(C + L, 0)
+    return tokens * per_token + 4 * H * layers * attn_pairs + head
+
+
+# -- running each row in a fresh process --------------------------------------------------------------------
+
+
+def _child(fn, queue, threads, *a):
+    try:
+        if not os.environ.get("BENCH_VERBOSE"):  # the libraries' banners and progress bars; errors come back below
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1)
+            os.dup2(devnull, 2)
+        torch.set_num_threads(threads)
+        queue.put(("ok", fn(*a)))
+    except BaseException:  # report, don't hang the parent
+        queue.put(("error", traceback.format_exc()))
+
+
+def in_fresh_process(fn, threads: int, *a) -> dict:
+    """Run fn(*a) in a forked child with `threads` torch threads (fresh peak-memory counter, nothing left
+    over from earlier rows)."""
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(fn, queue, threads) + a)
+    proc.start()
+    status, value = queue.get()
+    proc.join()
+    if status != "ok":
+        raise RuntimeError(value)
+    return value
+
+
+# -- tables -------------------------------------------------------------------------------------------------
+
+
+def speed_table(results: list[tuple[Case, dict]]) -> str:
+    trl = {c.objective: r for c, r in results if c.impl == "TRL"}
+    lines = ["| objective | implementation | step (ms) | tokens/s | peak memory (MB) | padding | tokens/s vs TRL | "
+             "memory vs TRL |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for c, r in results:
+        ref = trl.get(c.objective)
+        speed = f"{r['tokens_per_s'] / ref['tokens_per_s']:.2f}x" if ref and c.impl != "TRL" else ""
+        mem = f"{r['peak_mb'] / ref['peak_mb']:.2f}x" if ref and c.impl != "TRL" else ""
+        name = c.impl + (f" (ref {c.reference})" if c.objective.startswith("DPO") else "")
+        lines.append(f"| {c.objective} | {name} | {r['step_s'] * 1e3:.0f} | {r['tokens_per_s']:.0f} | "
+                     f"{r['peak_mb']:.0f} | {100 * r['padding']:.0f}% | {speed} | {mem} |")
+    return "\n".join(lines)
+
+
+def memory_table(results: list[tuple[Case, dict]]) -> str:
+    lines = ["| vocabulary | implementation | peak memory (MB) | vs TRL | step (ms) |", "|---:|---|---:|---:|---:|"]
+    trl = {c.vocab: r for c, r in results if c.impl == "TRL"}
+    for c, r in results:
+        ref = trl.get(c.vocab)
+        ratio = f"{r['peak_mb'] / ref['peak_mb']:.2f}x" if ref and c.impl != "TRL" else ""
+        lines.append(f"| {c.vocab} | {c.impl} | {r['peak_mb']:.0f} | {ratio} | {r['step_s'] * 1e3:.0f} |")
+    return "\n".join(lines)
+
+
+def prefix_table(rows: list[dict]) -> str:
+    lines = ["| shared prefix : continuation | tokens (context / each continuation) | naive (ms) | shared (ms) | "
+             "speedup | FLOP ideal |", "|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['ratio']}:1 | {r['context']} / {r['continuation']} | {r['joined_s'] * 1e3:.0f} | "
+                     f"{r['shared_s'] * 1e3:.0f} | {r['joined_s'] / r['shared_s']:.2f}x | {r['ideal']:.2f}x |")
+    return "\n".join(lines)
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--hidden", type=int, default=192)
+    p.add_argument("--intermediate", type=int, default=512)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--kv-heads", type=int, default=2)
+    p.add_argument("--vocab", type=int, default=32000, help="model vocabulary (the tokenizer uses the first 512 ids)")
+    p.add_argument("--batch", type=int, default=8, help="examples (pairs) per step")
+    p.add_argument("--max-length", type=int, default=256, help="only pairs that fit untruncated are used")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per row")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
+    p.add_argument("--data", default=str(HH))
+    p.add_argument("--trl", choices=["auto", "off"], default="auto", help="off: lit_align rows only")
+    p.add_argument("--memory-vocabs", type=int, nargs="*", default=[32000, 151936],
+                   help="extra DPO memory rows at these vocabulary sizes (the main table has --vocab)")
+    p.add_argument("--memory-batch", type=int, default=2, help="batch of the memory rows")
+    p.add_argument("--memory-steps", type=int, default=2, help="steps of the memory rows (no warmup)")
+    p.add_argument("--prefix-ratios", type=int, nargs="*", default=[1, 4, 16])
+    p.add_argument("--continuation", type=int, default=32, help="prefix table: tokens per continuation")
+    p.add_argument("--prefix-batch", type=int, default=4)
+    p.add_argument("--prefix-repeats", type=int, default=3)
+    p.add_argument("--sections", nargs="*", default=["speed", "memory", "prefix"])
+    p.add_argument("--out", help="also write the tables (markdown) to this file")
+    args = p.parse_args(argv)
+    if args.trl == "auto":
+        try:
+            import trl  # noqa: F401
+        except ImportError:
+            sys.exit("TRL is not installed: `bash scripts/setup.sh bench` (or pip install -e .[bench]), "
+                     "or run with --trl off for lit_align's rows only")
+    # import everything the children need once, here: each forked row then starts in a second
+    import lightning  # noqa: F401
+
+    import lit_align.objectives  # noqa: F401
+    if args.trl != "off":
+        import trl  # noqa: F401,F811
+
+    work = Path(tempfile.mkdtemp(prefix="lit_align_bench_"))
+    model_dir = save_model(args, args.vocab, work / f"model_{args.vocab}")
+    data, n = prepare_pairs(args, model_dir, work / "pairs.jsonl")
+    from safetensors import safe_open
+
+    with safe_open(str(model_dir / "model.safetensors"), "pt") as f:
+        params = sum(_numel(f.get_slice(k).get_shape()) for k in f.keys())
+    header = (f"Llama-style, {params / 1e6:.1f} M parameters (hidden {args.hidden}, {args.layers} layers, vocab "
+              f"{args.vocab}, tied), "
+              f"{args.precision}, {args.device} ({args.threads} threads); HH-RLHF pairs that fit {args.max_length} "
+              f"tokens: {n}; batch {args.batch}; {args.steps} timed steps after {args.warmup}; torch "
+              f"{torch.__version__}")
+    out = [f"`python scripts/bench.py {' '.join(sys.argv[1:] if argv is None else argv)}`".replace(" `", "`"),
+           "", header, ""]
+    print(header, flush=True)
+
+    def row(case: Case, mdir: Path, **overrides) -> dict:
+        runner = run_trl if case.impl == "TRL" else run_lit_align
+        run_args = argparse.Namespace(**{**vars(args), **overrides})
+        label = f"{case.objective} / {case.impl}" + (f" / vocab {case.vocab}" if case.vocab else "")
+        print(f"  {label} ...", end="", flush=True)
+        result = in_fresh_process(runner, args.threads, case, run_args, mdir, data, tempfile.mkdtemp(dir=work))
+        print(f" {result['step_s'] * 1e3:.0f} ms/step, {result['tokens_per_s']:.0f} tokens/s, "
+              f"{result['peak_mb']:.0f} MB", flush=True)
+        return result
+
+    if "speed" in args.sections:
+        results = [(c, row(c, model_dir)) for c in cases(args)]
+        out += ["### Speed and memory", "", speed_table(results), ""]
+        print("\n" + speed_table(results) + "\n", flush=True)
+    if "memory" in args.sections and args.memory_vocabs:
+        results = []
+        for c in memory_cases(args):
+            results.append((c, row(c, save_model(args, c.vocab, work / f"model_{c.vocab}"), batch=args.memory_batch,
+                                   steps=args.memory_steps, warmup=0)))
+        out += [f"### Peak memory against vocabulary size (DPO, live reference, batch {args.memory_batch})", "",
+                memory_table(results), ""]
+        print("\n" + memory_table(results) + "\n", flush=True)
+    if "prefix" in args.sections:
+        rows = [in_fresh_process(prefix_case, args.threads, args, model_dir, r) for r in args.prefix_ratios]
+        out += ["### Prefix sharing (prefix-DPO policy forward + backward)", "", prefix_table(rows), ""]
+        print("\n" + prefix_table(rows) + "\n", flush=True)
+    if args.out:
+        Path(args.out).write_text("\n".join(out) + "\n")
+        print(f"tables written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
