@@ -123,15 +123,19 @@ def _plain_head(model: torch.nn.Module) -> torch.nn.Module | None:
     return model.get_output_embeddings()
 
 
-def _chunk_logps(project: Callable[[Tensor], Tensor], hidden: Tensor, ids: Tensor) -> tuple[Tensor, Tensor]:
-    """hidden (m, H), ids (m,) -> log p(ids) (m,) fp32 and argmax hits (m,) bool; the (m, V) logits die here."""
+def _chunk_logps(project: Callable[[Tensor], Tensor], hidden: Tensor, ids: Tensor, with_accuracy: bool
+                 ) -> tuple[Tensor, Tensor]:
+    """hidden (m, H), ids (m,) -> log p(ids) (m,) fp32 and argmax hits (m,) bool (empty unless asked for);
+    the (m, V) logits die here."""
     logits = project(hidden).float()                                   # (m, V) fp32
-    return logits.gather(-1, ids[:, None]).squeeze(-1) - logits.logsumexp(-1), logits.argmax(-1) == ids
+    hits = logits.argmax(-1) == ids if with_accuracy else ids.new_empty(0, dtype=torch.bool)
+    return logits.gather(-1, ids[:, None]).squeeze(-1) - logits.logsumexp(-1), hits
 
 
-def head_logps(project: Callable[[Tensor], Tensor], hidden: Tensor, ids: Tensor, chunk: int = 0
-               ) -> tuple[Tensor, Tensor]:
-    """log softmax(project(hidden))[ids] for hidden (M, H), ids (M,) -> ((M,) fp32, (M,) bool argmax hits).
+def head_logps(project: Callable[[Tensor], Tensor], hidden: Tensor, ids: Tensor, chunk: int = 0,
+               with_accuracy: bool = False) -> tuple[Tensor, Tensor | None]:
+    """log softmax(project(hidden))[ids] for hidden (M, H), ids (M,) -> ((M,) fp32, (M,) bool argmax hits or
+    None).
 
     One chunk of `chunk` rows at a time. With several chunks under autograd, each chunk is checkpointed:
     backward recomputes its logits instead of keeping all M x V of them alive (one more head matmul on
@@ -140,12 +144,14 @@ def head_logps(project: Callable[[Tensor], Tensor], hidden: Tensor, ids: Tensor,
     """
     rows = chunk or max(32, min(4096, 2 ** 23 // max(_vocab_size(project), 1)))
     if hidden.shape[0] <= rows:
-        return _chunk_logps(project, hidden, ids)
-    recompute = torch.is_grad_enabled() and hidden.requires_grad
-    parts = [checkpoint(_chunk_logps, project, hidden[s: s + rows], ids[s: s + rows], use_reentrant=False)
-             if recompute else _chunk_logps(project, hidden[s: s + rows], ids[s: s + rows])
-             for s in range(0, hidden.shape[0], rows)]
-    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        parts = [_chunk_logps(project, hidden, ids, with_accuracy)]
+    else:
+        recompute = torch.is_grad_enabled() and hidden.requires_grad
+        parts = [checkpoint(_chunk_logps, project, hidden[s: s + rows], ids[s: s + rows], with_accuracy,
+                            use_reentrant=False)
+                 if recompute else _chunk_logps(project, hidden[s: s + rows], ids[s: s + rows], with_accuracy)
+                 for s in range(0, hidden.shape[0], rows)]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]) if with_accuracy else None
 
 
 def _vocab_size(project) -> int:
@@ -180,7 +186,8 @@ def position_logps(model: torch.nn.Module, rows: Tensor, positions: Tensor, ids:
     project, hits = head.forward, []
 
     def targets_only(hidden: Tensor) -> Tensor:               # hidden (N, T, H) -> (M,) fp32 log-probs
-        logps, hit = head_logps(project, hidden[rows, positions], ids, getattr(model, "lit_align_lm_head", ("", 0))[1])
+        logps, hit = head_logps(project, hidden[rows, positions], ids, getattr(model, "lit_align_lm_head", ("", 0))[1],
+                                with_accuracy)
         hits.append(hit)
         return logps
 

@@ -19,8 +19,9 @@ forked process:
 Set BENCH_VERBOSE=1 to see the rows' own output. Ratios are against the TRL row of the same objective (>1: lit_align faster / TRL uses more memory).
 
 The prefix-sharing table times one forward + backward of prefix-DPO's policy log-probs on synthetic pairs
-with the shared context computed once (lit_align) vs once per continuation (naive), at several shared-prefix
-: continuation token ratios, next to the ideal speedup from counting FLOPs.
+with the shared context computed once (lit_align: `shared_context: true`, LM head on targets) vs once per
+continuation (naive: `shared_context: false`, with the LM head on target positions or on every position),
+at several shared-prefix : continuation token ratios, next to the ideal speedup from counting FLOPs.
 """
 
 from __future__ import annotations
@@ -343,7 +344,9 @@ def prefix_case(args, model_dir: Path, ratio: int) -> dict:
     batch["labels"] = batch["input_ids"].clone()
     batch = {k: v.to(args.device) if torch.is_tensor(v) else v for k, v in batch.items()}
     times = {}
-    for name, fn in (("joined", joined_context_logps), ("shared", shared_context_logps)):
+    for name, fn, head in (("naive, full head", joined_context_logps, "all"), ("naive", joined_context_logps, "targets"),
+                           ("shared", shared_context_logps, "targets")):
+        set_lm_head(model, head)
         spans = []
         for i in range(args.prefix_repeats + 1):
             model.zero_grad(set_to_none=True)
@@ -357,19 +360,22 @@ def prefix_case(args, model_dir: Path, ratio: int) -> dict:
                 spans.append(time.perf_counter() - start)
         times[name] = statistics.median(spans)
     cfg = model.config
-    return {"ratio": ratio, "context": C, "continuation": L, "joined_s": times["joined"], "shared_s": times["shared"],
-            "ideal": flops(cfg, C, L, shared=False) / flops(cfg, C, L, shared=True)}
+    shared = flops(cfg, C, L, shared=True)
+    return {"ratio": ratio, "context": C, "continuation": L, "times": times,
+            "ideal": {"naive, full head": flops(cfg, C, L, shared=False, head_everywhere=True) / shared,
+                      "naive": flops(cfg, C, L, shared=False) / shared}}
 
 
-def flops(cfg, C: int, L: int, shared: bool) -> float:
+def flops(cfg, C: int, L: int, shared: bool, head_everywhere: bool = False) -> float:
     """Forward FLOPs of one pair (backward is ~2x the same terms, so the ratio is unchanged). Linear layers
     scale with tokens (2 x weights per token), attention with (query, key) token pairs (2 x 2 x hidden per
-    pair and layer: scores and the weighted sum), the LM head with the target tokens (2 x H x V each)."""
+    pair and layer: scores and the weighted sum), the LM head with the target tokens (2 x H x V each; with
+    `head_everywhere`, every position of the naive path's rows)."""
     H, layers = cfg.hidden_size, cfg.num_hidden_layers
     kv = cfg.num_key_value_heads * (H // cfg.num_attention_heads)
     per_token = 2 * layers * (2 * H * H + 2 * H * kv + 3 * H * cfg.intermediate_size)
     pairs = lambda q, k0: q * k0 + q * (q + 1) / 2  # noqa: E731  q new tokens after k0 cached ones, causal
-    head = 2 * H * cfg.vocab_size * 2 * L
+    head = 2 * H * cfg.vocab_size * (2 * (C + L) if head_everywhere else 2 * L)
     if shared:
         tokens, attn_pairs = C + 2 * L, pairs(C, 0) + 2 * pairs(L, C)
     else:
@@ -434,11 +440,15 @@ def memory_table(results: list[tuple[Case, dict]]) -> str:
 
 
 def prefix_table(rows: list[dict]) -> str:
-    lines = ["| shared prefix : continuation | tokens (context / each continuation) | naive (ms) | shared (ms) | "
-             "speedup | FLOP ideal |", "|---|---|---:|---:|---:|---:|"]
+    lines = ["| shared prefix : continuation | tokens (context / each continuation) | naive, full head (ms) | "
+             "naive (ms) | shared (ms) | speedup vs naive, full head (FLOP ideal) | speedup vs naive (FLOP ideal) |",
+             "|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['ratio']}:1 | {r['context']} / {r['continuation']} | {r['joined_s'] * 1e3:.0f} | "
-                     f"{r['shared_s'] * 1e3:.0f} | {r['joined_s'] / r['shared_s']:.2f}x | {r['ideal']:.2f}x |")
+        t, ideal = r["times"], r["ideal"]
+        lines.append(f"| {r['ratio']}:1 | {r['context']} / {r['continuation']} | {t['naive, full head'] * 1e3:.0f} | "
+                     f"{t['naive'] * 1e3:.0f} | {t['shared'] * 1e3:.0f} | "
+                     f"{t['naive, full head'] / t['shared']:.2f}x ({ideal['naive, full head']:.2f}x) | "
+                     f"{t['naive'] / t['shared']:.2f}x ({ideal['naive']:.2f}x) |")
     return "\n".join(lines)
 
 
@@ -472,7 +482,7 @@ def main(argv=None) -> None:
     p.add_argument("--memory-batch", type=int, default=2, help="batch of the memory rows")
     p.add_argument("--memory-steps", type=int, default=2, help="steps of the memory rows (no warmup)")
     p.add_argument("--prefix-ratios", type=int, nargs="*", default=[1, 4, 16])
-    p.add_argument("--continuation", type=int, default=32, help="prefix table: tokens per continuation")
+    p.add_argument("--continuation", type=int, default=64, help="prefix table: tokens per continuation")
     p.add_argument("--prefix-batch", type=int, default=4)
     p.add_argument("--prefix-repeats", type=int, default=3)
     p.add_argument("--sections", nargs="*", default=["speed", "memory", "prefix"])
