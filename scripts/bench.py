@@ -415,17 +415,27 @@ def in_fresh_process(fn, threads: int, *a) -> dict:
 # -- tables -------------------------------------------------------------------------------------------------
 
 
-def speed_table(results: list[tuple[Case, dict]]) -> str:
+def mfu(case: Case, result: dict, params: int, peak_tflops: float) -> float:
+    """Model FLOPs utilisation: 6 x parameters per sequence token (forward 2, backward 4; the tied LM head
+    counted as a matmul on every token, attention left out), + 2 x parameters for a live reference's
+    forward, over the device's peak."""
+    per_token = 6 * params + (2 * params if case.objective == "DPO" else 0)
+    return result["tokens_per_s"] * per_token / (peak_tflops * 1e12)
+
+
+def speed_table(results: list[tuple[Case, dict]], params: int = 0, peak_tflops: float | None = None) -> str:
     trl = {c.objective: r for c, r in results if c.impl == "TRL"}
     lines = ["| objective | implementation | step (ms) | tokens/s | peak memory (MB) | padding | tokens/s vs TRL | "
-             "memory vs TRL |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+             "memory vs TRL |" + (" MFU |" if peak_tflops else ""), "|---|---|---:|---:|---:|---:|---:|---:|"
+             + ("---:|" if peak_tflops else "")]
     for c, r in results:
         ref = trl.get(c.objective)
         speed = f"{r['tokens_per_s'] / ref['tokens_per_s']:.2f}x" if ref and c.impl != "TRL" else ""
         mem = f"{r['peak_mb'] / ref['peak_mb']:.2f}x" if ref and c.impl != "TRL" else ""
         name = c.impl + (f" (ref {c.reference})" if c.objective.startswith("DPO") else "")
         lines.append(f"| {c.objective} | {name} | {r['step_s'] * 1e3:.0f} | {r['tokens_per_s']:.0f} | "
-                     f"{r['peak_mb']:.0f} | {100 * r['padding']:.0f}% | {speed} | {mem} |")
+                     f"{r['peak_mb']:.0f} | {100 * r['padding']:.0f}% | {speed} | {mem} |"
+                     + (f" {100 * mfu(c, r, params, peak_tflops):.1f}% |" if peak_tflops else ""))
     return "\n".join(lines)
 
 
@@ -477,6 +487,8 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
     p.add_argument("--data", default=str(HH))
     p.add_argument("--trl", choices=["auto", "off"], default="auto", help="off: lit_align rows only")
+    p.add_argument("--peak-tflops", type=float, help="the device's peak dense TFLOP/s at --precision (e.g. 989 for "
+                   "an H100 SXM in bf16): adds a model-FLOPs-utilisation column")
     p.add_argument("--memory-vocabs", type=int, nargs="*", default=[32000, 151936],
                    help="extra DPO memory rows at these vocabulary sizes (the main table has --vocab)")
     p.add_argument("--memory-batch", type=int, default=2, help="batch of the memory rows")
@@ -529,8 +541,9 @@ def main(argv=None) -> None:
 
     if "speed" in args.sections:
         results = [(c, row(c, model_dir)) for c in cases(args)]
-        out += ["### Speed and memory", "", speed_table(results), ""]
-        print("\n" + speed_table(results) + "\n", flush=True)
+        table = speed_table(results, params, args.peak_tflops)
+        out += ["### Speed and memory", "", table, ""]
+        print("\n" + table + "\n", flush=True)
     if "memory" in args.sections and args.memory_vocabs:
         results = []
         for c in memory_cases(args):
