@@ -343,12 +343,12 @@ def prefix_case(args, model_dir: Path, ratio: int) -> dict:
              "attention_mask": torch.ones(2 * B, L, dtype=torch.long), "num_continuations": 2}
     batch["labels"] = batch["input_ids"].clone()
     batch = {k: v.to(args.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-    times = {}
-    for name, fn, head in (("naive, full head", joined_context_logps, "all"), ("naive", joined_context_logps, "targets"),
-                           ("shared", shared_context_logps, "targets")):
-        set_lm_head(model, head)
-        spans = []
-        for i in range(args.prefix_repeats + 1):
+    modes = {"naive, full head": (joined_context_logps, "all"), "naive": (joined_context_logps, "targets"),
+             "shared": (shared_context_logps, "targets")}
+    spans = {name: [] for name in modes}
+    for i in range(args.prefix_repeats + 1):  # the modes take turns, so load drift hits them alike
+        for name, (fn, head) in modes.items():
+            set_lm_head(model, head)
             model.zero_grad(set_to_none=True)
             if args.device == "cuda":
                 torch.cuda.synchronize()
@@ -356,9 +356,9 @@ def prefix_case(args, model_dir: Path, ratio: int) -> dict:
             fn(model, batch).logps.sum().backward()
             if args.device == "cuda":
                 torch.cuda.synchronize()
-            if i:  # the first run warms up
-                spans.append(time.perf_counter() - start)
-        times[name] = statistics.median(spans)
+            if i:  # the first round warms up
+                spans[name].append(time.perf_counter() - start)
+    times = {name: statistics.median(t) for name, t in spans.items()}
     cfg = model.config
     shared = flops(cfg, C, L, shared=True)
     return {"ratio": ratio, "context": C, "continuation": L, "times": times,
@@ -496,7 +496,7 @@ def main(argv=None) -> None:
     p.add_argument("--prefix-ratios", type=int, nargs="*", default=[1, 4, 16])
     p.add_argument("--continuation", type=int, default=64, help="prefix table: tokens per continuation")
     p.add_argument("--prefix-batch", type=int, default=4)
-    p.add_argument("--prefix-repeats", type=int, default=3)
+    p.add_argument("--prefix-repeats", type=int, default=4)
     p.add_argument("--sections", nargs="*", default=["speed", "memory", "prefix"])
     p.add_argument("--out", help="also write the tables (markdown) to this file")
     args = p.parse_args(argv)
