@@ -101,6 +101,17 @@ def test_group_by_length_0_keeps_the_plain_shuffle(tok):
         assert [i for b in loader for i in b["index"].tolist()] == plain
 
 
+def test_shuffle_false_trains_in_file_order_and_grouping_sorts_its_windows(tok):
+    dm = _data(tok, {"path": "builtin:pairs", "limit": N}, shuffle=False, batch_size=8)
+    assert [i for b in dm.train_dataloader() for i in b["index"].tolist()] == list(range(N))
+    dm = _data(tok, {"path": "builtin:pairs", "limit": N}, shuffle=False, group_by_length=WINDOW, batch_size=8)
+    order = [i for b in dm.train_dataloader() for i in b["index"].tolist()]
+    lengths = [padded_length(dm.splits["train"].examples[i]) for i in order]
+    for w in range(0, N, WINDOW):  # window w holds file positions w..w+WINDOW-1, longest first
+        assert sorted(order[w: w + WINDOW]) == list(range(w, min(w + WINDOW, N)))
+        assert lengths[w: w + WINDOW] == sorted(lengths[w: w + WINDOW], reverse=True)
+
+
 def test_padding_fraction_counts_both_tensors_of_the_shared_context_layout():
     ex = lambda ctx, a, b: Tokenized(ctx, [a, b], 0, None, None, "test", [])  # noqa: E731
     items = [(0, ex([1, 2, 3], [4], [5, 6])), (1, ex([1], [7, 8, 9], [4]))]
