@@ -294,14 +294,33 @@ def joined_context_logps(model: torch.nn.Module, batch: dict) -> SeqLogps:
     return SeqLogps(out.sequence.view(k, B).T, tokens.view(k, B).T)
 
 
+def attention_mask_for(model: torch.nn.Module, mask: Tensor) -> Tensor:
+    """A bool 4D mask (B, 1, T, T), True where query t may attend to key s, in the form `model`'s attention
+    takes it. transformers passes a 4D mask to the attention function untouched (masking_utils: "already
+    prepared"); sdpa reads a bool mask as "may attend", but eager (and flex) attention ADD the mask to the
+    scores, so a bool mask there adds 1 or 0 and masks nothing. Those get the additive float mask that
+    transformers builds for them itself: 0 where visible, finfo(dtype).min where masked (not -inf: a padding
+    row then still has finite scores). An unknown implementation gets the float mask too: sdpa takes it as well."""
+    if mask.dtype != torch.bool or _attention(model) == "sdpa":
+        return mask
+    dtype = getattr(model, "dtype", None)
+    dtype = dtype if isinstance(dtype, torch.dtype) and dtype.is_floating_point else torch.float32
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)
+
+
+def _attention(model: torch.nn.Module) -> str:
+    """The attention implementation of `model` ("sdpa", "eager", "flash_attention_2", ...)."""
+    return getattr(getattr(model, "config", None), "_attn_implementation", None) or ""
+
+
 def packed_logps(model: torch.nn.Module, batch: dict) -> SeqLogps:
     """Per-continuation log-probs for the packed layout of `collate_packed`: one row per example holding its
     context once and its k continuations, each attending to the context and itself (4D attention mask),
     positioned right after the context. The same numbers as `sequence_logps` on the padded layout."""
     rows, cont = batch["target_row"], batch["target_cont"]                  # (M,)
     logps, _ = position_logps(model, rows, batch["target_pos"], batch["target_id"], input_ids=batch["input_ids"],
-                              attention_mask=batch["attention_mask"], position_ids=batch["position_ids"],
-                              use_cache=False)                             # (M,)
+                              attention_mask=attention_mask_for(model, batch["attention_mask"]),
+                              position_ids=batch["position_ids"], use_cache=False)   # (M,)
     B, k = batch["cont_tokens"].shape
     seq = torch.zeros(B * k, dtype=torch.float32, device=logps.device).index_add(0, rows * k + cont, logps)
     return SeqLogps(seq.view(B, k), batch["cont_tokens"])

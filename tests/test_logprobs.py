@@ -171,11 +171,14 @@ def _ordered_batch(tok, kind, n=6, **kwargs):
     return next(iter(dm.train_dataloader()))
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
 @pytest.mark.parametrize("mode", MODES)
-def test_packed_pairs_equal_padded_rows(mode):
+def test_packed_pairs_equal_padded_rows(mode, attention):
+    """Under every attention backend that takes a 4D mask: eager adds the mask to the scores, so a bool mask
+    there masked nothing (max |Δ log p| 1.89 against the padded rows before attention_mask_for)."""
     from lit_align.logprobs import packed_logps, sequence_logps
 
-    spec = ModelSpec(name="builtin:tiny")
+    spec = ModelSpec(name="builtin:tiny", attn_implementation=attention)
     tok = load_tokenizer(spec)
     model = load_model(spec, tok)
     _perturb(model)
@@ -188,10 +191,12 @@ def test_packed_pairs_equal_padded_rows(mode):
     assert torch.equal(sequence_logps(model, padded).tokens, packed_logps(model, packed).tokens)
 
 
-def test_packed_dpo_equals_dpo_losses_gradients_and_metrics():
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_packed_dpo_equals_dpo_losses_gradients_and_metrics(attention):
     results = []
     for packed in (False, True):
-        obj = DPO(policy=ModelSpec(name="builtin:tiny"), beta=0.3, nll_weight=0.2, packed=packed)
+        obj = DPO(policy=ModelSpec(name="builtin:tiny", attn_implementation=attention), beta=0.3, nll_weight=0.2,
+                  packed=packed)
         obj.configure_model()
         _perturb(obj.model)
         sums = obj.step(_ordered_batch(obj.tokenizer, obj.kind))

@@ -147,7 +147,9 @@ def collate_packed(items: list[tuple[int, Tokenized]], pad_id: int, pad_to_multi
 
         input_ids       (B, T) long
         attention_mask  (B, 1, T, T) bool  True where query t may attend to key s (padding queries: key 0
-                                      only, since a query with nothing to attend to gives NaN)
+                                      only, since a query with nothing to attend to gives NaN); the model
+                                      gets it in its attention's form (logprobs.attention_mask_for: eager
+                                      attention adds the mask to the scores, so it needs a float one)
         position_ids    (B, T) long   context 0..P-1; each continuation P, P+1, ...
         token_mask      (B, T) long   1 on real tokens
         target_row, target_pos, target_id, target_cont   (M,) long: target token `target_id` of continuation
