@@ -231,10 +231,11 @@ _DECODER_LAYER_NAMES: set[str] = {"LlamaDecoderLayer", "Qwen2DecoderLayer", "Qwe
 
 
 def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The transformer blocks of `model` (also inside a peft wrapper), in order."""
+    """The transformer blocks of `model` (also inside a peft wrapper, and once sharded: FSDP2 turns a block's
+    class into a subclass, FSDP<name>, hence the look along the class hierarchy), in order."""
     for m in model.modules():
         _DECODER_LAYER_NAMES.update(getattr(m, "_no_split_modules", None) or [])
-    return [m for m in model.modules() if type(m).__name__ in _DECODER_LAYER_NAMES]
+    return [m for m in model.modules() if any(c.__name__ in _DECODER_LAYER_NAMES for c in type(m).__mro__)]
 
 
 def fsdp_auto_wrap_policy(module: torch.nn.Module, recurse: bool, nonwrapped_numel: int) -> bool:

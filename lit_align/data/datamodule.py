@@ -19,7 +19,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zer
 from torch.utils.data import DataLoader, Dataset
 
 from lit_align.data.collate import collate, collate_packed, collate_prefix, packed_length, padded_length
-from lit_align.data.records import SkipRecord, to_examples
+from lit_align.data.records import SkipRecord, detect_format, to_examples
 from lit_align.data.samplers import ResumableSampler, WeightedResampler
 from lit_align.data.sources import Source, as_source, read_rows
 from lit_align.data.tokenize import Tokenized, Tokenizer, TokenizeSpec
@@ -36,9 +36,20 @@ class SplitSummary:
     invalid: int = 0
     skipped: Counter = field(default_factory=Counter)
     first_problem: str | None = None
+    truncated: Counter = field(default_factory=Counter)
+    """Kept examples whose "context" / a "continuation" was cut to fit (data/tokenize.py)."""
+    formats: Counter = field(default_factory=Counter)
+    """Record format (records.py) -> rows read in it: `contrast` alone makes an A/B contrast set."""
+
+    @property
+    def contrast(self) -> bool:
+        """Every row is an A/B contrast pair {question, answer_matching_behavior, answer_not_matching_behavior}."""
+        return set(self.formats) == {"contrast"}
 
     def line(self) -> str:
         parts = [f"{self.name} ({self.source}): {self.rows} rows -> {self.kept} examples kept"]
+        parts += [f"{self.truncated[what]} with the {what} truncated" for what in ("context", "continuation")
+                  if self.truncated[what]]
         parts += [f"{n} dropped ({why})" for why, n in sorted(self.dropped.items())]
         parts += [f"{n} skipped ({why})" for why, n in sorted(self.skipped.items())]
         if self.invalid:
@@ -71,6 +82,7 @@ def build_split(name: str, source: Source, kind: str, tokenizer: Tokenizer,
         if source.columns and isinstance(row, dict):
             # {new: old}: read field `old` as `new` (from the original row, so swaps work)
             row = {**row, **{new: row[old] for new, old in source.columns.items() if old in row}}
+        _count_format(summary, row, where, source.format)
         try:
             for ex in to_examples(row, where, kind, source.format):
                 result = tokenizer(ex)
@@ -78,6 +90,8 @@ def build_split(name: str, source: Source, kind: str, tokenizer: Tokenizer,
                     summary.dropped[result] += 1
                 else:
                     examples.append(result)
+                    summary.truncated.update(what for what, cut in zip(("context", "continuation"), result.truncated)
+                                             if cut)
         except SkipRecord as e:
             summary.skipped["chosen == rejected"] += 1
             summary.first_problem = summary.first_problem or str(e)
@@ -93,6 +107,18 @@ def build_split(name: str, source: Source, kind: str, tokenizer: Tokenizer,
     return TokenizedSplit(name, examples), summary
 
 
+def _count_format(summary: SplitSummary, row: object, where: str, fmt: str) -> None:
+    """Count the row's record format (unreadable rows are to_examples' business)."""
+    if fmt == "auto":
+        if not isinstance(row, dict):
+            return
+        try:
+            fmt = detect_format(row, where)
+        except DataError:
+            return
+    summary.formats[fmt] += 1
+
+
 class AlignDataModule(LightningDataModule):
     def __init__(
         self,
@@ -106,6 +132,7 @@ class AlignDataModule(LightningDataModule):
         truncation_side: str = "left",
         chat_template: bool | None = None,
         end_token: str | None = None,
+        min_context_tokens: int | None = None,
         skip_invalid: bool = False,
         num_workers: int = 0,
         pad_to_multiple_of: int = 1,
@@ -121,11 +148,18 @@ class AlignDataModule(LightningDataModule):
             test: named test sets, logged like `val` (`test/...`, `test_<name>/...`).
             batch_size: examples (pairs for preference objectives) per micro-batch and device.
             eval_batch_size: batch size for validation and test (default: batch_size).
-            max_length: maximum tokens of context + one continuation.
+            max_length: maximum tokens of context + one continuation. What does not fit is cut from the context
+                (down to min_context_tokens), then from the end of the continuation (which then loses its end
+                token); the summary line counts both ("12 with the context truncated, 3 with the continuation
+                truncated").
             max_prompt_length: optional cap on context (prompt + shared prefix) tokens.
-            truncation_side: which end of the context is cut to fit: left or right.
+            truncation_side: which end of the context is cut to fit: left or right. Either way the chat
+                template's generation prompt (the tokens the answer follows) is never cut.
             chat_template: render prompts with the tokenizer's chat template (None: when it has one).
             end_token: token appended to full answers (None: the tokenizer's EOS).
+            min_context_tokens: context tokens kept however long the answer: a longer answer is cut instead
+                (None, the default: a quarter of max_length; 0: cut the context first, down to its generation
+                prompt). A shorter context is kept whole.
             skip_invalid: skip and count bad records instead of stopping at the first.
             num_workers: DataLoader worker processes.
             pad_to_multiple_of: pad sequence length to a multiple of this (8 helps GPU kernels).
@@ -142,7 +176,8 @@ class AlignDataModule(LightningDataModule):
         self.val_sources = {k: as_source(v) for k, v in (val or {}).items()}
         self.test_sources = {k: as_source(v) for k, v in (test or {}).items()}
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
-        self.spec = TokenizeSpec(max_length, max_prompt_length, truncation_side, chat_template, end_token)
+        self.spec = TokenizeSpec(max_length, max_prompt_length, truncation_side, chat_template, end_token,
+                                 min_context_tokens)
         self.skip_invalid, self.num_workers = skip_invalid, num_workers
         self.pad_to_multiple_of, self.seed = pad_to_multiple_of, seed
         if group_by_length < 0:
@@ -205,12 +240,14 @@ class AlignDataModule(LightningDataModule):
 
     # -- loaders ------------------------------------------------------------------------------------
     def _loader(self, name: str, batch_size: int, shuffle: bool, sampler=None) -> DataLoader:
+        summary = self.summaries.get(name)
         return DataLoader(
             self.splits[name], batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=functools.partial(_collate_named, name=name, kind=self.split_kinds.get(name, self.kind),
                                          pad_id=self.tokenizer.pad_token_id,
-                                         pad_to_multiple_of=self.pad_to_multiple_of),
+                                         pad_to_multiple_of=self.pad_to_multiple_of,
+                                         contrast=summary is not None and summary.contrast),
             generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
         )
 
@@ -267,8 +304,14 @@ class AlignDataModule(LightningDataModule):
                 fit_loop._data_fetcher.teardown()
             fit_loop._combined_loader = None  # Lightning rebuilds the loader (and its workers) before training
 
+    def eval_loader(self, name: str, batch_size: int | None = None) -> DataLoader:
+        """A loader over split `name` (train, val, val_<name>, ...) in file order, eval_batch_size by default."""
+        if name not in self.splits:
+            raise LitAlignError(f"no split '{name}' set up (have: {', '.join(self.splits) or 'none'})")
+        return self._loader(name, batch_size or self.eval_batch_size, shuffle=False)
+
     def _eval_loaders(self, stage: str) -> list[DataLoader]:
-        return [self._loader(n, self.eval_batch_size, shuffle=False) for n in self.splits if n.startswith(stage)]
+        return [self.eval_loader(n) for n in self.splits if n.startswith(stage)]
 
     def val_dataloader(self) -> list[DataLoader]:
         return self._eval_loaders("val")
@@ -284,7 +327,8 @@ COLLATE_BY_KIND = {"sft": collate, "pair": collate, "prefix_pair": collate_prefi
 RECORD_KIND = {"sft": "sft", "pair": "pair", "prefix_pair": "pair", "packed_pair": "pair", "probe": "probe"}
 
 
-def _collate_named(items, name: str, kind: str, pad_id: int, pad_to_multiple_of: int) -> dict:
+def _collate_named(items, name: str, kind: str, pad_id: int, pad_to_multiple_of: int, contrast: bool = False) -> dict:
     batch = COLLATE_BY_KIND[kind](items, pad_id, pad_to_multiple_of)
     batch["split"] = name  # the metric prefix: train, val, val_<name>, test, ...
+    batch["contrast"] = contrast  # an A/B contrast set: its pair metrics include ab/p_match (objectives/base.py)
     return batch

@@ -20,6 +20,13 @@ policy's own pair metrics, the same for every objective: {split}/logps/margins =
 log π(y_l|x), and {split}/logps/accuracy = share of pairs with log π(y_w|x) > log π(y_l|x) (on A/B contrast
 sets: the behaviour-match rate). An objective that trains on one continuation (kind "sft") reads such a set
 when it says `kind: pair` (data/sources.py); its own metrics are then computed on the chosen continuation.
+On A/B contrast sets (every record {question, answer_matching_behavior, answer_not_matching_behavior}: the data
+module marks their batches `contrast`) they include CAA's metric (Rimsky et al. 2024), the same number that
+`lit_align steer` reports (steering.py):
+
+    {split}/ab/p_match = mean over items of p(m) / (p(m) + p(nm)) = σ(log π(m|x) - log π(nm|x)),
+
+with π(m|x), π(nm|x) the probabilities of the whole matching / not-matching continuations (e.g. " (A)" + end).
 """
 
 from __future__ import annotations
@@ -180,7 +187,7 @@ class Objective(LightningModule):
                 logps = self.logps_fn()(self.model, batch).logps                   # (B, 2)
             else:                                                                   # collate.py's padded layout
                 logps = forward_logps(self.model, batch).sequence.view(2, -1).T     # (2B,) -> (B, 2)
-            sums = {**pair_sums(logps), **sums}
+            sums = {**pair_sums(logps, batch.get("contrast", False)), **sums}
         return sums
 
     def _eval_step(self, batch: dict) -> None:
@@ -219,16 +226,20 @@ class Objective(LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-def pair_sums(logps: Tensor) -> Sums:
-    """Policy pair metrics from (B, 2) sequence log-probs (chosen / matching first), as (sum, count) over pairs."""
+def pair_sums(logps: Tensor, contrast: bool = False) -> Sums:
+    """Policy pair metrics from (B, 2) sequence log-probs (chosen / matching first), as (sum, count) over pairs;
+    with `contrast` (an A/B contrast set) also CAA's ab/p_match = σ(log π(m) - log π(nm)) per item."""
     chosen, rejected = logps[:, 0].detach(), logps[:, 1].detach()
     n = chosen.shape[0]
-    return {
+    sums = {
         "logps/chosen": (chosen.sum(), n),
         "logps/rejected": (rejected.sum(), n),
         "logps/margins": ((chosen - rejected).sum(), n),
         "logps/accuracy": ((chosen > rejected).float().sum(), n),
     }
+    if contrast:
+        sums["ab/p_match"] = (torch.sigmoid(chosen - rejected).sum(), n)
+    return sums
 
 
 def first_continuation(batch: dict) -> dict:

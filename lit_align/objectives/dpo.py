@@ -27,7 +27,8 @@ Metrics (train per optimizer step, every validation set per epoch), each a mean 
 pairs whose chosen reward is strictly higher), {split}/logps/chosen and {split}/logps/rejected (policy,
 summed over the continuation's tokens, not length-normalised), {split}/logps/margins (chosen - rejected)
 and {split}/logps/accuracy (share of pairs whose chosen log-prob is higher: the policy's own preference,
-without the reference), {split}/nll when nll_weight > 0.
+without the reference), {split}/ab/p_match on A/B contrast sets (objectives/base.py), {split}/nll when
+nll_weight > 0.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from lit_align.errors import LitAlignError
 from lit_align.logprobs import LogpsFn, SeqLogps, packed_logps, sequence_logps
 from lit_align.losses import PREFERENCE_LOSSES, chosen_nll
 from lit_align.models import ModelSpec
-from lit_align.objectives.base import Objective, OptimSpec, Sums
+from lit_align.objectives.base import Objective, OptimSpec, Sums, pair_sums
 from lit_align.reference import ReferenceSpec, build_reference
 
 
@@ -141,9 +142,6 @@ class DPO(Objective):
             "rewards/rejected": (out.rejected_rewards.sum(), n_pairs),
             "rewards/margins": ((out.chosen_rewards - out.rejected_rewards).sum(), n_pairs),
             "rewards/accuracy": ((out.chosen_rewards > out.rejected_rewards).float().sum(), n_pairs),
-            "logps/chosen": (logps[:, 0].sum(), n_pairs),
-            "logps/rejected": (logps[:, 1].sum(), n_pairs),
-            "logps/margins": ((logps[:, 0] - logps[:, 1]).sum(), n_pairs),
-            "logps/accuracy": ((logps[:, 0] > logps[:, 1]).float().sum(), n_pairs),
+            **pair_sums(logps, batch.get("contrast", False)),   # logps/*, and ab/p_match on A/B contrast sets
             **sums,
         }
