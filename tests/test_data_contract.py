@@ -257,12 +257,67 @@ def test_a_long_answer_is_cut_on_the_right_and_a_text_keeps_its_bos(tokenizer, b
     assert with_bos.continuations == [ids(bos_tokenizer, text)[:7]]
 
 
+def _long_answer_example():
+    """A 28-token templated prompt and a 59-token answer, for max_length 64 (the prompt was cut to its last 5
+    tokens, inside the template's generation prompt, before the context floor)."""
+    return Example("Count from 1 to 58, please.", [" ".join(str(i) for i in range(1, 59))])
+
+
+def test_a_long_answer_is_cut_to_leave_the_prompt_its_floor(tokenizer, tmp_path):
+    ex = _long_answer_example()
+    full = tokenize(tokenizer, ex, max_length=10_000)
+    assert (len(full.context), len(full.continuations[0])) == (28, 59)
+    cut = tokenize(tokenizer, ex, max_length=64)                    # min_context_tokens None: 64 // 4 = 16
+    assert cut.context == full.context[-16:]                        # the end of the prompt, the template's
+    assert tokenizer.decode(cut.context).endswith("<|im_end|>\n<|im_start|>assistant\n")   # generation prompt
+    assert cut.continuations == [full.continuations[0][:48]]       # 64 - 16: the answer is cut on the right
+    assert cut.truncated == (True, True)
+    assert tokenize(tokenizer, ex, max_length=64, min_context_tokens=28).context == full.context   # all of it
+    fits = tokenize(tokenizer, ex, max_length=100)
+    assert (fits.context, fits.continuations, fits.truncated) == (full.context, full.continuations, (False, False))
+    rows = [{"prompt": ex.prompt, "completion": ex.continuations[0]}, {"prompt": "Hi", "completion": "1."},
+            {"prompt": LONG_PROMPT, "completion": "1, 2, 3."}]
+    summary = datamodule(tokenizer, write_jsonl(tmp_path / "d.jsonl", rows), max_length=64).summaries["train"]
+    assert summary.kept == 3 and summary.truncated == {"context": 2, "continuation": 1}
+    assert "3 examples kept, 2 with the context truncated, 1 with the continuation truncated" in summary.line()
+    for bad in (64, -1):
+        with pytest.raises(LitAlignError, match="min_context_tokens must be >= 0 and below max_length"):
+            Tokenizer(tokenizer, TokenizeSpec(max_length=64, min_context_tokens=bad))
+
+
+GENERATION_PROMPT = "<|im_start|>assistant\n"   # the built-in template's: 9 tokens
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_truncation_never_cuts_inside_the_generation_prompt(tokenizer, side):
+    ex = _long_answer_example()
+    gen = ids(tokenizer, GENERATION_PROMPT)
+    full = tokenize(tokenizer, ex, max_length=10_000)
+    # no floor, room for 2 context tokens: the generation prompt is kept whole, the answer cut to make room
+    cut = tokenize(tokenizer, ex, max_length=61, min_context_tokens=0, truncation_side=side)
+    assert cut.context == gen and cut.continuations == [full.continuations[0][: 61 - len(gen)]]
+    # room for 12: the generation prompt + 3 tokens of the prompt's end (left) or start (right)
+    cut = tokenize(tokenizer, ex, max_length=71, min_context_tokens=12, truncation_side=side)
+    body = full.context[: -len(gen)]
+    assert cut.context == (body[-3:] if side == "left" else body[:3]) + gen
+    assert tokenize(tokenizer, ex, max_prompt_length=len(gen) - 1, truncation_side=side) == DROP_CONTEXT_GONE
+    # a plain HH-style dialogue keeps its "\n\nAssistant:" the same way, and the shared prefix follows it
+    dialogue = Example([{"role": "user", "content": LONG_PROMPT}], ["5, 6", "5, 7"], prefix="1, 2, 3, 4,",
+                       partial=True)
+    cut = tokenize(tokenizer, dialogue, max_length=30, chat_template=False, truncation_side=side)
+    text = tokenizer.decode(cut.context)
+    assert text.endswith("\n\nAssistant: 1, 2, 3, 4,") if side == "left" else (
+        text.startswith("\n\nHuman: Count from 0") and text.endswith("\n\nAssistant:") and cut.prefix_len == 0)
+
+
 def test_examples_with_no_target_are_dropped_counted_and_never_batched(tokenizer, tmp_path):
     rows = [{"prompt": f"What is {i} plus 1?", "completion": f"{i} plus 1 is {i + 1}."} for i in range(6)]
     rows.insert(2, {"text": "a", "partial": True})  # one token, no context: nothing to predict
     rows.insert(4, {"prompt": LONG_PROMPT, "completion": " ".join(["1, 2, 3, 4."] * 30)})  # fills max_length
     path = write_jsonl(tmp_path / "d.jsonl", rows)
-    dm = datamodule(tokenizer, path, max_length=64, batch_size=3)
+    # plain text, no context floor: the long answer leaves the prompt no room at all (with the default floor its
+    # answer is cut instead: test_a_long_answer_is_cut_to_leave_the_prompt_its_floor)
+    dm = datamodule(tokenizer, path, max_length=64, batch_size=3, chat_template=False, min_context_tokens=0)
     summary = dm.summaries["train"]
     assert summary.rows == 8 and summary.kept == 6
     assert summary.dropped == {DROP_NO_TARGET: 1, DROP_CONTEXT_GONE: 1}
