@@ -90,8 +90,9 @@ def build_split(name: str, source: Source, kind: str, tokenizer: Tokenizer,
                     summary.dropped[result] += 1
                 else:
                     examples.append(result)
-                    summary.truncated.update(what for what, cut in zip(("context", "continuation"), result.truncated)
-                                             if cut)
+                    for t in result if isinstance(result, list) else [result]:  # probes: a record's rows
+                        summary.truncated.update(what for what, cut in zip(("context", "continuation"), t.truncated)
+                                                 if cut)
         except SkipRecord as e:
             summary.skipped["chosen == rejected"] += 1
             summary.first_problem = summary.first_problem or str(e)
