@@ -1,8 +1,9 @@
-"""Figures from TensorBoard event files: probe grids (one panel per probe category, one line per run) and
-sweep curves (a metric against the number of training examples, one line per objective).
+"""Figures: probe grids from TensorBoard event files (one panel per probe category, one line per run), sweep
+curves (a metric against the number of training examples, one line per objective) and steering curves (p_match
+against the multiplier, one line per layer, one panel per evaluation set).
 
-matplotlib is imported only inside the plotting functions (it is in the `dev` extra), so that the package
-itself does not need it.
+matplotlib (a dependency of the package) is imported only inside the plotting functions, so that importing
+lit_align stays fast.
 
     python scripts/plot_probes.py sft=logs/probes_sft dpo=logs/probes_dpo -o docs/figures/probes.png
 """
@@ -139,6 +140,30 @@ def plot_sweep(rows: list[dict], metrics: list[str], out: "str | Path", x: str =
         ax.minorticks_off()
         ax.set_title(metric, fontsize=9)
         ax.set_xlabel(x.replace("_", " "), fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    return _save(fig, out, title)
+
+
+def plot_steering(rows: list[dict], out: "str | Path", title: str | None = None) -> Path:
+    """One panel per evaluation set: p_match against the steering multiplier, one line per layer; rows of
+    steer.csv ({set, layer, multiplier, p_match}). Chance (0.5) dotted, multiplier 0 marked."""
+    sets = list(dict.fromkeys(r["set"] for r in rows))
+    plt, fig, axes = _grid(len(sets), min(len(sets), 3))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, name in zip(axes, sets):
+        layers = list(dict.fromkeys(r["layer"] for r in rows if r["set"] == name))
+        for i, layer in enumerate(layers):
+            points = sorted((float(r["multiplier"]), float(r["p_match"])) for r in rows
+                            if r["set"] == name and r["layer"] == layer)
+            ax.plot(*zip(*points), marker="o", ms=3, lw=1.6, color=colours[i % len(colours)], label=f"layer {layer}")
+        ax.axhline(0.5, color="grey", lw=0.6, ls=":")
+        ax.axvline(0.0, color="grey", lw=0.6, ls=":")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("multiplier", fontsize=8)
+        ax.set_ylabel("p_match", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)

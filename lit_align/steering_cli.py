@@ -1,0 +1,315 @@
+"""`lit_align steer --config X.yaml`: extract a CAA steering vector from the config's training pairs, evaluate
+every validation set over a grid of layers x multipliers, and write what it found (steering.py has the math).
+
+The config reuses a training config's `model:` and `data:` sections (the policy: `model.init_args.policy`, a
+ModelSpec; the data module: train = the extraction pairs, val = the evaluation sets, read as pairs), plus:
+
+    steer:
+      layers: all                  # blocks to extract and evaluate: a list of indices (0-based) or all
+      multipliers: [-2, -1, -0.5, 0, 0.5, 1, 2]
+      positions: after_prompt      # after_prompt (CAA: from the first answer token on) or all
+      method: mean_diff            # mean_diff (CAA) or pca
+      read: answer                 # answer (the letter token), answer_end or continuation_mean
+      n_pairs: null                # extract from at most this many training pairs (null: all)
+      vector: null                 # a saved vector to evaluate instead of extracting one
+      check: weights               # with `vector`: weights, architecture (a fine-tuned descendant) or none
+      out: null                    # default logs/<name>/steer
+      name: null                   # default the logger's name (trainer.logger.init_args.name), else the file's
+      device: auto                 # auto (cuda when there is one), cpu, cuda, cuda:1, ...
+
+Other sections (trainer, seed_everything, ...) are ignored. Any key can be overridden on the command line as
+`--steer.layers "[1, 2]"` or `--data.init_args.train.limit 64` (values are read as YAML).
+
+Outputs under `out`: vector.safetensors; steer.csv (set, layer, multiplier, p_match, match_rate, margin, n);
+steer_summary.csv and steer_summary.md (per set and layer: p_match at multiplier 0 and at the ends of the grid,
+the steerability slope and the share of anti-steerable items); steer.png (p_match against the multiplier, one
+line per layer, one panel per set).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import importlib
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+
+from lit_align.errors import LitAlignError
+from lit_align.models import LoraSpec, ModelSpec, load_model, load_tokenizer
+from lit_align.steering import (CHECKS, METHODS, POSITIONS, READS, SteeringVector, contrast_margins, extract,
+                                match_rate, p_match, steerability, steering_blocks)
+
+CSV_COLUMNS = ("set", "layer", "multiplier", "p_match", "match_rate", "margin", "n")
+SUMMARY_COLUMNS = ("set", "layer", "p_match_0", "p_match_m_min", "p_match_m_max", "steerability", "anti_steerable", "n")
+
+
+@dataclass
+class SteerSpec:
+    """The `steer:` section (module docstring)."""
+
+    layers: "list[int] | str" = "all"
+    multipliers: list[float] = field(default_factory=lambda: [-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0])
+    positions: str = "after_prompt"
+    method: str = "mean_diff"
+    read: str = "answer"
+    n_pairs: int | None = None
+    vector: str | None = None
+    check: str = "weights"
+    out: str | None = None
+    name: str | None = None
+    device: str = "auto"
+
+    def validate(self) -> None:
+        for key, allowed in (("positions", POSITIONS), ("method", METHODS), ("read", READS), ("check", CHECKS)):
+            if getattr(self, key) not in allowed:
+                raise LitAlignError(f"steer.{key} must be one of {', '.join(allowed)}, not '{getattr(self, key)}'")
+        if not isinstance(self.multipliers, list) or not self.multipliers or not all(
+                isinstance(m, (int, float)) and not isinstance(m, bool) for m in self.multipliers):
+            raise LitAlignError(f"steer.multipliers must be a non-empty list of numbers, not {self.multipliers!r}")
+
+
+# -- the config ---------------------------------------------------------------------------------------------
+
+
+def _dataclass(cls, values, where: str):
+    if isinstance(values, str) and cls is ModelSpec:
+        values = {"name": values}
+    if not isinstance(values, dict):
+        raise LitAlignError(f"{where}: expected a mapping, not {values!r}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise LitAlignError(f"{where}: unknown option '{unknown[0]}'; the options are {', '.join(sorted(names))}")
+    values = dict(values)
+    if cls is ModelSpec and isinstance(values.get("lora"), dict):
+        values["lora"] = _dataclass(LoraSpec, values["lora"], f"{where}.lora")
+    return cls(**values)
+
+
+def _set_dotted(cfg: dict, dotted: str, value) -> None:
+    keys = dotted.split(".")
+    node = cfg
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise LitAlignError(f"--{dotted}: '{k}' is not a section")
+    node[keys[-1]] = value
+
+
+def parse_args(argv: list[str]) -> dict:
+    """`--config FILE` (once or more, merged in order) and `--a.b.c VALUE` overrides -> the config dict."""
+    from lit_align.sweep import deep_merge
+
+    cfg: dict = {}
+    overrides: list[tuple[str, object]] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("-h", "--help"):
+            print(__doc__)
+            sys.exit(0)
+        if not arg.startswith("--"):
+            raise LitAlignError(f"steer: unexpected argument '{arg}' (usage: lit_align steer --config X.yaml "
+                                "[--steer.layers '[1, 2]'] ...)")
+        key, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(argv):
+                raise LitAlignError(f"steer: --{key} needs a value")
+            value, i = argv[i + 1], i + 1
+        i += 1
+        if key == "config":
+            path = Path(value)
+            if not path.is_file():
+                raise LitAlignError(f"steer: config file {path} not found")
+            data = yaml.safe_load(path.read_text()) or {}
+            if not isinstance(data, dict):
+                raise LitAlignError(f"{path}: expected a mapping")
+            cfg = deep_merge(cfg, data)
+            cfg.setdefault("_files", []).append(str(path))
+        else:
+            overrides.append((key, yaml.safe_load(value)))
+    for key, value in overrides:
+        _set_dotted(cfg, key, value)
+    if "_files" not in cfg:
+        raise LitAlignError("steer: give a config: lit_align steer --config configs/steer.yaml")
+    return cfg
+
+
+def _policy(cfg: dict) -> ModelSpec:
+    model = cfg.get("model") or {}
+    section = model.get("init_args", model) if isinstance(model, dict) else {}
+    return _dataclass(ModelSpec, section.get("policy") or {}, "model.init_args.policy")
+
+
+def _datamodule(cfg: dict):
+    data = cfg.get("data") or {}
+    if not isinstance(data, dict):
+        raise LitAlignError("data: expected a mapping")
+    class_path = data.get("class_path", "lit_align.data.AlignDataModule")
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        raise LitAlignError(f"data.class_path: cannot import '{class_path}'") from None
+    try:
+        return cls(**(data.get("init_args", {k: v for k, v in data.items() if k != "class_path"}) or {}))
+    except TypeError as e:
+        raise LitAlignError(f"data.init_args: {e}") from None
+
+
+def _name(cfg: dict, spec: SteerSpec) -> str:
+    if spec.name:
+        return spec.name
+    logger = (cfg.get("trainer") or {}).get("logger")
+    if isinstance(logger, dict) and (logger.get("init_args") or {}).get("name"):
+        return str(logger["init_args"]["name"])
+    return Path(cfg["_files"][-1]).stem
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise LitAlignError(f"steer.device: unknown device '{name}'") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise LitAlignError("steer.device: cuda asked, but this machine has no CUDA GPU")
+    return device
+
+
+# -- the run ------------------------------------------------------------------------------------------------
+
+
+class _Progress:
+    """A rich progress bar on a terminal, plain lines otherwise."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.bar = total, 0, None
+        if sys.stdout.isatty():
+            from rich.progress import Progress
+
+            self.bar = Progress(transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task("steering grid", total=total)
+
+    def step(self, what: str) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update(self.task, advance=1, description=what)
+        else:
+            print(f"[{self.done}/{self.total}] {what}", flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def run_steer(cfg: dict) -> dict[str, Path]:
+    """Extract (or load), evaluate the grid, write the outputs; returns {what: path}."""
+    from lit_align.data.tokenize import Tokenizer
+    from lit_align.plots import plot_steering
+
+    section = cfg.get("steer") or {}
+    spec = _dataclass(SteerSpec, section, "steer")
+    spec.validate()
+    out = Path(spec.out or Path("logs") / _name(cfg, spec) / "steer")
+    policy = _policy(cfg)
+    tokenizer = load_tokenizer(policy)
+    model = load_model(policy, tokenizer).to(_device(spec.device)).eval()
+    dm = _datamodule(cfg)
+    dm.connect(tokenizer, "pair")
+    dm.setup("validate" if spec.vector else "fit")
+    val_sets = {name: dm.log_prefix("val", name) for name in dm.val_sources}
+    if not val_sets:
+        raise LitAlignError("steer: the config has no validation sets (data.init_args.val) to evaluate on")
+    n_blocks = len(steering_blocks(model)[0])
+    if spec.vector:
+        vector = SteeringVector.load(spec.vector)
+        vector.check(model, spec.check, tokenizer)
+    else:
+        vector = extract(model, dm.eval_loader("train"), spec.layers, spec.read, spec.method, spec.n_pairs,
+                         tokenizer=tokenizer, chat_template=Tokenizer(tokenizer, dm.spec).use_template,
+                         source=dm.summaries["train"].source)
+    layers = vector.layers if spec.layers == "all" or spec.vector is None else [
+        i % n_blocks for i in spec.layers]
+    paths = {"vector": vector.save(out / "vector.safetensors")}
+    multipliers = [float(m) for m in spec.multipliers]
+
+    rows, summary = [], []
+    progress = _Progress(len(val_sets) * len(layers))
+    try:
+        for set_name, split in val_sets.items():
+            loader = dm.eval_loader(split)
+            base = contrast_margins(model, loader)                     # multiplier 0: the same for every layer
+            for layer in layers:
+                margins = []
+                with vector.apply(model, 0.0, [layer], spec.positions, check="none") as steering:
+                    for m in multipliers:
+                        steering.multiplier = m
+                        margins.append(base if m == 0 else contrast_margins(model, loader, steering))
+                for m, mg in zip(multipliers, margins):
+                    rows.append({"set": set_name, "layer": layer, "multiplier": m, "p_match": p_match(mg),
+                                 "match_rate": match_rate(mg), "margin": float(mg.mean()), "n": mg.numel()})
+                by_m = [r["p_match"] for r in rows[-len(multipliers):]]
+                lo, hi = multipliers.index(min(multipliers)), multipliers.index(max(multipliers))
+                slopes = steerability(torch.stack(margins), multipliers) if len(set(multipliers)) > 1 else None
+                summary.append({"set": set_name, "layer": layer, "p_match_0": p_match(base),
+                                "p_match_m_min": by_m[lo], "p_match_m_max": by_m[hi],
+                                "steerability": float(slopes.mean()) if slopes is not None else float("nan"),
+                                "anti_steerable": float((slopes < 0).float().mean()) if slopes is not None
+                                else float("nan"), "n": base.numel()})
+                progress.step(f"{set_name} layer {layer}: p_match {by_m[lo]:.3f} (m={min(multipliers):g}) .. "
+                              f"{by_m[hi]:.3f} (m={max(multipliers):g})")
+    finally:
+        progress.close()
+    out.mkdir(parents=True, exist_ok=True)
+    paths["csv"] = _write_csv(out / "steer.csv", CSV_COLUMNS, rows)
+    paths["summary"] = _write_csv(out / "steer_summary.csv", SUMMARY_COLUMNS, summary)
+    paths["summary_md"] = _write_markdown(out / "steer_summary.md", summary, vector)
+    paths["figure"] = plot_steering(rows, out / "steer.png", title=f"CAA: {policy.name}, {vector.n_pairs} pairs "
+                                    f"({vector.method}, read at {vector.read})")
+    return paths
+
+
+def _write_csv(path: Path, columns: tuple[str, ...], rows: list[dict]) -> Path:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in r.items()})
+    return path
+
+
+def _write_markdown(path: Path, summary: list[dict], vector: SteeringVector) -> Path:
+    lines = [f"Steering vector: {vector.method}, read at {vector.read}, {vector.n_pairs} pairs from {vector.source}.",
+             "steerability = mean over items of the least-squares slope of log π(m) - log π(nm) against the "
+             "multiplier; anti-steerable = share of items whose slope is negative.", "",
+             "| set | layer | |v| | p_match (m=0) | p_match (min m) | p_match (max m) | steerability | anti-steerable | n |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    norms = vector.norms
+    for r in summary:
+        lines.append(f"| {r['set']} | {r['layer']} | {norms[r['layer']]:.3g} | {r['p_match_0']:.3f} | "
+                     f"{r['p_match_m_min']:.3f} | {r['p_match_m_max']:.3f} | {r['steerability']:.3f} | "
+                     f"{r['anti_steerable']:.2f} | {r['n']} |")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        started = time.time()
+        paths = run_steer(parse_args(argv))
+    except LitAlignError as e:
+        print(f"\nlit_align steer: error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    print(f"steering done in {time.time() - started:.0f} s", flush=True)
+    for what, label in (("vector", "vector:       "), ("csv", "grid:         "), ("summary", "summary:      "),
+                        ("summary_md", "summary (md): "), ("figure", "figure:       ")):
+        print(f"{label}{paths[what]}", flush=True)
