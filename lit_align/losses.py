@@ -84,8 +84,8 @@ def ipo_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor,
 
         l = (h - 1/(2β))²
 
-    The paper's h uses summed log-probs; implementations often length-normalise them (see DPO's
-    `length_normalize`). `label_smoothing` is not used.
+    The paper writes h with sequence log-probs; its authors' code and TRL divide each log-prob by its token
+    count (`preference_loss(length_normalize=True)`, DPO's default for ipo). `label_smoothing` is not used.
     """
     h = _logits(policy_chosen, policy_rejected, ref_chosen, ref_rejected)
     losses = (h - 1 / (2 * beta)) ** 2
@@ -112,6 +112,28 @@ PREFERENCE_LOSSES: dict[str, Callable[..., PreferenceLoss]] = {
     "hinge": hinge_loss,
 }
 """Loss variants by the name a config gives them (`DPO.loss`)."""
+SMOOTHED_LOSSES = ("sigmoid", "robust")
+"""The variants that use `label_smoothing` (the others ignore it)."""
+
+
+def preference_loss(name: str, policy_logps: Tensor, ref_logps: Tensor, tokens: Tensor, beta: float = 0.1,
+                    label_smoothing: float = 0.0, length_normalize: bool = False) -> PreferenceLoss:
+    """The preference loss `name` of PREFERENCE_LOSSES on (B, 2) sequence log-probs [chosen, rejected] of the
+    policy (with gradient) and the reference, with (B, 2) target-token counts.
+
+    With `length_normalize` the loss sees every log π divided by its continuation's token count,
+    log π(y|x) / |y| (SimPO; the IPO authors' and TRL's IPO), but the rewards are always those of the whole
+    sequence, β (log π(y|x) - log π_ref(y|x)), detached: the metric means one thing whatever the loss saw.
+    """
+    pi, pi_ref = policy_logps, ref_logps
+    if length_normalize:
+        pi, pi_ref = pi / tokens, pi_ref / tokens
+    out = PREFERENCE_LOSSES[name](pi[:, 0], pi[:, 1], pi_ref[:, 0], pi_ref[:, 1], beta=beta,
+                                  label_smoothing=label_smoothing)
+    if length_normalize:
+        out.chosen_rewards, out.rejected_rewards = _rewards(policy_logps[:, 0], policy_logps[:, 1], ref_logps[:, 0],
+                                                            ref_logps[:, 1], beta)
+    return out
 
 
 def chosen_nll(chosen_logps: Tensor, chosen_tokens: Tensor) -> Tensor:

@@ -93,25 +93,32 @@ def test_variants_length_normalisation_and_nll(batch):
     ratio = pol.logps - ref.logps                                        # (B, 2)
     assert _mean(sums, "rewards/accuracy") == (ratio[:, 0] > ratio[:, 1]).float().mean().item()
 
-    for loss, expect in (("ipo", (h - 1.0) ** 2), ("hinge", torch.relu(1 - 0.5 * h))):
-        other = DPO(beta=0.5, loss=loss)
+    t = pol.tokens.float()
+    normed = (pol.logps - ref.logps) / t                                 # (B, 2)
+    hn = normed[:, 0] - normed[:, 1]
+    # IPO follows its authors (and TRL): per-token mean log-ratios by default; the paper's sums on request
+    for loss, normalize, expect in (("ipo", None, (hn - 1.0) ** 2), ("ipo", False, (h - 1.0) ** 2),
+                                    ("hinge", None, torch.relu(1 - 0.5 * h))):
+        other = DPO(beta=0.5, loss=loss, length_normalize=normalize)
         other.configure_model()
         other.model.load_state_dict(base.model.state_dict())
-        assert _mean(other.step(batch), "loss") == pytest.approx(expect.mean().item(), abs=1e-4)
+        sums = other.step(batch)
+        assert _mean(sums, "loss") == pytest.approx(expect.mean().item(), abs=1e-4)
+        assert _mean(sums, "rewards/margins") == pytest.approx((0.5 * (ratio[:, 0] - ratio[:, 1])).mean().item(),
+                                                               abs=1e-5)
 
     norm = DPO(beta=0.5, length_normalize=True, nll_weight=0.5)
     norm.configure_model()
     norm.model.load_state_dict(base.model.state_dict())
-    t = pol.tokens.float()
-    normed = (pol.logps - ref.logps) / t                                 # (B, 2)
-    hn = normed[:, 0] - normed[:, 1]
     nll = -pol.logps[:, 0] / t[:, 0]
     sums = norm.step(batch)
     assert _mean(sums, "loss") == pytest.approx((torch.nn.functional.softplus(-0.5 * hn) + 0.5 * nll).mean().item(),
                                                 abs=1e-5)
     assert _mean(sums, "nll") == pytest.approx(nll.mean().item(), abs=1e-5)
-    assert _mean(sums, "rewards/chosen") == pytest.approx(
-        (0.5 * (pol.logps[:, 0] - ref.logps[:, 0]) / t[:, 0]).mean().item(), abs=1e-5)
+    # the logged rewards are β(log π - log π_ref) of the whole sequence, as documented, not the normalised ones
+    for j, name in enumerate(("chosen", "rejected")):
+        assert _mean(sums, f"rewards/{name}") == pytest.approx((0.5 * ratio[:, j]).mean().item(), abs=1e-5)
+    assert (normed[:, 0] - ratio[:, 0]).abs().max() > 0.1   # (the two differ on this batch)
 
 
 def test_bad_settings_are_refused():
@@ -121,6 +128,12 @@ def test_bad_settings_are_refused():
         DPO(beta=0)
     with pytest.raises(LitAlignError, match="label_smoothing"):
         DPO(label_smoothing=0.5)
+    for loss in ("ipo", "hinge"):   # they ignore it: an error, not silence
+        with pytest.raises(LitAlignError, match=f"label_smoothing 0.1 has no effect with loss {loss}"):
+            DPO(loss=loss, label_smoothing=0.1)
+    assert DPO(loss="robust", label_smoothing=0.1).label_smoothing == 0.1
+    assert [DPO(loss=loss).length_normalize for loss in ("sigmoid", "robust", "ipo", "hinge")] == [
+        False, False, True, False]
 
 
 # -- pair-specific bad input, through the data module ---------------------------------------------------

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lit_align.losses import (PREFERENCE_LOSSES, chosen_nll, dpo_sigmoid_loss, hinge_loss, ipo_loss, nll,
-                              robust_dpo_loss)
+                              preference_loss, robust_dpo_loss)
 
 # One pair: policy log-probs (chosen, rejected) = (-1, -3), reference (-2, -2.5)
 #   h = (-1 - -3) - (-2 - -2.5) = 2 - 0.5 = 1.5;  β = 0.5 -> βh = 0.75
@@ -25,6 +25,7 @@ def _pair(requires_grad=False):
 def test_constants_are_what_they_say():
     assert SOFTPLUS_NEG == pytest.approx(math.log1p(math.exp(-0.75)), abs=1e-15)
     assert SOFTPLUS_POS == pytest.approx(math.log1p(math.exp(0.75)), abs=1e-15)
+    assert SOFTPLUS_NORM == pytest.approx(math.log1p(math.exp(-0.3125)), abs=1e-15)
 
 
 @pytest.mark.parametrize("fn, kwargs, expected", [
@@ -41,6 +42,27 @@ def test_hand_computed(fn, kwargs, expected):
     assert out.losses.item() == pytest.approx(expected, abs=1e-6)
     assert out.chosen_rewards.item() == pytest.approx(0.5)
     assert out.rejected_rewards.item() == pytest.approx(-0.25)
+
+
+# The same pair with 2 chosen and 4 rejected tokens, length-normalised: policy (-0.5, -0.75), reference
+# (-1, -0.625): h = 0.25 + 0.375 = 0.625, βh = 0.3125. The rewards stay those of the sequences (0.5, -0.25),
+# not of the per-token means (0.25, -0.0625).
+SOFTPLUS_NORM = 0.5490548622706681      # log(1 + e^-0.3125)
+
+
+@pytest.mark.parametrize("name, normalize, expected", [
+    ("sigmoid", False, SOFTPLUS_NEG),
+    ("sigmoid", True, SOFTPLUS_NORM),
+    ("ipo", False, 0.25),                # (1.5 - 1)²
+    ("ipo", True, 0.140625),             # (0.625 - 1)²
+    ("hinge", True, 0.6875),             # max(0, 1 - 0.3125)
+])
+def test_preference_loss_normalises_the_loss_not_the_rewards(name, normalize, expected):
+    pc, pr, rc, rr = _pair()
+    out = preference_loss(name, torch.stack([pc, pr], 1), torch.stack([rc, rr], 1), torch.tensor([[2, 4]]),
+                          beta=BETA, length_normalize=normalize)
+    assert out.losses.item() == pytest.approx(expected, abs=1e-6)
+    assert (out.chosen_rewards.item(), out.rejected_rewards.item()) == (pytest.approx(0.5), pytest.approx(-0.25))
 
 
 def test_rewards_are_detached_and_gradient_is_dpo():

@@ -8,7 +8,8 @@ the continuation's target tokens only (the prompt is context; the end token coun
     ℓ   = -log σ(βh)                                    loss: sigmoid  (label_smoothing ε: cDPO,
                                                                         -(1-ε) log σ(βh) - ε log σ(-βh))
           (-(1-ε) log σ(βh) + ε log σ(-βh)) / (1-2ε)    loss: robust   (Chowdhury et al. 2024)
-          (h - 1/(2β))²                                  loss: ipo      (Azar et al. 2023)
+          (h - 1/(2β))²                                  loss: ipo      (Azar et al. 2023; length-normalised
+                                                                        log-probs by default, see below)
           max(0, 1 - βh)                                 loss: hinge    (SLiC / RSO)
         + α · (-log π_θ(y_w|x) / |y_w|)                  nll_weight α > 0: an NLL term on the chosen
                                                          continuation, a per-token mean per pair (RPO)
@@ -16,13 +17,17 @@ the continuation's target tokens only (the prompt is context; the end token coun
 The mean is over the pairs of the whole optimizer step (every accumulated micro-batch, every device; see
 objectives/base.py). π_ref is a constant: no gradient flows into it (reference.py: a frozen copy, the LoRA
 policy with its adapter disabled, or a precomputed cache). With `length_normalize`, every log π (policy
-and reference) is divided by its continuation's token count before h is formed (as in SimPO / the IPO
-implementations); the NLL term is a per-token mean either way. Chosen and rejected rows run through the
+and reference) is divided by its continuation's token count before h is formed (as in SimPO); the NLL
+term is a per-token mean either way. `length_normalize` defaults to true for loss ipo and false for the
+others: IPO follows its authors (Azar et al.'s code, confirmed to TRL, whose IPO does the same), for whom
+h is a difference of per-token mean log-ratios and 1/(2β) a target on that scale; set it to false for the
+paper's summed log-probs. `label_smoothing` > 0 with a loss that does not use it (ipo, hinge) is refused. Chosen and rejected rows run through the
 policy in ONE forward pass (rows [0:B] chosen, [B:2B] rejected; collate.py), or, with `packed`, as one
 row per pair holding the prompt once (collate_packed); log-probs are fp32 (logprobs.py). Record weights are not used. With π_θ = π_ref the sigmoid loss is exactly log 2.
 
 Metrics (train per optimizer step, every validation set per epoch), each a mean over pairs:
-{split}/loss, {split}/rewards/chosen = β(log π_θ(y_w|x) - log π_ref(y_w|x)) (detached),
+{split}/loss, {split}/rewards/chosen = β(log π_θ(y_w|x) - log π_ref(y_w|x)) (detached; the sequence
+log-probs, never length-normalised, whatever the loss saw),
 {split}/rewards/rejected, {split}/rewards/margins (chosen - rejected), {split}/rewards/accuracy (share of
 pairs whose chosen reward is strictly higher), {split}/logps/chosen and {split}/logps/rejected (policy,
 summed over the continuation's tokens, not length-normalised), {split}/logps/margins (chosen - rejected)
@@ -35,7 +40,7 @@ from __future__ import annotations
 
 from lit_align.errors import LitAlignError
 from lit_align.logprobs import LogpsFn, SeqLogps, packed_logps, sequence_logps
-from lit_align.losses import PREFERENCE_LOSSES, chosen_nll
+from lit_align.losses import PREFERENCE_LOSSES, SMOOTHED_LOSSES, chosen_nll, preference_loss
 from lit_align.models import ModelSpec
 from lit_align.objectives.base import Objective, OptimSpec, Sums, pair_sums
 from lit_align.reference import ReferenceSpec, build_reference
@@ -52,7 +57,7 @@ class DPO(Objective):
         loss: str = "sigmoid",
         label_smoothing: float = 0.0,
         nll_weight: float = 0.0,
-        length_normalize: bool = False,
+        length_normalize: bool | None = None,
         reference: ReferenceSpec | None = None,
         packed: bool = False,
     ):
@@ -62,9 +67,11 @@ class DPO(Objective):
             optim: AdamW and the learning-rate schedule.
             beta: β, the strength of the implicit KL penalty towards the reference (IPO: its τ).
             loss: sigmoid (DPO; with label_smoothing: cDPO), robust, ipo or hinge.
-            label_smoothing: ε, the assumed probability that a preference label is flipped (sigmoid, robust).
+            label_smoothing: ε, the assumed probability that a preference label is flipped (sigmoid, robust;
+                an error with ipo or hinge, which do not use it).
             nll_weight: α, weight of an NLL term on the chosen continuation (0: none).
-            length_normalize: divide every sequence log-prob by its token count before the loss.
+            length_normalize: divide every sequence log-prob by its token count before the loss (the logged
+                rewards and logps stay those of the sequence). None: true for ipo (as its authors), else false.
             reference: where π_ref comes from: mode copy (a frozen model), disable_adapter (the LoRA
                 policy's base) or cache (a precomputed file).
             packed: one row per pair: the prompt once, then chosen and rejected, each attending to the prompt
@@ -78,10 +85,14 @@ class DPO(Objective):
             raise LitAlignError(f"beta must be > 0, not {beta}")
         if not 0 <= label_smoothing < 0.5:
             raise LitAlignError(f"label_smoothing must be in [0, 0.5), not {label_smoothing}")
+        if label_smoothing > 0 and loss not in SMOOTHED_LOSSES:
+            raise LitAlignError(f"label_smoothing {label_smoothing} has no effect with loss {loss} (only "
+                                f"{' and '.join(SMOOTHED_LOSSES)} use it); set label_smoothing: 0 or another loss")
         if nll_weight < 0:
             raise LitAlignError(f"nll_weight must be >= 0, not {nll_weight}")
         self.beta, self.loss_name, self.label_smoothing = beta, loss, label_smoothing
-        self.nll_weight, self.length_normalize = nll_weight, length_normalize
+        self.nll_weight = nll_weight
+        self.length_normalize = loss == "ipo" if length_normalize is None else length_normalize
         self.packed = packed
         if packed:
             self.kind = "packed_pair"
@@ -123,11 +134,8 @@ class DPO(Objective):
         if not (ref.tokens == policy.tokens).all():
             raise LitAlignError("the reference log-probs do not cover the same tokens as the policy's (a stale "
                                 "reference cache, or a reference with another tokenizer)")
-        pi, pi_ref = policy.logps, ref.logps
-        if self.length_normalize:
-            pi, pi_ref = pi / policy.tokens, pi_ref / policy.tokens
-        out = PREFERENCE_LOSSES[self.loss_name](pi[:, 0], pi[:, 1], pi_ref[:, 0], pi_ref[:, 1], beta=self.beta,
-                                                label_smoothing=self.label_smoothing)
+        out = preference_loss(self.loss_name, policy.logps, ref.logps, policy.tokens, self.beta, self.label_smoothing,
+                              self.length_normalize)                  # rewards: of the sequences
         losses = out.losses                                          # (B,)
         n_pairs = losses.shape[0]
         sums = {}

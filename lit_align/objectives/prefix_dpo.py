@@ -41,7 +41,7 @@ class PrefixDPO(DPO):
         loss: str = "sigmoid",
         label_smoothing: float = 0.0,
         nll_weight: float = 0.0,
-        length_normalize: bool = False,
+        length_normalize: bool | None = None,
         reference: ReferenceSpec | None = None,
         shared_context: bool = True,
     ):
@@ -51,9 +51,11 @@ class PrefixDPO(DPO):
             optim: AdamW and the learning-rate schedule.
             beta: β, the strength of the implicit KL penalty towards the reference (IPO: its τ).
             loss: sigmoid (DPO; with label_smoothing: cDPO), robust, ipo or hinge.
-            label_smoothing: ε, the assumed probability that a preference label is flipped (sigmoid, robust).
+            label_smoothing: ε, the assumed probability that a preference label is flipped (sigmoid, robust;
+                an error with ipo or hinge).
             nll_weight: α, weight of an NLL term on the chosen continuation (0: none).
-            length_normalize: divide every sequence log-prob by its token count before the loss.
+            length_normalize: divide every sequence log-prob by its token count before the loss (see DPO).
+                None: true for ipo, else false.
             reference: where π_ref comes from: mode copy, disable_adapter or cache (see DPO).
             shared_context: run each pair's context once and reuse its key/value cache (false: run the
                 context with each continuation; needed with gradient checkpointing, which turns the
