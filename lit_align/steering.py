@@ -41,8 +41,9 @@ anti-steerable items (slope < 0).
 
 Usage:
 
-    from lit_align.steering import SteeringVector, extract, contrast_margins
-    vector = extract(model, datamodule.eval_loader("train"), layers=[2, 3], tokenizer=tokenizer)
+    from lit_align.steering import SteeringVector, contrast_margins, extract_from_data
+    datamodule.connect(tokenizer, "pair"); datamodule.setup("fit")       # an AlignDataModule
+    vector = extract_from_data(model, datamodule, "train", layers=[2, 3])  # or extract(model, batches, ...)
     vector.save("logs/caa/vector.safetensors")
     vector = SteeringVector.load("logs/caa/vector.safetensors")
     with vector.apply(model, multiplier=2.0, layers=[3]) as steer:     # positions="after_prompt"
@@ -231,7 +232,7 @@ class SteeringVector:
             with safe_open(str(path), framework="pt") as f:
                 meta = json.loads((f.metadata() or {}).get("lit_align.steering", "null"))
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except (OSError, ValueError, RuntimeError) as e:
+        except Exception as e:  # safetensors raises its own SafetensorError (not an OSError) on a corrupt file
             raise LitAlignError(f"steering vector {path}: not a readable safetensors file ({e})") from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise LitAlignError(f"steering vector {path}: no lit_align steering metadata (not written by "
@@ -493,14 +494,27 @@ def extract(model: torch.nn.Module, batches: Iterable[dict], layers: "list[int] 
                           method, read, n, source, {i: s / (2 * n) for i, s in norms.items()})
 
 
+def extract_from_data(model: torch.nn.Module, datamodule, split: str = "train", **options) -> SteeringVector:
+    """`extract` over a set-up AlignDataModule's split (connected with kind "pair"), in file order, recording its
+    tokenizer, whether prompts were rendered with the chat template, and the source. `options`: those of
+    `extract` (layers, read, method, max_pairs)."""
+    from lit_align.data.tokenize import Tokenizer
+
+    if datamodule.tokenizer is None or split not in datamodule.splits:
+        raise LitAlignError(f"steering: the data module has no split '{split}' set up: connect(tokenizer, 'pair') "
+                            "and setup() it first")
+    return extract(model, datamodule.eval_loader(split), tokenizer=datamodule.tokenizer,
+                   chat_template=Tokenizer(datamodule.tokenizer, datamodule.spec).use_template,
+                   source=datamodule.summaries[split].source, **options)
+
+
 def _direction(d: Tensor, method: str) -> Tensor:
     """(n, H) differences -> (H,) direction (module docstring)."""
     mean = d.mean(0)
     if method == "mean_diff" or d.shape[0] == 1:
         return mean
-    u = torch.linalg.svd(d, full_matrices=False).Vh[0]                  # (H,) unit
-    proj = u @ mean
-    return u * proj if proj >= 0 else -u * proj  # sign along the mean difference, scaled to its component: |u·d̄|
+    u = torch.linalg.svd(d, full_matrices=False).Vh[0]                  # (H,) unit, sign arbitrary
+    return (u @ mean) * u  # the mean difference's component along u: along +d̄ whatever u's sign, norm |u·d̄|
 
 
 # -- evaluation ---------------------------------------------------------------------------------------------

@@ -41,7 +41,8 @@ import yaml
 
 from lit_align.errors import LitAlignError
 from lit_align.models import LoraSpec, ModelSpec, load_model, load_tokenizer
-from lit_align.steering import (CHECKS, METHODS, POSITIONS, READS, SteeringVector, contrast_margins, extract,
+from lit_align.steering import (CHECKS, METHODS, POSITIONS, READS, SteeringVector, contrast_margins,
+                                extract_from_data,
                                 match_rate, p_match, steerability, steering_blocks)
 
 CSV_COLUMNS = ("set", "layer", "multiplier", "p_match", "match_rate", "margin", "n")
@@ -210,19 +211,21 @@ class _Progress:
             self.bar.stop()
 
 
+def read_config(cfg: dict) -> tuple[SteerSpec, ModelSpec, "AlignDataModule"]:  # noqa: F821
+    """The config's steer section, policy and (not yet set up) data module, checked; nothing is loaded."""
+    spec = _dataclass(SteerSpec, cfg.get("steer") or {}, "steer")
+    spec.validate()
+    return spec, _policy(cfg), _datamodule(cfg)
+
+
 def run_steer(cfg: dict) -> dict[str, Path]:
     """Extract (or load), evaluate the grid, write the outputs; returns {what: path}."""
-    from lit_align.data.tokenize import Tokenizer
     from lit_align.plots import plot_steering
 
-    section = cfg.get("steer") or {}
-    spec = _dataclass(SteerSpec, section, "steer")
-    spec.validate()
+    spec, policy, dm = read_config(cfg)
     out = Path(spec.out or Path("logs") / _name(cfg, spec) / "steer")
-    policy = _policy(cfg)
     tokenizer = load_tokenizer(policy)
     model = load_model(policy, tokenizer).to(_device(spec.device)).eval()
-    dm = _datamodule(cfg)
     dm.connect(tokenizer, "pair")
     dm.setup("validate" if spec.vector else "fit")
     val_sets = {name: dm.log_prefix("val", name) for name in dm.val_sources}
@@ -233,9 +236,8 @@ def run_steer(cfg: dict) -> dict[str, Path]:
         vector = SteeringVector.load(spec.vector)
         vector.check(model, spec.check, tokenizer)
     else:
-        vector = extract(model, dm.eval_loader("train"), spec.layers, spec.read, spec.method, spec.n_pairs,
-                         tokenizer=tokenizer, chat_template=Tokenizer(tokenizer, dm.spec).use_template,
-                         source=dm.summaries["train"].source)
+        vector = extract_from_data(model, dm, "train", layers=spec.layers, read=spec.read, method=spec.method,
+                                   max_pairs=spec.n_pairs)
     layers = vector.layers if spec.layers == "all" or spec.vector is None else [
         i % n_blocks for i in spec.layers]
     paths = {"vector": vector.save(out / "vector.safetensors")}

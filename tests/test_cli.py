@@ -6,10 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from conftest import REPO, run_cli
 
-# configs/sweeps/ holds sweep files (lit_align.sweep), not LightningCLI configs: tests/test_sweep.py parses them
-CONFIGS = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").rglob("*.yaml") if "sweeps" not in p.parts)
+# configs/sweeps/ holds sweep files (lit_align.sweep), not LightningCLI configs: tests/test_sweep.py parses them;
+# configs with a `steer:` section are for `lit_align steer`: tests/test_steering.py parses them
+CONFIGS = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").rglob("*.yaml")
+                 if "sweeps" not in p.parts and "steer" not in (yaml.safe_load(p.read_text()) or {}))
 TINY = ["--model.init_args.policy.name", "builtin:tiny", "--data.init_args.train.limit", "64",
         "--data.init_args.val.val.limit", "16", "--data.init_args.batch_size", "4",
         "--trainer.val_check_interval", "3", "--trainer.logger.init_args.name", "cli_test"]
