@@ -276,6 +276,39 @@ def test_generation_with_the_kv_cache_is_steered_from_the_prompt_end(tmp_path, t
         assert torch.equal(steered, generate(big, use_cache=False))     # one token a step = the whole sequence
 
 
+def test_fsdp2_sharded_blocks_are_steered_like_plain_ones(tmp_path, tokenizer):
+    """fully_shard turns each block into an FSDP<name> subclass and the embedding into a DTensor: the blocks are
+    still found, the fingerprint still matches, the steered logits equal the unsharded ones (one process, gloo)."""
+    import copy
+
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    dm = _datamodule(tokenizer, _write(tmp_path, _records(4)))
+    model = _llama(tokenizer)
+    vector = _vector(model, dm)
+    batch = next(iter(dm.eval_loader("train")))
+
+    def steered_logits(m):
+        with torch.no_grad(), vector.apply(m, 3.0, layers=[1]) as steer:
+            steer.set_prompt_lengths(batch)
+            return m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+    expected = steered_logits(model)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        mesh = init_device_mesh("cpu", (1,))
+        sharded = copy.deepcopy(model)
+        for block in steering_blocks(sharded)[0]:
+            fully_shard(block, mesh=mesh)
+        fully_shard(sharded, mesh=mesh)
+        assert type(steering_blocks(sharded)[0][1]).__name__ == "FSDPLlamaDecoderLayer"
+        assert torch.allclose(steered_logits(sharded), expected, atol=1e-6)
+    finally:
+        dist.destroy_process_group()
+
+
 # -- evaluation and the metric ------------------------------------------------------------------------------
 
 
