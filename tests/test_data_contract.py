@@ -456,6 +456,37 @@ def test_hh_rlhf_file(tokenizer):
     assert summary.rows == 200 and summary.kept + summary.invalid + sum(summary.dropped.values()) == 200
 
 
+@requires_shared
+def test_hh_rlhf_plain_text_is_the_original_dialogue_token_for_token(tokenizer):
+    """As plain text, an HH row's context is the tokens of its dialogue up to and including the last
+    "\\n\\nAssistant:", each continuation those of the rest + the end token: whitespace inside earlier turns,
+    around the answer and of empty answers stays as given (12 strings differed in whitespace before)."""
+    path = SHARED_DATA / "hh-rlhf" / "harmless-base-test.jsonl.gz"
+    tk = Tokenizer(tokenizer, TokenizeSpec(max_length=100_000, chat_template=False))
+    eos, checked, differ = tokenizer.eos_token_id, 0, []
+    for where, row in read_rows(Source(str(path))):
+        try:
+            (ex,) = to_examples(row, where, "pair")
+        except DataError:   # the 5 rows whose chosen and rejected dialogues differ before the last turn
+            continue
+        out = tk(ex)
+        for j, key in enumerate(("chosen", "rejected")):
+            cut = row[key].rindex("\n\nAssistant:") + len("\n\nAssistant:")
+            if (out.context, out.continuations[j]) != (ids(tokenizer, row[key][:cut]), ids(tokenizer, row[key][cut:]) + [eos]):
+                differ.append(f"{where} {key}")
+        checked += 1
+    assert checked == 2307 and differ == []
+
+
+def test_hh_split_keeps_whitespace_as_given():
+    row = {"chosen": "\n\nHuman: Hi  there \n\nAssistant:  Hello.\n\nHuman: Bye\n\nAssistant:  See you. ",
+           "rejected": "\n\nHuman: Hi  there \n\nAssistant:  Hello.\n\nHuman: Bye\n\nAssistant: No."}
+    (ex,) = to_examples(row, "f:1", "pair")
+    assert ex.prompt == [{"role": "user", "content": "Hi  there "}, {"role": "assistant", "content": " Hello."},
+                         {"role": "user", "content": "Bye"}]
+    assert ex.continuations == ["  See you. ", "No."]   # more than the separator: kept whole
+
+
 def test_hh_style_prompt_text_is_read_as_a_dialogue(tokenizer):
     """Prompt strings in HH form (probe sets, many DPO sets) render like the dialogues of HH records, not as
     one user message that holds "Human:" and "Assistant:"."""

@@ -142,13 +142,23 @@ _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
 def split_hh(dialogue: str, where: str, key: str) -> tuple[list[dict], str]:
     """"\\n\\nHuman: a\\n\\nAssistant: b ..." -> (messages before the last Assistant turn, its text).
 
+    The text is kept as given: only the one space that separates "Human:" / "Assistant:" from a turn is
+    taken off (the plain-text rendering, data/tokenize.py, writes it back), so that rendered as plain text the
+    dialogue is the original string again, whitespace inside and around the turns included. The last answer
+    keeps its leading whitespace whole when more than the separator (the plain rendering then adds none).
     The text may be empty: HH has rows whose preferred answer is to say nothing (the end token alone)."""
     parts = _HH_TURN.split(dialogue)
     if len(parts) < 3 or parts[-2] != "Assistant":
         raise DataError(where, "not an HH dialogue ending with an '\\n\\nAssistant:' turn", field=key)
-    messages = [{"role": "user" if who == "Human" else "assistant", "content": text.strip()}
+    messages = [{"role": "user" if who == "Human" else "assistant", "content": _unseparated(text)}
                 for who, text in zip(parts[1:-2:2], parts[2:-2:2])]
-    return messages, parts[-1].strip()
+    last = parts[-1]
+    return messages, last if last[1:2].isspace() else _unseparated(last)
+
+
+def _unseparated(text: str) -> str:
+    """A turn's text without the space after "Human:" / "Assistant:"."""
+    return text[1:] if text.startswith(" ") else text
 
 
 def _sft_examples(row: dict, where: str, weight, partial) -> list[Example]:

@@ -156,8 +156,8 @@ class Tokenizer:
         room = spec.max_length - floor   # tokens a continuation may have
         conts, cut_cont = [], False
         for text in ex.continuations:
-            if plain_dialogue and not ex.prefix and text and not text[:1].isspace():
-                text = " " + text  # "Assistant: answer", as in the HH dialogues it came from
+            if plain_dialogue and not ex.prefix and not text[:1].isspace():
+                text = " " + text  # "Assistant: answer" (an empty one: "Assistant: "), as in HH dialogues
             ids = self.ids(text)
             if not ex.partial:
                 if self.end_id is None:
