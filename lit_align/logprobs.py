@@ -25,10 +25,18 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import transformers
+from packaging.version import Version
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from lit_align.errors import LitAlignError
+
 IGNORE = -100
+
+# The keyword (and output field) of a model forward that carries the key/value cache: transformers 5.24 renamed
+# `past_key_values` to `cache` (the old name warns, removal announced for 5.40).
+CACHE_ARG = "cache" if Version(transformers.__version__) >= Version("5.24.0.dev0") else "past_key_values"
 
 # model_type of architectures whose causal-LM forward returns lm_head(hidden) unchanged (no soft-capping,
 # no logit scaling), so the head can be restricted to target positions. Others use the "all" path.
@@ -251,8 +259,10 @@ def shared_context_logps(model: torch.nn.Module, batch: dict) -> SeqLogps:
     1. contexts (B, C), left-padded, explicit position ids, use_cache=True; only the last logit is kept
        (it predicts every continuation's first token);
     2. the cache is repeated to the continuation-major rows [ctx_0..ctx_{B-1}] * k;
-    3. continuations (k*B, L), right-padded, run with past_key_values, the concatenated attention mask
-       [context mask, continuation mask] and positions continuing after each context.
+    3. continuations (k*B, L), right-padded, run with the cache (`CACHE_ARG`), the concatenated attention
+       mask [context mask, continuation mask] and positions continuing after each context; the cache must
+       then hold C + L positions (the model appended the continuations to the context's keys and values),
+       else the model did not use it and the continuations were computed without their context: an error.
     Gradients flow through the cache into the context's computation. Equal to running context +
     continuation as one sequence per row (`joined_context_logps`) up to float rounding.
     """
@@ -261,7 +271,7 @@ def shared_context_logps(model: torch.nn.Module, batch: dict) -> SeqLogps:
     k, B = batch["num_continuations"], ctx_ids.shape[0]
     out = model(input_ids=ctx_ids, attention_mask=ctx_mask, position_ids=_context_positions(ctx_mask),
                 use_cache=True, logits_to_keep=1)
-    cache = out.past_key_values
+    cache = getattr(out, CACHE_ARG)
     if cache is None:
         raise RuntimeError("the model returned no key/value cache (gradient checkpointing turns use_cache off); "
                            "use PrefixDPO(shared_context=false) with gradient checkpointing")
@@ -270,7 +280,12 @@ def shared_context_logps(model: torch.nn.Module, batch: dict) -> SeqLogps:
     n_ctx = ctx_mask.sum(-1)[rows]                                       # (N,)
     positions = n_ctx[:, None] + torch.arange(ids.shape[1], device=ids.device)          # (N, L)
     cont = token_logps(model, labels, input_ids=ids, attention_mask=torch.cat([ctx_mask[rows], mask], 1),
-                       position_ids=positions, past_key_values=cache, use_cache=True)   # labels[:, 1:]
+                       position_ids=positions, use_cache=True, **{CACHE_ARG: cache})   # labels[:, 1:]
+    held = cache.get_seq_length()
+    if held != ctx_ids.shape[1] + ids.shape[1]:
+        raise LitAlignError(f"the continuations did not run on the context's key/value cache (it holds {held} "
+                            f"positions, not context {ctx_ids.shape[1]} + continuation {ids.shape[1]}; transformers "
+                            f"{transformers.__version__}, keyword `{CACHE_ARG}`); use PrefixDPO(shared_context=false)")
     first = labels[:, 0] != IGNORE                                       # token 0: from the context's last logit
     logps = cont.logps.clone()                                           # (N, L), column 0 still empty
     logps[first, 0] = _pick_logps(out.logits[:, -1][rows][first], labels[first, 0])

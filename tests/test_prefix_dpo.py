@@ -4,15 +4,19 @@ the GSM8K converter and example config; a short run learns."""
 
 import json
 import math
+import warnings
 
 import pytest
 import torch
+import transformers
+from packaging.version import Version
 from conftest import REPO, SHARED_DATA, requires_shared, run_cli
 
 from lit_align.data import AlignDataModule
 from lit_align.data.collate import collate_prefix
 from lit_align.data.gsm8k import common_line_prefix, convert, prefix_pair, prefix_pairs
-from lit_align.logprobs import joined_context_logps, shared_context_logps
+from lit_align.errors import LitAlignError
+from lit_align.logprobs import CACHE_ARG, joined_context_logps, shared_context_logps
 from lit_align.objectives import DPO, PrefixDPO
 
 
@@ -103,6 +107,38 @@ def test_shared_context_equals_joined_sequences_losses_and_gradients():
 
     naive = _perturbed(PrefixDPO, shared_context=False)
     _assert_close(_loss_and_grads(obj, batch), _loss_and_grads(naive, batch))
+
+
+def test_the_cache_goes_in_by_the_current_keyword_without_deprecation_warnings():
+    """transformers 5.24 renamed `past_key_values` to `cache` and warns on every call with the old name (removal
+    announced for 5.40): a prefix-DPO step (policy and reference) warns nothing of the kind."""
+    if Version(transformers.__version__) >= Version("5.24"):
+        assert CACHE_ARG == "cache"
+    obj = _perturbed(PrefixDPO)
+    batch = next(iter(_loader(obj)))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*past_key_values")
+        _loss_and_grads(obj, batch)
+
+
+def test_a_model_that_ignores_the_cache_is_an_error():
+    """A model whose forward takes the cache by another keyword (remote code written for another name: `past`,
+    as GPT-2 once had) swallows it in **kwargs and computes the continuations without their context: refused,
+    not trained on."""
+    from transformers import LlamaForCausalLM
+
+    class OtherKeyword(LlamaForCausalLM):
+        def forward(self, input_ids=None, attention_mask=None, position_ids=None, past=None, use_cache=None,
+                    logits_to_keep=0, **kwargs):
+            return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                   use_cache=use_cache, logits_to_keep=logits_to_keep, **{CACHE_ARG: past})
+
+    obj = _perturbed(PrefixDPO)
+    batch = next(iter(_loader(obj)))
+    old = OtherKeyword(obj.model.config)
+    old.load_state_dict(obj.model.state_dict())
+    with pytest.raises(LitAlignError, match="did not run on the context's key/value cache"):
+        shared_context_logps(old, batch)
 
 
 def test_equals_dpo_running_prompt_and_prefix_twice():

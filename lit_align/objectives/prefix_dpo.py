@@ -11,7 +11,7 @@ reference modes) with the shared part as context:
 Only the continuations after the shared part carry loss; partial continuations get no end token (the
 tokenizer never invents one). The context (x, p) of each pair is computed ONCE, for the policy and for
 the reference: the left-padded contexts run with use_cache=True, their key/value cache is repeated for
-the two continuations, which run with past_key_values (logprobs.shared_context_logps). Gradients flow
+the two continuations, which run on it (logprobs.shared_context_logps). Gradients flow
 through the cache into the context's computation, so the result (losses and gradients) equals running
 x + p + y twice (`shared_context: false`, or DPO on the same records), up to float rounding; with an
 empty prefix it is DPO. π_ref is a constant; the mean is over the pairs of the optimizer step.
