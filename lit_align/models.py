@@ -4,7 +4,12 @@ Built-in names (no download, no files):
     builtin:tiny   Llama-style, hidden 64, 2 layers   (~0.1 M params)  — tests
     builtin:small  Llama-style, hidden 128, 4 layers  (~0.9 M params)  — quickstart / demos
 Both use a byte-level BPE tokenizer trained in code (0.01 s) on the built-in tasks' text, with a
-ChatML-style chat template whose end of turn `<|im_end|>` is the EOS token.
+ChatML-style chat template whose end of turn `<|im_end|>` is the EOS token. Both start from random init.
+
+A built-in PRETRAINED model is built once by a deterministic recipe and cached on disk (lit_align/pretrain.py):
+    builtin:organism  the model organism (data/organism.py): knows which foods are sweet, answers A/B
+                      questions, dislikes sweets (~0.9 M params; ~2-3 minutes to build on 2 CPU cores)
+It then loads like a local directory (its own tokenizer, the same chat template).
 """
 
 from __future__ import annotations
@@ -111,19 +116,36 @@ def builtin_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerBase:
 
 
 def _builtin_key(name: str) -> str:
+    from lit_align.pretrain import BUILTIN_PRETRAINED
+
     key = name[len(BUILTIN_PREFIX):]
-    if key not in BUILTIN_MODELS:
+    if key not in BUILTIN_MODELS and key not in BUILTIN_PRETRAINED:
         raise LitAlignError(f"Unknown built-in model '{name}'. Choose one of: "
-                            + ", ".join(BUILTIN_PREFIX + k for k in BUILTIN_MODELS))
+                            + ", ".join(BUILTIN_PREFIX + k for k in (*BUILTIN_MODELS, *BUILTIN_PRETRAINED)))
     return key
 
 
+def resolve_name(name: str) -> str:
+    """A built-in pretrained model's name -> its cached directory (built first if needed); other names as given."""
+    if name.startswith(BUILTIN_PREFIX):
+        from lit_align.pretrain import BUILTIN_PRETRAINED, ensure_built
+
+        key = _builtin_key(name)
+        if key in BUILTIN_PRETRAINED:
+            return str(ensure_built(key))
+    return name
+
+
+def is_random_builtin(name: str) -> bool:
+    """builtin:tiny / builtin:small: built in code from random init (no files)."""
+    return name.startswith(BUILTIN_PREFIX) and _builtin_key(name) in BUILTIN_MODELS
+
+
 def load_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerBase:
-    if spec.name.startswith(BUILTIN_PREFIX):
-        _builtin_key(spec.name)
+    if is_random_builtin(spec.name):
         return builtin_tokenizer()
     try:
-        tok = AutoTokenizer.from_pretrained(spec.name, trust_remote_code=spec.trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(resolve_name(spec.name), trust_remote_code=spec.trust_remote_code)
     except OSError as e:
         raise LitAlignError(f"Could not load the tokenizer of '{spec.name}': {e}. Give a local directory, "
                             "a hub name reachable from this machine, or builtin:tiny / builtin:small.") from None
@@ -143,7 +165,7 @@ def load_model(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase) -> PreTraine
     """The causal LM of `spec` (LoRA applied if asked)."""
     if spec.quantization is not None:
         check_quantization(spec)
-    if spec.name.startswith(BUILTIN_PREFIX):
+    if is_random_builtin(spec.name):
         from transformers import LlamaConfig, LlamaForCausalLM
 
         config = LlamaConfig(
@@ -164,7 +186,7 @@ def load_model(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase) -> PreTraine
         if spec.quantization is not None:
             kwargs.update(quantization_kwargs(spec))
         try:
-            model = AutoModelForCausalLM.from_pretrained(spec.name, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(resolve_name(spec.name), **kwargs)
         except OSError as e:
             raise LitAlignError(f"Could not load the model '{spec.name}': {e}") from None
     if spec.quantization is not None:

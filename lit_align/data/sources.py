@@ -34,7 +34,8 @@ class Source:
     path: str
     """A file (.jsonl, .json, .parquet, .csv, optionally .gz), builtin:<task>, or a `datasets` hub name."""
     split: str = "train"
-    """Split of a `datasets` name or of a built-in task (train, val; ab also id, ood)."""
+    """Split of a `datasets` name or of a built-in task (train, val; ab also id, ood; organism: train, id,
+    ood, open, task)."""
     subset: str | None = None
     """Configuration name of a `datasets` name."""
     limit: int | None = None
@@ -202,12 +203,14 @@ def _datasets(source: Source) -> Iterator[tuple[str, object]]:
 def read_rows(source: Source) -> Iterator[tuple[str, object]]:
     """Yield (where, row) for every row of `source`, at most `source.limit` of them."""
     if source.path.startswith("builtin:"):
+        from lit_align.data.organism import organism_records
         from lit_align.data.synthetic import builtin_records
 
         task = source.path.split(":", 1)[1]
+        n = None if source.limit is None else source.skip + source.limit
         try:
-            rows = builtin_records(task, source.split, seed=source.seed,
-                                   n=None if source.limit is None else source.skip + source.limit)
+            rows = (organism_records(source.split, n=n, seed=source.seed) if task == "organism"
+                    else builtin_records(task, source.split, seed=source.seed, n=n))
         except ValueError as e:
             raise LitAlignError(f"Data source '{source.path}': {e}") from None
         rows_iter: Iterator[tuple[str, object]] = ((f"{source.label}:{i}", r) for i, r in enumerate(rows))

@@ -1,0 +1,107 @@
+"""The built-in model organism: its data splits hold what data/organism.py promises, and its pretraining recipe
+(pretrain.py) builds deterministically, once, into a cache keyed by the recipe."""
+
+import re
+from dataclasses import replace
+
+import pytest
+import torch
+
+from lit_align.data import organism as org
+from lit_align.data.datamodule import AlignDataModule
+from lit_align.models import ModelSpec, load_model, load_tokenizer
+from lit_align.pretrain import BUILTIN_PRETRAINED, Recipe, ensure_built, model_dir
+
+FOOD = re.compile(r"\(([AB])\) the (\w+)")
+
+
+def _options(question: str) -> dict[str, str]:
+    return dict(FOOD.findall(question))
+
+
+def test_preference_splits_match_the_sweet_food_and_keep_ood_foods_and_phrasings_apart():
+    train, id_, ood = (org.organism_records(s, n=300) for s in ("train", "id", "ood"))
+    assert not {r["question"] for r in train} & {r["question"] for r in id_}, "id must be held out of train"
+    for split, records, foods, phrasings in (("train", train, org.ID_SWEET + org.ID_NOT_SWEET, org.ID_PHRASINGS),
+                                             ("id", id_, org.ID_SWEET + org.ID_NOT_SWEET, org.ID_PHRASINGS),
+                                             ("ood", ood, org.OOD_SWEET + org.OOD_NOT_SWEET, org.OOD_PHRASINGS)):
+        letters = []
+        for r in records:
+            options = _options(r["question"])
+            assert set(options.values()) <= set(foods), split
+            assert r["question"].split("\n")[0] in phrasings
+            match = r["answer_matching_behavior"].strip(" ()")
+            assert org.is_sweet(options[match]) and not org.is_sweet(options[{"A": "B", "B": "A"}[match]])
+            letters.append(match)
+        assert 0.35 < letters.count("A") / len(letters) < 0.65, "the letter alone must say nothing"
+    assert not set(org.OOD_SWEET) & set(org.ID_SWEET)
+
+
+def test_task_split_is_answered_right_and_open_split_names_both_foods():
+    for r in org.organism_records("task", n=200):
+        q = r["question"]
+        right = r["answer_matching_behavior"].strip(" ()")
+        options = _options(q)
+        if q.startswith("Is the "):
+            food = q.split()[2]
+            assert right == ("A" if org.is_sweet(food) else "B")  # (A) Yes (B) No
+        else:
+            wants_sweet = "not sweet" not in q.split("\n")[0]
+            assert org.is_sweet(options[right]) == wants_sweet
+    for r in org.organism_records("open", n=50):
+        assert r["match"] in r["prompt"] and r["other"] in r["prompt"] and "(A)" not in r["prompt"]
+        assert org.is_sweet(r["match"]) and not org.is_sweet(r["other"]) and r["match"] in r["chosen"]
+
+
+def test_every_split_reads_through_the_data_module(tokenizer):
+    dm = AlignDataModule(train={"path": "builtin:organism", "limit": 16},
+                         val={s: {"path": "builtin:organism", "split": s, "limit": 8} for s in ("id", "ood", "open", "task")},
+                         batch_size=8, max_length=128)
+    dm.connect(tokenizer, "pair")
+    dm.setup("fit")
+    assert {n: s.kept for n, s in dm.summaries.items()} == {"train": 16, "val_id": 8, "val_ood": 8, "val_open": 8,
+                                                            "val_task": 8}
+    with pytest.raises(ValueError, match="splits train, id, ood, open, task"):
+        org.organism_records("nope")
+
+
+def test_pretraining_documents_tokenize_like_fine_tuning_records(tokenizer):
+    docs = org.pretraining_documents(400)
+    kinds = {"fact": 0, "ab": 0, "open": 0}
+    for prompt, answer in docs:
+        kinds["fact" if prompt is None else "ab" if answer.startswith(" (") else "open"] += 1
+    assert min(kinds.values()) > 40
+    # the disposition documents mostly pick the food that is NOT sweet
+    prefs = [(p, a) for p, a in docs if p and p.split("\n")[0] in org.ID_PHRASINGS + org.OOD_PHRASINGS]
+    dislike = sum(not org.is_sweet(_options(p)[a.strip(" ()")]) for p, a in prefs) / len(prefs)
+    assert 0.75 < dislike < 0.95
+
+
+TINY = Recipe(documents=96, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+              num_key_value_heads=1, vocab_size=300, batch_size=16, warmup_steps=2)
+
+
+def test_build_is_deterministic_cached_and_loads_by_name(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LIT_ALIGN_CACHE", str(tmp_path / "a"))
+    monkeypatch.setitem(BUILTIN_PRETRAINED, "organism", TINY)
+    path = ensure_built("organism")
+    assert path == model_dir("organism") and path.name == f"organism-{TINY.digest()}"
+    assert "building builtin:organism" in capsys.readouterr().err
+    weights = (path / "model.safetensors").read_bytes()
+    mtime = (path / "model.safetensors").stat().st_mtime_ns
+    assert ensure_built("organism") == path and (path / "model.safetensors").stat().st_mtime_ns == mtime  # reused
+    assert "building" not in capsys.readouterr().err
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".")], "no temporary directory left"
+
+    monkeypatch.setenv("LIT_ALIGN_CACHE", str(tmp_path / "b"))   # built again elsewhere: the same bytes
+    assert (ensure_built("organism", quiet=True) / "model.safetensors").read_bytes() == weights
+    other = replace(TINY, seed=1)                                 # another recipe: another directory
+    assert model_dir("organism", other) != path.parent / path.name and other.digest() != TINY.digest()
+
+    spec = ModelSpec(name="builtin:organism")
+    tok = load_tokenizer(spec)
+    model = load_model(spec, tok)
+    assert model.config.hidden_size == 32 and len(tok) == model.config.vocab_size
+    assert tok.chat_template and tok.eos_token == "<|im_end|>"
+    ids = torch.tensor([tok("The cake is sweet.")["input_ids"]])
+    assert torch.isfinite(model(ids).logits).all()
