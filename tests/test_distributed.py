@@ -54,6 +54,28 @@ def test_ddp_two_processes_equal_one_with_twice_the_batch(tmp_path, monkeypatch,
                       atol=WTOL)
 
 
+def test_deepspeed_is_refused_for_training():
+    """ZeRO keeps the reduced gradients in its own partitions, out of reach of the exact rescale of p.grad: fit
+    with DeepSpeed is refused with a message (found by class name: no deepspeed needed to say so), every objective."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, SingleDeviceStrategy
+
+    from lit_align.errors import LitAlignError
+    from lit_align.objectives import DPO, SFT, IWSFT, PrefixDPO
+    from lit_align.objectives.base import check_strategy
+
+    deepspeed = object.__new__(DeepSpeedStrategy)   # its __init__ needs deepspeed installed; the class does not
+    for cls in (SFT, IWSFT, DPO, PrefixDPO):
+        obj = cls()
+        obj._trainer = SimpleNamespace(strategy=deepspeed)
+        with pytest.raises(LitAlignError, match="DeepSpeedStrategy is not supported for training.*fsdp2.yaml"):
+            obj.setup("fit")
+        obj.setup("validate")   # evaluation computes no gradients: allowed
+    check_strategy(DDPStrategy())
+    check_strategy(SingleDeviceStrategy("cpu"))
+
+
 # -- GPU-only paths: refused with a plain message without a GPU, exercised with one -----------------------------
 
 

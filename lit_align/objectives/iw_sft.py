@@ -160,6 +160,7 @@ class IWSFT(SFT):
             self.reference.configure(self.model, self.policy_spec, self.tokenizer)
 
     def setup(self, stage: str) -> None:
+        super().setup(stage)
         if self.mode == "resample" and stage == "fit":
             dm = self.trainer.datamodule
             if dm is None or not hasattr(dm, "train_weights"):
