@@ -19,6 +19,9 @@ policy and reference always agree on which tokens count. Three modes (`Reference
                      the same model and data (a β sweep) reuse the files. A file whose stored key differs
                      from the run's is never used: it is rebuilt, or refused when `build: false`, with a
                      message naming what differs (model, tokenizer, template, data, ...).
+
+Whole-split tables (the cache, importance-reweighted SFT's weights and their refresh: `split_logps`) are
+computed once over the data-parallel ranks, each taking every W-th batch, and summed: the one-process table.
 """
 
 from __future__ import annotations
@@ -262,7 +265,8 @@ class CachedReference(Reference):
                     "continuations": len(split.examples[0].continuations)}
             path = Path(self.spec.cache_dir) / f"{name}-{_key(meta)}.pt"
             table = _load_table(path, meta)
-            if table is None:
+            if _any_rank(table is None, datamodule, device):  # computed together (split_logps shards it), so
+                table = None                                    # every rank must take the same branch
                 stale = _stale_report(Path(self.spec.cache_dir), name, meta)
                 if not self.spec.build:
                     raise LitAlignError(
@@ -275,32 +279,16 @@ class CachedReference(Reference):
                 _info(f"reference cache: computing split '{name}' ({len(split.examples)} examples)"
                       + (f"; {stale}" if stale else ""))
                 start = time.perf_counter()
-                table = self._compute(model, datamodule, name, device, forward_context,
-                                      disable_adapter=use_policy and _is_peft(policy))
+                disable = use_policy and _is_peft(policy)
+                table = split_logps(lambda batch: _eval_no_grad(model, batch, self.logps_fn, disable_adapter=disable),
+                                    datamodule, name, device, self.spec.batch_size, forward_context,
+                                    description=f"reference log-probs: {name}")
                 _save_table(path, meta, table)
                 _info(f"reference cache: wrote {path} in {time.perf_counter() - start:.1f} s")
             else:
                 _info(f"reference cache: using {path}")
             self.tables[name], self.files[name] = table, path
         del model  # a loaded copy goes now: no reference model stays in memory during training
-
-    def _compute(self, model, datamodule, name: str, device, forward_context, disable_adapter: bool):
-        from lightning.pytorch.utilities import rank_zero_only
-        from rich.progress import track
-
-        split = datamodule.splits[name]
-        n, k = len(split.examples), len(split.examples[0].continuations)
-        logps = torch.full((n, k), float("nan"))
-        tokens = torch.zeros((n, k), dtype=torch.long)
-        loader = datamodule._loader(name, self.spec.batch_size or datamodule.eval_batch_size, shuffle=False)
-        for batch in track(loader, description=f"reference log-probs: {name}", total=len(loader),
-                           disable=rank_zero_only.rank != 0):
-            batch = {key: v.to(device) if isinstance(v, Tensor) else v for key, v in batch.items()}
-            with forward_context():
-                out = _eval_no_grad(model, batch, self.logps_fn, disable_adapter=disable_adapter)
-            index = batch["index"].cpu()
-            logps[index], tokens[index] = out.logps.float().cpu(), out.tokens.cpu()
-        return logps, tokens
 
     def forward(self, batch: dict, policy: torch.nn.Module) -> SeqLogps:
         name = batch.get("split", "train")
@@ -372,23 +360,88 @@ def _stale_report(cache_dir: Path, name: str, meta: dict) -> str:
 def split_logps(logps_of: Callable[[dict], SeqLogps], datamodule, name: str, device, batch_size: int | None = None,
                 forward_context: Callable = nullcontext, description: str | None = None) -> tuple[Tensor, Tensor]:
     """(n, k) fp32 log-probs and (n, k) target-token counts of every example of split `name`, on CPU, in the
-    split's index order: `logps_of(batch)` over the split's batches, unshuffled."""
+    split's index order: `logps_of(batch)` over the split's batches, unshuffled.
+
+    In a data-parallel run every rank must call it (the work is shared): the split's batches (those of one
+    process, so the numbers are bit for bit those of one process) are dealt out, rank r computing batches
+    r, r + W, ... of W ranks, and the tables summed over the ranks (each entry is computed by one rank, zero
+    on the others: the sum is exact). Every rank runs the same number of forward passes (one repeats a batch
+    when they do not divide evenly), as a sharded model's forward is a collective (FSDP2)."""
+    rank, world = _data_parallel(datamodule)
+    logps, tokens, done = _split_shard(logps_of, datamodule, name, device, batch_size, forward_context,
+                                       description, rank, world)
+    if world > 1:
+        import torch.distributed as dist
+
+        n, k = logps.shape
+        packed = torch.cat([logps.double().reshape(-1), tokens.double().reshape(-1), done.double()]).to(device)
+        dist.all_reduce(packed)   # (2nk + n,) float64: fp32 values and counts < 2^53 survive it exactly
+        packed = packed.cpu()
+        logps, tokens = packed[: n * k].view(n, k).float(), packed[n * k: 2 * n * k].view(n, k).long()
+        done = packed[2 * n * k:].long()
+    if not (done == 1).all():
+        raise LitAlignError(f"log-probs of split '{name}': {int((done != 1).sum())} examples were computed "
+                            f"{sorted(set(done.tolist()) - {1})} times instead of once (a bug; please report it)")
+    return logps, tokens
+
+
+def _split_shard(logps_of: Callable[[dict], SeqLogps], datamodule, name: str, device, batch_size: int | None,
+                 forward_context: Callable, description: str | None, rank: int, world: int
+                 ) -> tuple[Tensor, Tensor, Tensor]:
+    """Rank `rank` of `world`'s part of `split_logps`: (n, k) fp32 log-probs and (n, k) token counts of its
+    batches, zero elsewhere, and (n,) how many times it computed each example (0 or 1)."""
     from lightning.pytorch.utilities import rank_zero_only
     from rich.progress import track
 
     split = datamodule.splits[name]
     n, k = len(split.examples), len(split.examples[0].continuations)
-    logps = torch.full((n, k), float("nan"))
+    bs = batch_size or datamodule.eval_batch_size
+    batches = -(-n // bs)                                      # of one process: [b*bs, (b+1)*bs)
+    mine = list(range(rank, batches, world))
+    steps = -(-batches // world)                              # forward passes of every rank
+    fill = [mine[0] if mine else 0] * (steps - len(mine))     # repeated, results dropped (0 or 1 batch)
+    # the batch that comes out short (the split's last) is the last of its rank's stream, so the loader cuts the
+    # stream into exactly these batches
+    stream = [i for b in mine + fill for i in range(b * bs, min((b + 1) * bs, n))]
+    loader = datamodule._loader(name, bs, shuffle=False, sampler=stream)
+    logps = torch.zeros((n, k))
     tokens = torch.zeros((n, k), dtype=torch.long)
-    loader = datamodule._loader(name, batch_size or datamodule.eval_batch_size, shuffle=False)
-    for batch in track(loader, description=description or f"log-probs: {name}", total=len(loader),
-                       disable=rank_zero_only.rank != 0, transient=True):
+    done = torch.zeros(n, dtype=torch.long)
+    for step, batch in enumerate(track(loader, description=description or f"log-probs: {name}", total=len(loader),
+                                       disable=rank_zero_only.rank != 0, transient=True)):
         batch = {key: v.to(device) if isinstance(v, Tensor) else v for key, v in batch.items()}
         with forward_context():
             out = logps_of(batch)
-        index = batch["index"].cpu()
-        logps[index], tokens[index] = out.logps.detach().float().cpu(), out.tokens.cpu()
-    return logps, tokens
+        if step < len(mine):
+            index = batch["index"].cpu()
+            logps[index], tokens[index] = out.logps.detach().float().cpu(), out.tokens.cpu()
+            done[index] += 1
+    return logps, tokens, done
+
+
+def _data_parallel(datamodule) -> tuple[int, int]:
+    """(rank, world size) among the processes that share the work of `split_logps`: all of them, when they are
+    the data-parallel ranks of the run (DDP, FSDP2 without tensor parallelism); (0, 1) otherwise."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return 0, 1
+    trainer = getattr(datamodule, "trainer", None)
+    replicas = (getattr(trainer, "distributed_sampler_kwargs", None) or {}).get("num_replicas")
+    if replicas != dist.get_world_size():
+        return 0, 1
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _any_rank(flag: bool, datamodule, device) -> bool:
+    """Whether `flag` holds on any of the ranks that share `split_logps` (every one of them must call this)."""
+    if _data_parallel(datamodule)[1] == 1:
+        return flag
+    import torch.distributed as dist
+
+    t = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(t)
+    return bool(t.item() > 0)
 
 
 def reference_split_logps(reference: Reference, policy: torch.nn.Module, datamodule, name: str,

@@ -125,12 +125,27 @@ class CheckReference(Callback):
 
     def __init__(self, mode: str):
         self.mode = mode
+        self.calls, self.prepared = 0, None
+
+    def on_fit_start(self, trainer, pl_module):  # before the objective's on_fit_start (the cache's computation)
+        self.hook = pl_module.model.register_forward_hook(lambda *args: setattr(self, "calls", self.calls + 1))
+
+    def _prepared(self):
+        if self.prepared is None:   # the policy's forward passes while the objective prepared its reference
+            self.prepared = self.calls
+            self.hook.remove()
+
+    def on_sanity_check_start(self, trainer, pl_module):
+        self._prepared()
 
     def on_train_start(self, trainer, pl_module):
+        self._prepared()
         ref = list(pl_module.reference.parameters())
         optimized = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
         if self.mode == "cache":
             assert not ref and pl_module.reference.tables, "a cached reference keeps no model in memory"
+            # the two ranks share the work: train 32 / eval batch 8 = 4 batches, val 16 / 8 = 2, half each
+            assert self.prepared == 3, f"this rank ran {self.prepared} reference batches, not 3 of 6"
             return
         assert ref and all(not p.requires_grad and id(p) not in optimized for p in ref), "reference not frozen"
         assert all(p.device == pl_module.device for p in ref), "reference on another device"
@@ -166,10 +181,12 @@ def test_dpo_under_fsdp2_equals_one_process(tmp_path, monkeypatch, one_thread, m
     assert abs(scalars(logs / "fsdp2" / "version_0", "train/loss")[0] - math.log(2)) < 1e-6
     assert_same_curves(logs / "one" / "version_0", logs / "fsdp2" / "version_0",
                        tags=("train/loss", "train/rewards/margins", "train/rewards/accuracy", "val/loss"))
-    if mode == "cache":  # the same reference numbers, computed by one process and by two sharded ones
-        one, two = (sorted((tmp_path / f"ref_cache_{n}").glob("train-*.pt")) for n in ("one", "two"))
-        assert len(one) == len(two) == 1
-        torch.testing.assert_close(torch.load(two[0])["logps"], torch.load(one[0])["logps"], atol=1e-5, rtol=0)
+    if mode == "cache":  # the same reference numbers, computed by one process and shared by two sharded ones
+        for split in ("train", "val"):
+            one, two = (sorted((tmp_path / f"ref_cache_{n}").glob(f"{split}-*.pt")) for n in ("one", "two"))
+            assert len(one) == len(two) == 1
+            for key in ("logps", "tokens"):
+                assert torch.equal(torch.load(two[0])[key], torch.load(one[0])[key]), (split, key)
         return
     sharded = logs / "fsdp2" / "checkpoints" / "last.ckpt"
     assert sharded.is_dir() and len(list(sharded.glob("*.distcp"))) == 2  # one shard file per rank

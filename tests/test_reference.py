@@ -119,7 +119,7 @@ def test_cache_is_reused_and_holds_no_model(tmp_path, monkeypatch):
     table = first.reference.tables["val"]
 
     # a later run (another β; a resumed run whose policy has moved) finds the files and computes nothing
-    monkeypatch.setattr(CachedReference, "_compute", lambda *a, **k: pytest.fail("recomputed a valid cache"))
+    monkeypatch.setattr("lit_align.reference.split_logps", lambda *a, **k: pytest.fail("recomputed a valid cache"))
     second = DPO(policy=LORA, beta=0.05, reference=ReferenceSpec(mode="cache", cache_dir=str(tmp_path / "cache")))
     second.configure_model()
     _move_lora(second)
@@ -128,6 +128,35 @@ def test_cache_is_reused_and_holds_no_model(tmp_path, monkeypatch):
     batch = next(iter(dm.val_dataloader()[0]))
     looked_up = second.reference(batch, second.model)
     assert torch.equal(looked_up.logps, table[0][batch["index"]])
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_whole_split_tables_shard_over_ranks_exactly(tmp_path, world):
+    """split_logps in a run of W data-parallel ranks: rank r computes the batches r, r + W, ... of the one-process
+    batching, zero elsewhere, so that the sum over ranks (what the all-reduce forms) is bit for bit the
+    one-process table; every rank runs the same number of forward passes (a sharded forward is a collective)."""
+    from lit_align.logprobs import sequence_logps
+    from lit_align.reference import _eval_no_grad, _split_shard, split_logps
+
+    obj = _objective("copy", tmp_path, policy=ModelSpec(name="builtin:tiny"))
+    dm = _data(obj, n=22)                       # eval_batch_size 4: 6 batches, the last of 2 examples
+    single = split_logps(lambda b: _eval_no_grad(obj.model, b, sequence_logps), dm, "train", "cpu")
+    assert single[0].shape == (22, 2) and torch.isfinite(single[0]).all()
+    shards, calls = [], []
+    for rank in range(world):
+        seen = []
+
+        def logps_of(batch):
+            seen.append(batch["index"].tolist())
+            return _eval_no_grad(obj.model, batch, sequence_logps)
+
+        shards.append(_split_shard(logps_of, dm, "train", "cpu", None, torch.no_grad, None, rank, world))
+        calls.append(seen)
+    assert len({len(c) for c in calls}) == 1 and len(calls[0]) == -(-6 // world)      # lockstep: 3 or 2 each
+    assert calls[0][0] == [0, 1, 2, 3] and calls[1][0] == [4, 5, 6, 7]                 # rank r: batch r first
+    assert torch.equal(sum(s[2] for s in shards), torch.ones(22, dtype=torch.long))    # each example once
+    assert torch.equal(sum(s[0] for s in shards), single[0])                            # bit for bit
+    assert torch.equal(sum(s[1] for s in shards), single[1])
 
 
 def test_stale_cache_is_refused_or_rebuilt(tmp_path):
@@ -194,7 +223,7 @@ def test_resume_from_checkpoint(tmp_path, mode, monkeypatch):
     assert state and not any(k.startswith("reference.") for k in state)
     if mode == "cache":
         table = first.reference.tables["train"]
-        monkeypatch.setattr(CachedReference, "_compute", lambda *a, **k: pytest.fail("recomputed a valid cache"))
+        monkeypatch.setattr("lit_align.reference.split_logps", lambda *a, **k: pytest.fail("recomputed a valid cache"))
     second, trainer = fit(4, ckpt_path=str(ckpt))
     assert trainer.global_step == 4
     if mode == "cache":
