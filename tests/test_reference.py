@@ -9,7 +9,7 @@ from lit_align.data import AlignDataModule
 from lit_align.errors import LitAlignError
 from lit_align.models import LoraSpec, ModelSpec
 from lit_align.objectives import DPO, OptimSpec, PrefixDPO
-from lit_align.reference import CachedReference, ReferenceSpec
+from lit_align.reference import ReferenceSpec
 
 LORA = ModelSpec(name="builtin:tiny", lora=LoraSpec(r=4, alpha=8))
 
