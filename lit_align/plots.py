@@ -131,8 +131,9 @@ def plot_sweep(rows: list[dict], metrics: list[str], out: "str | Path", x: str =
             ax.plot(xs, mean, marker="os^D"[i % 4], ls=styles[i % len(styles)], label=f"{g}", color=c, lw=1.6)
             if any(len(by_x[k]) > 1 for k in xs):
                 ax.fill_between(xs, [min(by_x[k]) for k in xs], [max(by_x[k]) for k in xs], color=c, alpha=0.15)
-        if "accuracy" in metric:
+        if "accuracy" in metric or "p_match" in metric:
             ax.axhline(0.5, color="grey", lw=0.6, ls=":")
+        if "accuracy" in metric or "p_match" in metric or "/gen/" in metric:
             ax.set_ylim(-0.02, 1.02)
         ax.set_xscale("log")
         ticks = sorted({float(r[x]) for r in rows})

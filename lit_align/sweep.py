@@ -25,6 +25,20 @@ per objective (the mean over seeds, with a band from the lowest to the highest s
     slurm: {time: "00:30:00", cpus_per_task: 4, gres: null, partition: null, max_parallel: null,
             setup: "source .venv/bin/activate", sbatch: ["--mem=16G"]}
 
+Steering and generation (lit_align/experiments/caa_method.py, generation.py):
+
+    steer: {layers: all, multipliers: [0.5, 1, 2, 4, 8], select: {path: ..., skip: 1024, limit: 64}}
+    generate:                           # generation-scored sets, logged as val_<name>/gen/<scorer>
+      sets: {open: {path: builtin:organism, split: open, limit: 100}}
+      scorer: match                     # generation.SCORERS
+      max_new_tokens: 12
+    objectives:
+      caa: {caa: true, model: ...}      # no training: CAA from the run's `size` training pairs (the policy steered)
+      sft: {then_caa: sft_caa, model: ...}   # after training, CAA on top of the trained policy: result "sft_caa"
+
+A CAA run has the same result keys as a trained run (the evaluation sets' logps/accuracy, ab/p_match, ...), so
+one CSV and one figure hold both.
+
 A run is done when its runs/<run>/result.json exists: a sweep that is run again (after a crash, or as
 another SLURM array) skips finished runs and redoes the others from scratch. Each run ends with one
 validation pass of the final model over every evaluation set (trainer.validate), and those numbers are
@@ -81,11 +95,13 @@ def _read_yaml(path: "str | Path") -> dict:
 
 
 class Sweep:
-    KEYS = {"name", "out", "sizes", "seeds", "epochs", "min_steps", "metrics", "config", "base", "objectives", "slurm"}
+    KEYS = {"name", "out", "sizes", "seeds", "epochs", "min_steps", "metrics", "config", "base", "objectives", "slurm",
+            "steer", "generate"}
+    METHOD_KEYS = ("caa", "then_caa")  # sweep-level keys of an objective entry (not LightningCLI config)
 
-    def __init__(self, path: "str | Path"):
+    def __init__(self, path: "str | Path", overrides: dict | None = None):
         self.path = Path(path).resolve()
-        spec = _read_yaml(self.path)
+        spec = {**_read_yaml(self.path), **(overrides or {})}  # overrides: top-level keys (e.g. sizes, seeds, out)
         unknown = set(spec) - self.KEYS
         if unknown:
             raise LitAlignError(f"{path}: unknown sweep keys {', '.join(sorted(unknown))} (known: "
@@ -103,6 +119,9 @@ class Sweep:
         self.objectives = dict(spec["objectives"])
         self.runs = [Run(i, o, n, s) for i, (o, n, s) in enumerate(
             (o, n, s) for o in self.objectives for n in self.sizes for s in self.seeds)]
+        # results written by another run (`then_caa`): no array task of their own
+        self.derived = {r.name: Run(-1, self.objectives[r.objective]["then_caa"], r.size, r.seed)
+                        for r in self.runs if (self.objectives[r.objective] or {}).get("then_caa")}
 
     # -- one run's config ------------------------------------------------------------------------------
     def _resolve(self, config: dict, where: Path) -> dict:
@@ -123,7 +142,8 @@ class Sweep:
         """The full LightningCLI config of one run."""
         base = self._resolve({"config": self.spec["config"]} if self.spec.get("config") else {}, self.path)
         base = deep_merge(base, self.spec.get("base") or {})
-        cfg = deep_merge(base, self._resolve(self.objectives[run.objective], self.path))
+        entry = {k: v for k, v in (self.objectives[run.objective] or {}).items() if k not in self.METHOD_KEYS}
+        cfg = deep_merge(base, self._resolve(entry, self.path))
         data = cfg.setdefault("data", {}).setdefault("init_args", {})
         train = data.get("train", "builtin:sft")
         train = {"path": train} if isinstance(train, str) else dict(train)
@@ -149,7 +169,8 @@ class Sweep:
         return self.run_dir(run) / "result.json"
 
     def run_one(self, run: Run, quiet: bool = True) -> dict:
-        """Train and validate one run in this process through LitAlignCLI; write and return its result."""
+        """Train and validate one run in this process through LitAlignCLI (a CAA run: extract, select and
+        evaluate a steering vector instead); write and return its result."""
         if self.result_path(run).exists():
             return json.loads(self.result_path(run).read_text())
         from lit_align.cli import LitAlignCLI
@@ -160,14 +181,26 @@ class Sweep:
         run_dir.mkdir(parents=True)
         config_path = run_dir / "config.yaml"
         config_path.write_text(yaml.safe_dump(self.config(run), sort_keys=False))
+        entry = self.objectives[run.objective] or {}
         start = time.perf_counter()
         log = open(run_dir / "log.txt", "w") if quiet else None
+        result = None
         try:
             with _output_to(log):
-                cli = LitAlignCLI(args=["fit", "--config", str(config_path)])
-                metrics: dict[str, float] = {}
-                for d in cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False):
-                    metrics.update({k: float(v) for k, v in d.items()})
+                if entry.get("caa"):
+                    result = self._caa_run(run, config_path, start)
+                else:
+                    cli = LitAlignCLI(args=["fit", "--config", str(config_path)])
+                    metrics: dict[str, float] = {}
+                    for d in cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False):
+                        metrics.update({k: float(v) for k, v in d.items()})
+                    metrics.update(self._generation_metrics(cli.model.model, cli.datamodule))
+                    if entry.get("then_caa"):  # CAA on top of the trained policy, from the same training pairs
+                        t = time.perf_counter()
+                        derived = self.derived[run.name]
+                        self.run_dir(derived).mkdir(parents=True, exist_ok=True)
+                        caa, examples = self._caa_metrics(cli.model.model, cli.model.tokenizer, config_path)
+                        self._write_result(derived, caa, examples, cli.trainer.global_step, time.perf_counter() - t)
         except BaseException:
             if log:
                 traceback.print_exc(file=log)
@@ -176,12 +209,76 @@ class Sweep:
             raise
         if log:
             log.close()
-        dm = cli.datamodule
+        if result is not None:
+            return result
+        return self._write_result(run, metrics, cli.datamodule.summaries["train"].kept, cli.trainer.global_step,
+                                  time.perf_counter() - start)
+
+    def _write_result(self, run: Run, metrics: dict, examples: int, steps: int, wall_s: float) -> dict:
         result = {"run": run.name, "objective": run.objective, "size": run.size, "seed": run.seed,
-                  "train_examples": dm.summaries["train"].kept, "steps": cli.trainer.global_step,
-                  "wall_s": round(time.perf_counter() - start, 2), **metrics}
+                  "train_examples": examples, "steps": steps, "wall_s": round(wall_s, 2), **metrics}
         self.result_path(run).write_text(json.dumps(result, indent=1))
         return result
+
+    # -- steering and generation -----------------------------------------------------------------------
+    def _generate_sets(self) -> tuple[dict, int]:
+        """{name: (records, scorer)} of the `generate:` section, and its max_new_tokens."""
+        from lit_align.data.sources import as_source, read_rows
+
+        spec = self.spec.get("generate") or {}
+        scorer = spec.get("scorer", "match")
+        sets = {name: ([row for _, row in read_rows(as_source(src))], scorer)
+                for name, src in (spec.get("sets") or {}).items()}
+        return sets, int(spec.get("max_new_tokens", 16))
+
+    def _generation_metrics(self, model, datamodule) -> dict[str, float]:
+        from lit_align.generation import generate, score_generations
+
+        sets, max_new = self._generate_sets()
+        out = {}
+        for name, (records, scorer) in sets.items():
+            texts = generate(model, datamodule.tokenizer, [r["prompt"] for r in records], max_new_tokens=max_new,
+                             chat_template=datamodule.spec.chat_template)
+            out[f"{datamodule.log_prefix('val', name)}/gen/{scorer}"] = score_generations(records, texts, scorer)
+        return out
+
+    def _caa_datamodule(self, config_path: Path, tokenizer):
+        """The run's data module (its `size` training pairs, its evaluation sets) plus the CAA selection pairs."""
+        from lit_align.data.datamodule import AlignDataModule
+        from lit_align.experiments.caa_method import SELECT_SPLIT, CAAOptions
+
+        opts = CAAOptions.from_dict(self.spec.get("steer"))
+        args = dict((_read_yaml(config_path).get("data") or {}).get("init_args") or {})
+        args["val"] = {**(args.get("val") or {}), SELECT_SPLIT: opts.select}
+        dm = AlignDataModule(**args)
+        dm.connect(tokenizer, "pair")
+        dm.setup("fit")
+        return dm, opts
+
+    def _caa_metrics(self, model, tokenizer, config_path: Path) -> tuple[dict[str, float], int]:
+        """CAA metrics of `model` (caa_method.py) and the number of training pairs the vector came from."""
+        from lit_align.experiments.caa_method import caa_metrics
+
+        dm, opts = self._caa_datamodule(config_path, tokenizer)
+        sets, max_new = self._generate_sets()
+        return caa_metrics(model, dm, opts, sets, max_new), dm.summaries["train"].kept
+
+    def _policy(self, config_path: Path):
+        from lit_align.steering_cli import _policy
+
+        return _policy(_read_yaml(config_path))
+
+    def _caa_run(self, run: Run, config_path: Path, start: float) -> dict:
+        """A CAA run: no training; the policy of the run's config, steered by a vector from its training pairs."""
+        import lightning
+
+        from lit_align.models import load_model, load_tokenizer
+
+        lightning.seed_everything(run.seed, verbose=False)
+        spec = self._policy(config_path)
+        tokenizer = load_tokenizer(spec)
+        metrics, examples = self._caa_metrics(load_model(spec, tokenizer), tokenizer, config_path)
+        return self._write_result(run, metrics, examples, 0, time.perf_counter() - start)
 
     def run_all(self, subprocess: bool = False) -> None:
         start = time.perf_counter()
@@ -205,7 +302,8 @@ class Sweep:
 
     # -- results ---------------------------------------------------------------------------------------
     def results(self) -> list[dict]:
-        return [json.loads(self.result_path(r).read_text()) for r in self.runs if self.result_path(r).exists()]
+        runs = self.runs + list(self.derived.values())
+        return [json.loads(self.result_path(r).read_text()) for r in runs if self.result_path(r).exists()]
 
     def metrics(self, rows: list[dict]) -> list[str]:
         if self.spec.get("metrics"):
@@ -237,7 +335,7 @@ class Sweep:
                                  title=f"{self.name}: final model, by training examples ({len(self.seeds)} seeds)")
             except ImportError:
                 print("matplotlib is not installed: no figure (pip install matplotlib)", file=sys.stderr)
-        missing = len(self.runs) - len(rows)
+        missing = len(self.runs) + len(self.derived) - len(rows)
         print(f"wrote {csv_path} ({len(rows)} runs{f', {missing} not finished' if missing else ''})"
               + (f" and {png}" if png else ""), flush=True)
         return csv_path, png

@@ -1,0 +1,86 @@
+"""CAA as a method beside the training objectives, for sweeps and experiments: from n contrast pairs, extract a
+steering vector (steering.py), choose its layer and multiplier on HELD-OUT training pairs (never on the
+evaluation sets), then evaluate the steered model on every evaluation set under the objectives' metric names:
+
+    {split}/ab/p_match       mean σ(log π(m|x) − log π(n|x)) (A/B contrast sets)
+    {split}/logps/accuracy   share of items with log π(m|x) > log π(n|x) (the behaviour-match rate)
+    {split}/logps/margins    mean log π(m|x) − log π(n|x)
+    {split}/gen/<scorer>     generation-scored sets (generation.py), steered from the first generated token on
+    caa/layer, caa/multiplier, caa/select_p_match   what the selection chose, and its held-out score
+
+Selection: the (layer, multiplier) with the highest p_match on the selection pairs; ties go to the smaller
+|multiplier|, then the earlier layer. Multiplier 0 (the unsteered model) is always a candidate, so CAA never
+scores below its starting model on the selection pairs. The same procedure runs on top of a fine-tuned policy
+("CAA on SFT": a sweep objective's `then_caa`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from lit_align.errors import LitAlignError
+from lit_align.steering import contrast_margins, extract_from_data, match_rate, p_match
+
+SELECT_SPLIT = "caa_select"
+
+
+@dataclass
+class CAAOptions:
+    """The `steer:` section of a sweep (CAA runs and `then_caa`)."""
+
+    layers: "list[int] | str" = "all"
+    multipliers: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0, 8.0])
+    select: "dict | str | None" = None
+    """The held-out training pairs the layer and multiplier are chosen on (a data source, e.g.
+    {path: builtin:organism, skip: 1024, limit: 64}: rows of the train split no run trains on)."""
+    positions: str = "after_prompt"
+    method: str = "mean_diff"
+    read: str = "answer"
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> "CAAOptions":
+        values = dict(values or {})
+        unknown = set(values) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise LitAlignError(f"steer: unknown option(s) {', '.join(sorted(unknown))} (known: "
+                                f"{', '.join(cls.__dataclass_fields__)})")
+        opts = cls(**values)
+        if opts.select is None:
+            raise LitAlignError("steer.select: give the held-out training pairs to choose the layer and multiplier on")
+        return opts
+
+
+def caa_metrics(model: torch.nn.Module, datamodule, opts: CAAOptions, generate_sets: dict | None = None,
+                max_new_tokens: int = 16) -> dict[str, float]:
+    """Extract from the data module's `train` split, select on its `val_caa_select` split, evaluate every other
+    evaluation split (and `generate_sets`: {name: (records, scorer)}). The data module is connected with kind
+    "pair" and set up, its val sets including SELECT_SPLIT."""
+    from lit_align.generation import generate, score_generations
+
+    select = datamodule.log_prefix("val", SELECT_SPLIT)
+    vector = extract_from_data(model, datamodule, "train", layers=opts.layers, read=opts.read, method=opts.method)
+    candidates = [(0.0, vector.layers[0])] + [(m, layer) for layer in vector.layers for m in opts.multipliers if m != 0]
+    scored = []
+    for m, layer in candidates:
+        with vector.apply(model, m, layers=[layer], positions=opts.positions) as steer:
+            scored.append((p_match(contrast_margins(model, datamodule.eval_loader(select), steer)), -abs(m), -layer, m,
+                           layer))
+    best = max(scored)
+    _, _, _, multiplier, layer = best
+    metrics = {"caa/layer": float(layer), "caa/multiplier": float(multiplier), "caa/select_p_match": best[0]}
+    with vector.apply(model, multiplier, layers=[layer], positions=opts.positions) as steer:
+        for split in datamodule.splits:
+            if not split.startswith("val") or split == select:
+                continue
+            margins = contrast_margins(model, datamodule.eval_loader(split), steer)
+            metrics[f"{split}/logps/accuracy"] = match_rate(margins)
+            metrics[f"{split}/logps/margins"] = float(margins.mean())
+            if datamodule.summaries[split].contrast:
+                metrics[f"{split}/ab/p_match"] = p_match(margins)
+        for name, (records, scorer) in (generate_sets or {}).items():
+            texts = generate(model, datamodule.tokenizer, [r["prompt"] for r in records],
+                             max_new_tokens=max_new_tokens, chat_template=datamodule.spec.chat_template, steering=steer)
+            metrics[f"{datamodule.log_prefix('val', name)}/gen/{scorer}"] = score_generations(records, texts, scorer)
+    return metrics

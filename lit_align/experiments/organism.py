@@ -1,0 +1,88 @@
+"""The steering / model-organism experiment: which method gives the organism (builtin:organism, data/organism.py)
+a disposition it lacks (the sweet food, p_match ≈ 0.13 at the start), how many pairs it needs, whether the change
+reaches new foods and phrasings (ood) and open-ended answers without letters (open), and what it costs the
+capability (task accuracy). The methods, sizes and seeds are the sweep configs/sweeps/organism.yaml: CAA, SFT,
+CAA on top of SFT, IW-SFT (loss and resample) and DPO at n ∈ {8, 32, 128, 512} training pairs x 3 seeds.
+
+    python scripts/organism_experiment.py                    # every run here (~30 min on 2 CPU cores), then:
+        logs/experiments/organism/{results.csv, organism.png, table.md}
+    python scripts/organism_experiment.py --quick            # n ∈ {8, 32}, one seed (a smoke test)
+    python scripts/organism_experiment.py --slurm            # a SLURM job array instead (then --collect)
+    python scripts/organism_experiment.py --collect          # the CSV, figure and table from finished runs
+
+Runs that finished are reused (a rerun after a crash or preemption redoes only the others). Each run goes through
+the package's own code: LitAlignCLI for the objectives, lit_align.steering for CAA (caa_method.py), the same
+evaluation sets and metric names for all. The organism is built on first use (~3 minutes, cached).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from lit_align.errors import LitAlignError
+from lit_align.sweep import Sweep
+
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "sweeps" / "organism.yaml"
+QUICK = {"sizes": [8, 32], "seeds": [0]}
+COLUMNS = (("val_id/ab/p_match", "ID p_match"), ("val_ood/ab/p_match", "OOD p_match"),
+           ("val_open/logps/accuracy", "open: log-prob match"), ("val_open/gen/match", "open: generation match"),
+           ("val_task/logps/accuracy", "task accuracy"))
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown: per method and n, the mean over seeds of each column (± half the seeds' range)."""
+    lines = ["| method | n | " + " | ".join(c for _, c in COLUMNS) + " | seeds |",
+             "|---|---|" + "---|" * len(COLUMNS) + "---|"]
+    methods = list(dict.fromkeys(r["objective"] for r in rows))
+    for m in methods:
+        for n in sorted({int(r["size"]) for r in rows if r["objective"] == m}):
+            cell = [r for r in rows if r["objective"] == m and int(r["size"]) == n]
+            values = []
+            for key, _ in COLUMNS:
+                v = [float(r[key]) for r in cell if r.get(key) not in (None, "")]
+                values.append("" if not v else f"{sum(v) / len(v):.2f}" +
+                              (f" ± {(max(v) - min(v)) / 2:.2f}" if len(v) > 1 else ""))
+            lines.append(f"| {m} | {n} | " + " | ".join(values) + f" | {len(cell)} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="scripts/organism_experiment.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="n in {8, 32}, one seed")
+    parser.add_argument("--out", help="output directory (default: the sweep's, logs/experiments/organism)")
+    parser.add_argument("--policy", help="another starting model for every method (e.g. builtin:tiny in tests)")
+    parser.add_argument("--slurm", action="store_true", help="write a SLURM job array (+ submit.sh) instead of running")
+    parser.add_argument("--collect", action="store_true", help="only the CSV, figure and table from finished runs")
+    parser.add_argument("--config", default=str(CONFIG), help="the sweep file (default: configs/sweeps/organism.yaml)")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        if not Path(args.config).is_file():
+            raise LitAlignError(f"{args.config} is missing: run the experiment from a checkout of the repository")
+        overrides = dict(QUICK) if args.quick else {}
+        if args.out:
+            overrides["out"] = args.out
+        sweep = Sweep(args.config, overrides)
+        if args.policy:
+            sweep.spec["base"]["model"]["init_args"]["policy"]["name"] = args.policy
+        if args.slurm:
+            sbatch, submit = sweep.write_slurm()
+            print(f"wrote {sbatch} ({len(sweep.runs)} array tasks) and {submit}\nsubmit with: bash {submit}; "
+                  f"afterwards: python scripts/organism_experiment.py --collect")
+            return
+        if not args.collect:
+            sweep.run_all()
+        sweep.collect()
+        md = sweep.out / "table.md"
+        md.write_text(table(sweep.results()))
+        print(f"wrote {md}\n\n{md.read_text()}", flush=True)
+    except LitAlignError as e:
+        print(f"\norganism experiment: error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""The steering / model-organism experiment end to end (scripts/organism_experiment.py --quick), on a random-init
+built-in model so that CI does not pretrain the organism: every method's run, CAA's held-out selection, the
+generation-scored open-ended set, the CSV, the figure, the table, and reuse of finished runs."""
+
+import csv
+
+from lit_align.experiments import organism
+
+
+def test_quick_experiment_runs_every_method_and_reuses_finished_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(organism, "QUICK", {"sizes": [8], "seeds": [0]})
+    out = tmp_path / "exp"
+    organism.main(["--quick", "--policy", "builtin:tiny", "--out", str(out)])
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert {r["objective"] for r in rows} == {"caa", "sft", "sft_caa", "iw_sft_loss", "iw_sft_resample", "dpo"}
+    for r in rows:
+        for key in ("val_id/ab/p_match", "val_ood/ab/p_match", "val_task/logps/accuracy", "val_open/gen/match"):
+            assert 0.0 <= float(r[key]) <= 1.0, (r["run"], key)
+        assert "val_caa_select/ab/p_match" not in r or r["val_caa_select/ab/p_match"] == ""  # never reported
+        assert int(r["train_examples"]) == 8
+    caa = next(r for r in rows if r["objective"] == "caa")
+    assert caa["steps"] == "0" and int(float(caa["caa/layer"])) in (0, 1) and float(caa["caa/multiplier"]) in (
+        0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
+    assert float(caa["caa/select_p_match"]) >= 0.0
+    assert (out / "organism.png").stat().st_size > 10_000
+    md = (out / "table.md").read_text()
+    assert md.count("\n") == 2 + 6 and "| sft_caa | 8 |" in md
+    capsys.readouterr()
+    organism.main(["--quick", "--policy", "builtin:tiny", "--out", str(out)])   # everything finished: reused
+    assert capsys.readouterr().out.count("done already") == 5
