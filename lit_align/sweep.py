@@ -16,6 +16,8 @@ per objective (the mean over seeds, with a band from the lowest to the highest s
     seeds: [0, 1]                       # seed_everything and the data module's shuffle seed
     epochs: 4                           # each run trains max(min_steps, ceil(epochs * size / batch_size)) steps
     min_steps: 50
+    draw_per_seed: false                # true: the training source's seed is the run's (a built-in task then
+                                        # draws other examples per seed); false: the same first `size` rows
     metrics: [val_id/logps/accuracy, val_ood/logps/accuracy]   # drawn (default: every */logps/accuracy)
     config: configs/some.yaml           # optional base config file; `base` is merged over it
     base: {data: ..., trainer: ...}     # LightningCLI config shared by every run
@@ -96,7 +98,7 @@ def _read_yaml(path: "str | Path") -> dict:
 
 class Sweep:
     KEYS = {"name", "out", "sizes", "seeds", "epochs", "min_steps", "metrics", "config", "base", "objectives", "slurm",
-            "steer", "generate"}
+            "steer", "generate", "draw_per_seed"}
     METHOD_KEYS = ("caa", "then_caa")  # sweep-level keys of an objective entry (not LightningCLI config)
 
     def __init__(self, path: "str | Path", overrides: dict | None = None):
@@ -148,6 +150,8 @@ class Sweep:
         train = data.get("train", "builtin:sft")
         train = {"path": train} if isinstance(train, str) else dict(train)
         train["limit"] = run.size
+        if self.spec.get("draw_per_seed"):  # a built-in task draws other training examples for each seed
+            train["seed"] = run.seed
         data["train"], data["seed"] = train, run.seed
         batch = int(data.get("batch_size", 8))
         trainer = cfg.setdefault("trainer", {})

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 import yaml
-from conftest import REPO
+from conftest import REPO, requires_shared
 
 from lit_align.data.datamodule import AlignDataModule
 from lit_align.errors import LitAlignError
@@ -381,7 +381,7 @@ def test_steer_during_eval_callback_in_a_validation_run(tokenizer, tmp_path):
 
 
 STEER_CONFIGS = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").rglob("*.yaml")
-                       if "steer" in (yaml.safe_load(p.read_text()) or {}))
+                       if "sweeps" not in p.parts and "steer" in (yaml.safe_load(p.read_text()) or {}))
 
 
 @pytest.mark.parametrize("config", STEER_CONFIGS)
@@ -398,8 +398,9 @@ def test_lit_align_steer_writes_the_grid_csv_summary_and_png(tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "steer_out"
     main(["steer", "--config", str(REPO / "configs" / "steer.yaml"), "--model.init_args.policy.name", "builtin:tiny",
-          "--data.init_args.train.limit", "8", "--data.init_args.val.id.limit", "6",
-          "--data.init_args.val.ood.limit", "6", "--steer.multipliers", "[-4, 0, 4]", "--steer.out", str(out)])
+          "--data.init_args.train.limit", "8", "--data.init_args.val",
+          "{id: {path: builtin:organism, split: id, limit: 6}, ood: {path: builtin:organism, split: ood, limit: 6}}",
+          "--steer.multipliers", "[-4, 0, 4]", "--steer.out", str(out)])
     rows = list(csv.DictReader(open(out / "steer.csv")))
     assert {"set", "layer", "multiplier", "p_match", "match_rate", "n"} <= set(rows[0])
     assert len(rows) == 2 * 2 * 3                                         # sets x layers (builtin:tiny: 2) x mult
@@ -413,3 +414,20 @@ def test_lit_align_steer_writes_the_grid_csv_summary_and_png(tmp_path, monkeypat
     with pytest.raises(SystemExit) as e:                                  # a bad option: exit 2, one paragraph
         main(["steer", "--config", str(REPO / "configs" / "steer.yaml"), "--steer.method", "magic"])
     assert e.value.code == 2
+
+
+@requires_shared
+def test_the_real_model_recipe_runs_with_a_built_in_model_and_8_pairs(tmp_path, monkeypatch):
+    """configs/examples/steer_mwe.yaml (Llama 2 7B chat, layer 13, on model-written evals) as it is, but for the
+    model, the layer and the number of pairs: the data paths, template handling and outputs are the real ones."""
+    from lit_align.cli import main
+
+    monkeypatch.chdir(REPO)
+    out = tmp_path / "mwe"
+    main(["steer", "--config", str(REPO / "configs" / "examples" / "steer_mwe.yaml"),
+          "--model.init_args.policy", "{name: builtin:tiny}", "--steer.layers", "[1]", "--data.init_args.train.limit", "8",
+          "--data.init_args.val.lm.limit", "8", "--data.init_args.val.human.limit", "8", "--steer.out", str(out)])
+    rows = list(csv.DictReader(open(out / "steer.csv")))
+    assert {r["set"] for r in rows} == {"lm", "human"} and {r["layer"] for r in rows} == {"1"}
+    assert {float(r["multiplier"]) for r in rows} == {-1, -0.5, 0, 0.5, 1}
+    assert SteeringVector.load(out / "vector.safetensors").n_pairs == 8
