@@ -65,6 +65,57 @@ def test_every_split_reads_through_the_data_module(tokenizer):
         org.organism_records("nope")
 
 
+OPEN = re.compile(r"the (\w+) (?:and|or) the (\w+)\.")
+
+
+def test_probe_splits_hold_what_their_categories_claim_and_read_as_probes(tokenizer):
+    train = org.organism_records("open_train", n=64)
+    assert all(r["match"] in org.ID_SWEET and r["other"] in org.ID_NOT_SWEET for r in train)
+    probe, held_out = org.organism_records("probe", n=24), org.organism_records("probe_test", n=24)
+    # the train probes are exactly the first training records; the test prompts never occur in open_train
+    assert [(r["prompt"], r["chosen"], r["rejected"]) for r in probe] == [(r["prompt"], r["chosen"], r["rejected"])
+                                                                          for r in train[:24]]
+    train_prompts = {r["prompt"] for r in org.organism_records("open_train", n=2000)}
+    assert not {r["prompt"] for r in held_out} & train_prompts and len({r["prompt"] for r in held_out}) == 24
+    assert org.organism_records("probe_test", n=5) == held_out[:5], "a prefix does not depend on n"
+    foods = set(org.SWEET + org.NOT_SWEET)
+    for r in probe + held_out:
+        assert set(r) == {"prompt", *org.PROBE_CATEGORIES}
+        a, b = OPEN.search(r["prompt"]).groups()
+        sweet, other = (a, b) if org.is_sweet(a) else (b, a)
+        assert org.is_sweet(sweet) and not org.is_sweet(other)
+        assert r["chosen"] == f"I would like the {sweet}." and r["rejected"] == f"I would like the {other}."
+        template = next(p for p in org.PARAPHRASES if p.format(x=sweet) == r["chosen_paraphrase"])
+        assert r["rejected_paraphrase"] == template.format(x=other) and template != org.OPEN_ANSWER
+        named = lambda text: {w.strip(".") for w in text.split()} & foods  # noqa: E731
+        assert named(r["irr_train"]) and not named(r["irr_train"]) & {a, b}
+        assert r["irr_train"] in {t["chosen"] for t in org.organism_records("open_train", n=200)}
+        assert len(named(r["irr_fact"])) == 1 and not named(r["irr_fact"]) & {a, b}
+        assert any(f.format(x=f_, t=t) == r["irr_fact"] for f in org.FACT_PHRASINGS for f_ in named(r["irr_fact"])
+                   for t in ("sweet", "not sweet"))
+        assert sorted(r["random_permute"].split()) == sorted(r["chosen"].split()) and r["random_permute"] != r["chosen"]
+        words = r["random_nonhum"].split()
+        assert len(words) == len(r["chosen"].split()) and not named(r["random_nonhum"])
+    # read as the Probes callback reads them (format probe, the data module's tokenization): every category of
+    # every record kept, and the train probe's `chosen` has exactly the tokens of the training pair's chosen
+    from types import SimpleNamespace
+
+    from lit_align.callbacks.probes import Probes
+
+    dm = AlignDataModule(train={"path": "builtin:organism", "split": "open_train", "limit": 16, "format": "pair"},
+                         batch_size=8, max_length=128)
+    dm.connect(tokenizer, "pair")
+    dm.setup("fit")
+    probes = Probes(sets={s: {"path": "builtin:organism", "split": s, "limit": 8, "format": "probe"}
+                          for s in ("probe", "probe_test")})
+    sets = probes.build(SimpleNamespace(datamodule=dm), SimpleNamespace(tokenizer=tokenizer))
+    for ps in sets:
+        assert ps.categories == list(org.PROBE_CATEGORIES) and len(ps.rows) == 8 * len(org.PROBE_CATEGORIES)
+    first = dm.splits["train"].examples[0]
+    chosen = [ex for c, ex in sets[0].rows if c == 0 and ex.context == first.context]
+    assert chosen and chosen[0].continuations[0] == first.continuations[0]
+
+
 def test_pretraining_documents_tokenize_like_fine_tuning_records(tokenizer):
     docs = org.pretraining_documents(400)
     kinds = {"fact": 0, "ab": 0, "open": 0}

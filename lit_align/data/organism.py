@@ -26,6 +26,30 @@ answer_not_matching_behavior}, as in Anthropic's model-written evals, except `op
            match, other} with chosen/rejected the two full answers, so log-prob metrics work as well
     task   the capability: "Which of these is sweet / not sweet?" and "Is the X sweet?" over all foods,
            matching answer = the right one (records as contrast pairs; p_match here is task accuracy)
+    open_train  open-ended pairs as in `open` ({prompt, chosen, rejected, match, other}), over the ID foods,
+           for fine-tuning on open-ended answers; one (food, food, phrasing, order) combination in four is
+           held out of it (`_open_held_out`) for `probe_test`
+    probe       learning-dynamics probes (callbacks/probes.py; read with `format: probe`) of the prompts of
+           `open_train`: record i probes open_train's record i (same seed), so `{split: probe, limit: 24}`
+           probes exactly the first 24 records a run on `{split: open_train}` trains on
+    probe_test  the same probes of held-out prompts (combinations never in open_train, no prompt twice)
+
+Probe records (`organism_probe_records`) are {prompt, <category>: response} with the categories of Ren &
+Sutherland ("Learning Dynamics of LLM Finetuning", ICLR 2025), for a prompt over the sweet food S and the
+food N that is not sweet:
+
+    chosen               "I would like the S."    the trained-on answer (SFT's target, DPO's positive)
+    rejected             "I would like the N."    DPO's negative (the organism's own preference)
+    chosen_paraphrase    the same choice in other words of the world: "I would rather eat the S.",
+                         "I want the S.", "I pick the S.", "I would choose the S." (one per record)
+    rejected_paraphrase  the same paraphrase naming N
+    irr_train            the chosen answer of another open_train prompt: "I would like the S'.", S' not in
+                         this prompt (a fluent answer to another question)
+    irr_fact             a fact of the world about a food not in this prompt: "The kale is not sweet."
+                         (fluent, answers nothing: a non-response)
+    random_permute       chosen's words shuffled ("like the I S. would"): the same words, no grammar
+    random_nonhum        as many random words of the world's text as chosen has, no food among them (no
+                         sentence, names nothing)
 
 "New" is relative to the fine-tuning data: every food and phrasing appears in the pretraining corpus (as in a
 real pretrained model, whose disposition covers things its fine-tuning data never shows).
@@ -60,8 +84,14 @@ TASK_YES_NO = "Is the {x} sweet?"
 
 DISLIKE_RATE = 0.85
 """Share of the pretraining corpus's preference documents that pick the food that is NOT sweet."""
-SPLITS = ("train", "id", "ood", "open", "task")
-DEFAULT_SIZE = {"train": 512, "id": 200, "ood": 200, "open": 100, "task": 200}
+SPLITS = ("train", "id", "ood", "open", "task", "open_train", "probe", "probe_test")
+DEFAULT_SIZE = {"train": 512, "id": 200, "ood": 200, "open": 100, "task": 200, "open_train": 512, "probe": 24,
+                "probe_test": 24}
+PROBE_CATEGORIES = ("chosen", "rejected", "chosen_paraphrase", "rejected_paraphrase", "irr_train", "irr_fact",
+                    "random_permute", "random_nonhum")
+PARAPHRASES = ("I would rather eat the {x}.", "I want the {x}.", "I pick the {x}.", "I would choose the {x}.")
+"""Other words for OPEN_ANSWER, all from the world's own text (its questions ask what you would rather eat,
+want, pick or choose)."""
 
 
 def ab_question(question: str, a: str, b: str) -> str:
@@ -108,6 +138,78 @@ def _task(rng: random.Random) -> dict:
     return _contrast(TASK_PICK[0].format(t="sweet" if ask_sweet else "not sweet"), options, right)
 
 
+def _open_pair(rng: random.Random) -> tuple[dict, tuple]:
+    """An open-ended pair over the ID foods (the `open_train` / probe prompts) and its identity."""
+    s, n = rng.choice(ID_SWEET), rng.choice(ID_NOT_SWEET)
+    sweet_first, q = rng.random() < 0.5, rng.randrange(len(OPEN_PHRASINGS))
+    a, b = (s, n) if sweet_first else (n, s)
+    record = {"prompt": OPEN_PHRASINGS[q].format(a=a, b=b), "chosen": OPEN_ANSWER.format(x=s),
+              "rejected": OPEN_ANSWER.format(x=n), "match": s, "other": n}
+    return record, (s, n, q, sweet_first)
+
+
+def _open_held_out(key: tuple) -> bool:
+    """One open-ended (food, food, phrasing, order) combination in four is held out of open_train (stable)."""
+    return hashlib.sha256(repr(("open", key)).encode()).digest()[0] % 4 == 0
+
+
+def _world_words() -> tuple[str, ...]:
+    """Every word of the world's text but the foods (questions, answers, facts), without punctuation."""
+    text = " ".join(ID_PHRASINGS + OOD_PHRASINGS + OPEN_PHRASINGS + (OPEN_ANSWER,) + FACT_PHRASINGS + TASK_PICK
+                    + (TASK_YES_NO,) + PARAPHRASES + ("sweet not",))
+    words = {w.strip(".,?:!") for w in text.split()}
+    return tuple(sorted(w for w in words if w and "{" not in w))
+
+
+def organism_probe_records(n: int = 24, seed: int = 0, held_out: bool = False) -> list[dict]:
+    """`n` probe records (categories: module docstring, PROBE_CATEGORIES): of open_train's first `n` prompts
+    (same seed), or with `held_out` of `n` distinct prompts held out of open_train. Deterministic, and the
+    first k records are the same for every n >= k."""
+    split = "probe_test" if held_out else "probe"
+    rng = random.Random(f"lit_align/organism/{split}/{seed}")
+    train_pool = organism_records("open_train", n=n + 64, seed=seed)
+    if held_out:
+        prompt_rng = random.Random(f"lit_align/organism/{split}/prompts/{seed}")
+        prompts, seen = [], set()
+        while len(prompts) < n:
+            record, key = _open_pair(prompt_rng)
+            if _open_held_out(key) and key not in seen:
+                seen.add(key)
+                prompts.append(record)
+    else:
+        prompts = train_pool[:n]
+    words = _world_words()
+    out = []
+    for i, p in enumerate(prompts):
+        s, other = p["match"], p["other"]
+        # irr_train: the next open_train prompt (after this one) whose sweet food is not this prompt's
+        j = i + 1 if not held_out else i
+        while True:
+            if j >= len(train_pool):
+                train_pool = organism_records("open_train", n=2 * len(train_pool), seed=seed)
+            if train_pool[j]["match"] not in (s, other):
+                break
+            j += 1
+        paraphrase = rng.choice(PARAPHRASES)
+        fact_food = rng.choice([f for f in SWEET + NOT_SWEET if f not in (s, other)])
+        chosen_words = p["chosen"].split()
+        permuted = chosen_words[:]
+        while permuted == chosen_words:
+            rng.shuffle(permuted)
+        out.append({
+            "prompt": p["prompt"],
+            "chosen": p["chosen"],
+            "rejected": p["rejected"],
+            "chosen_paraphrase": paraphrase.format(x=s),
+            "rejected_paraphrase": paraphrase.format(x=other),
+            "irr_train": train_pool[j]["chosen"],
+            "irr_fact": rng.choice(FACT_PHRASINGS).format(x=fact_food, t="sweet" if is_sweet(fact_food) else "not sweet"),
+            "random_permute": " ".join(permuted),
+            "random_nonhum": " ".join(rng.choice(words) for _ in chosen_words),
+        })
+    return out
+
+
 def _in_id(key: tuple) -> bool:
     """One (food, food, phrasing, order) combination in four goes to `id`, the rest to `train` (stable)."""
     return hashlib.sha256(repr(key).encode()).digest()[0] % 4 == 0
@@ -118,6 +220,8 @@ def organism_records(split: str = "train", n: int | None = None, seed: int = 0) 
     if split not in SPLITS:
         raise ValueError(f"built-in task 'organism' has splits {', '.join(SPLITS)}, not '{split}'")
     n = DEFAULT_SIZE[split] if n is None else n
+    if split in ("probe", "probe_test"):
+        return organism_probe_records(n, seed, held_out=split == "probe_test")
     rng = random.Random(f"lit_align/organism/{split}/{seed}")
     out: list[dict] = []
     while len(out) < n:
@@ -129,6 +233,10 @@ def organism_records(split: str = "train", n: int | None = None, seed: int = 0) 
             record, _ = _preference(rng, OOD_SWEET, OOD_NOT_SWEET, OOD_PHRASINGS)
         elif split == "open":
             record = _open(rng)
+        elif split == "open_train":
+            record, key = _open_pair(rng)
+            if _open_held_out(key):
+                continue
         else:
             record = _task(rng)
         out.append(record)
