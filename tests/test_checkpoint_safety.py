@@ -31,23 +31,22 @@ class KillDuringSave(Callback):
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
         if trainer.global_step != self.step:
             return
-        import lightning.fabric.plugins.io.torch_io as torch_io
+        import lit_align.callbacks.checkpoint as checkpoint_module  # PartialFileCheckpointIO: torch.save(obj, f)
 
-        original = torch_io._atomic_save
+        original = torch.save
 
-        def dying_save(obj, filepath):
-            if "last" not in os.path.basename(str(filepath)):
-                return original(obj, filepath)
+        def dying_save(obj, f, *args, **kwargs):
+            if "last" not in os.path.basename(str(getattr(f, "name", f))):
+                return original(obj, f, *args, **kwargs)
             buffer = io.BytesIO()
-            torch.save(obj, buffer)
+            original(obj, buffer)
             data = buffer.getvalue()
-            with open(filepath, "wb") as f:  # whatever path the checkpoint is written to, half of it
-                f.write(data[: len(data) // 2])
-                f.flush()
-                os.fsync(f.fileno())
+            f.write(data[: len(data) // 2])  # whatever file the checkpoint is written to, half of it
+            f.flush()
+            os.fsync(f.fileno())
             os.kill(os.getpid(), signal.SIGKILL)
 
-        torch_io._atomic_save = dying_save
+        checkpoint_module.torch.save = dying_save
 
 
 RUN = ["fit", "--config", str(REPO / "configs" / "quickstart.yaml"), "--model.init_args.policy.name", "builtin:tiny",

@@ -10,9 +10,13 @@ Safely. A checkpoint is written under a hidden temporary name in the same direct
 a file, or a directory for sharded FSDP2 / DeepSpeed checkpoints), flushed to disk (fsync), and only then
 renamed over its final name: a process killed during a save leaves the previous checkpoint intact (and a
 partial file, removed by the next run). Lightning's own "atomic" save writes to the system temp directory
-and moves the file: a copy, not a rename, when /tmp is another file system (as on most clusters).
-`--ckpt_path last` takes the newest *complete* last*.ckpt: an incomplete file (a truncated copy) is
-skipped with a warning. A checkpoint whose weights hold NaN or inf is never written: the run stops with
+and moves the file (a copy, not a rename, when /tmp is another file system, as on most clusters): a file
+checkpoint is instead written by torch.save straight into the `.partial` file (PartialFileCheckpointIO).
+A save that fails (a full disk, no permission) removes its partial file and stops the run with one sentence;
+the previous checkpoint is untouched.
+`--ckpt_path last` takes the newest *complete* last*.ckpt: an incomplete file (a truncated copy) or a
+corrupt one (a stored checksum that does not match) is skipped with a warning; an explicit `--ckpt_path FILE`
+that is missing, incomplete or corrupt is refused in one sentence (`checkpoint_problem`). A checkpoint whose weights hold NaN or inf is never written: the run stops with
 an error instead, and the last good checkpoint stays the newest.
 
 Exactly. Lightning restores weights, optimizer, scheduler, loop counters and the data module (whose
@@ -27,9 +31,11 @@ from __future__ import annotations
 import os
 import shutil
 import zipfile
+import zlib
 from weakref import proxy
 
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
@@ -62,6 +68,42 @@ def is_complete(path: str) -> bool:
             return os.path.isfile(os.path.join(path, "latest"))
         return any(os.scandir(path))
     return os.path.isfile(path) and zipfile.is_zipfile(path)
+
+
+def checkpoint_problem(path: str) -> str | None:
+    """What is wrong with the checkpoint `path`, in a few words (None: it looks whole). A file is checked
+    against the CRC-32 checksums torch.save's zip archive stores for each record, which catches flipped bytes
+    that the completeness check (the central directory is there) does not."""
+    if not os.path.exists(path):
+        return "file not found"
+    if not is_complete(path):
+        return ("an incomplete checkpoint directory (partly written)" if os.path.isdir(path) else
+                "not a complete checkpoint (truncated, or not a file that torch.save / Lightning wrote)")
+    if os.path.isdir(path):
+        return None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, RuntimeError) as e:
+        return f"a corrupt checkpoint ({type(e).__name__}: {e})"
+    if bad is not None:
+        return f"a corrupt checkpoint (the bytes of its record '{bad}' do not match their stored checksum)"
+    return None
+
+
+class PartialFileCheckpointIO(TorchCheckpointIO):
+    """torch.save straight into the target file (RunCheckpoint's `.partial`), fsync'ed: no copy through the
+    system temp directory or a second copy in memory, as Lightning's _atomic_save makes. Remote (fsspec URL)
+    paths go through Lightning's own save."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        if storage_options is not None or "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        os.makedirs(os.path.dirname(str(path)) or ".", exist_ok=True)
+        with open(path, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def _fsync(path: str) -> None:
@@ -154,6 +196,8 @@ class RunCheckpoint(ModelCheckpoint):
     def setup(self, trainer, pl_module, stage: str) -> None:
         self._default_dirpath(trainer)
         super().setup(trainer, pl_module, stage)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = PartialFileCheckpointIO()
         if trainer.is_global_zero and self.dirpath and os.path.isdir(self.dirpath):
             for entry in os.scandir(self.dirpath):  # leftovers of a save that was killed
                 if entry.name.startswith(".") and entry.name.endswith(PARTIAL):
@@ -170,18 +214,31 @@ class RunCheckpoint(ModelCheckpoint):
                 if not os.path.exists(path) and os.path.exists(old_path(path)):
                     found.discard(path)
                     found.add(old_path(path))
-        complete = {p for p in found if is_complete(p)}
-        for p in sorted(found - complete):
-            rank_zero_warn(f"ignoring the incomplete checkpoint {p} (truncated or partly written)")
-        return complete
+        problems = {p: checkpoint_problem(p) for p in found}
+        for p in sorted(p for p, problem in problems.items() if problem):
+            rank_zero_warn(f"ignoring the checkpoint {p}: {problems[p]}")
+        return {p for p, problem in problems.items() if not problem}
 
     # -- writing ----------------------------------------------------------------------------------------
     def _save_checkpoint(self, trainer, filepath: str) -> None:
         self.refuse_nonfinite(trainer, filepath)
         partial = partial_path(filepath)
-        trainer.save_checkpoint(partial, self.save_weights_only)  # every rank; ends with a barrier
-        if trainer.is_global_zero:
-            commit(partial, filepath)
+        try:
+            trainer.save_checkpoint(partial, self.save_weights_only)  # every rank; ends with a barrier
+            if trainer.is_global_zero:
+                commit(partial, filepath)
+        except OSError as e:  # a full disk, no permission, ...
+            _remove(partial)
+            folder = os.path.dirname(filepath) or "."
+            earlier = sorted((e for e in os.scandir(folder) if not e.name.startswith(".")
+                              and e.name.endswith(self.FILE_EXTENSION)), key=lambda e: e.stat().st_mtime) \
+                if os.path.isdir(folder) else []
+            previous = (f"the checkpoints already there are untouched (newest: {earlier[-1].name})" if earlier
+                        else "no checkpoint was written before")
+            raise LitAlignError(f"could not write the checkpoint {filepath} at step {trainer.global_step}: "
+                                f"{e.strerror or e} ({type(e).__name__}{f', errno {e.errno}' if e.errno else ''}); "
+                                f"{previous}. Free space or fix the permissions of {os.path.dirname(filepath)} "
+                                "(or set checkpoint.dirpath), then resume with --ckpt_path last.") from None
         trainer.strategy.barrier("RunCheckpoint.commit")
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath
