@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from lightning.pytorch.callbacks import LearningRateMonitor, RichProgressBar  # noqa: E402
+from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar, RichProgressBar  # noqa: E402
 from lightning.pytorch.cli import LightningCLI  # noqa: E402
 
 from lit_align.callbacks import ExportHF, NonFiniteGuard, RunCheckpoint, SlurmRequeue  # noqa: E402
@@ -23,6 +24,40 @@ from lit_align.callbacks.requeue import Requeued  # noqa: E402
 from lit_align.data.datamodule import AlignDataModule  # noqa: E402
 from lit_align.errors import LitAlignError  # noqa: E402
 from lit_align.objectives.base import Objective  # noqa: E402
+
+
+DATA_SUFFIXES = {".jsonl", ".json", ".csv", ".parquet", ".txt", ".tsv", ".gz"}
+
+
+def _data_files_are_paths() -> None:
+    """jsonargparse reads an existing file given for a class-typed option (`train: Source | str`) as a sub-config
+    and uses its *contents* as the value: `train: data.csv` became the CSV's text. A data file stays its path (a
+    .json file only when it holds no config object)."""
+    from jsonargparse import _typehints
+
+    original = _typehints.parse_value_or_config
+    if getattr(original, "_lit_align", False):
+        return
+
+    def parse_value_or_config(value, enable_path=True, simple_types=False):
+        text = getattr(value, "val", value)
+        if enable_path and type(text) is str and DATA_SUFFIXES & {s.lower() for s in Path(text).suffixes}:
+            if Path(text).suffix.lower() == ".json":  # a sub-config, or data?
+                try:
+                    parsed, path = original(value, enable_path, simple_types)
+                except Exception:
+                    parsed, path = None, None
+                if path is not None and isinstance(parsed, dict) and not any(isinstance(v, list) for v in
+                                                                             parsed.values()):
+                    return parsed, path  # (records hold a list: [...] or {"data": [...]})
+            return original(value, False, simple_types)
+        return original(value, enable_path, simple_types)
+
+    parse_value_or_config._lit_align = True
+    _typehints.parse_value_or_config = parse_value_or_config
+
+
+_data_files_are_paths()
 
 
 class LitAlignCLI(LightningCLI):
@@ -52,9 +87,37 @@ class LitAlignCLI(LightningCLI):
         parser.set_defaults({"model": {"class_path": "lit_align.objectives.SFT"},
                              "data": {"class_path": "lit_align.data.AlignDataModule"}})
 
+    def _parse_ckpt_path(self) -> None:
+        # the first thing after parsing (Lightning reads an explicit checkpoint's hyperparameters here): refuse
+        # bad trainer options and a missing or damaged checkpoint before anything is loaded
+        if self.config.get("subcommand"):
+            config = self.config[self.config.subcommand]
+            check_trainer_options(config.get("trainer") or {})
+            ckpt_path = config.get("ckpt_path")
+            if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry"):
+                check_checkpoint_file(str(ckpt_path))
+        super()._parse_ckpt_path()
+
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
         self.datamodule.connect(self.model.tokenizer, self.model.kind)
+
+    def _instantiate_trainer(self, config: dict, callbacks: list):
+        """The default callbacks, less those the options turn off: the progress bar with
+        `enable_progress_bar: false` (or when the config brings its own), the learning-rate monitor without a
+        logger (Lightning refuses either combination)."""
+        given = config.get("callbacks")
+        own = [*([] if given is None else given if isinstance(given, list) else [given]), *callbacks]
+        keep = []
+        for cb in self.trainer_defaults.get("callbacks", []):
+            if isinstance(cb, ProgressBar) and (config.get("enable_progress_bar") is False
+                                                or any(isinstance(c, ProgressBar) for c in own)):
+                continue
+            if isinstance(cb, LearningRateMonitor) and config.get("logger") is False:
+                continue
+            keep.append(cb)
+        self.trainer_defaults = {**self.trainer_defaults, "callbacks": keep}
+        return super()._instantiate_trainer(config, callbacks)
 
     def after_fit(self) -> None:
         trainer = self.trainer
@@ -71,6 +134,48 @@ class LitAlignCLI(LightningCLI):
         print("\n".join(lines), flush=True)
 
 
+def check_trainer_options(trainer: dict) -> None:
+    """Refuse, before anything is loaded, trainer options that would fail later with a traceback."""
+    accumulate = trainer.get("accumulate_grad_batches")
+    if accumulate is not None and (isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1):
+        raise LitAlignError(f"trainer.accumulate_grad_batches must be an integer >= 1, not {accumulate!r}")
+    for key in ("max_steps", "max_epochs"):
+        value = trainer.get(key)
+        if isinstance(value, int) and value < -1:
+            raise LitAlignError(f"trainer.{key} must be >= 0 (or -1: no limit), not {value}")
+    interval = trainer.get("val_check_interval")
+    if isinstance(interval, (int, float)) and not isinstance(interval, bool) and interval <= 0:
+        raise LitAlignError(f"trainer.val_check_interval must be > 0 (a number of batches, or a fraction of an "
+                            f"epoch), not {interval}")
+
+
+def check_checkpoint_file(path: str) -> None:
+    """`--ckpt_path FILE`: say what is wrong with it (missing, truncated, not a checkpoint, corrupt) in one
+    sentence, rather than the traceback torch.load would give."""
+    from lit_align.callbacks.checkpoint import checkpoint_problem
+
+    problem = checkpoint_problem(path)
+    if problem:
+        raise LitAlignError(f"--ckpt_path {path}: {problem}. Give a complete checkpoint, or --ckpt_path last "
+                            "(the newest complete last.ckpt of the experiment).")
+
+
+def _lit_align_error(exc: BaseException) -> LitAlignError | None:
+    """The LitAlignError behind `exc`, if any: jsonargparse wraps the errors of the classes it instantiates
+    ("Does not validate against any of the Union subtypes ...") with the original as the cause."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, LitAlignError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _one_paragraph(message: str) -> str:
+    return " ".join(message.split())
+
+
 def main(args=None) -> None:
     argv = sys.argv[1:] if args is None else list(args)
     if argv[:1] == ["export"]:  # `lit_align export CKPT OUT_DIR [--merge-lora]` (lit_align/export.py)
@@ -83,12 +188,19 @@ def main(args=None) -> None:
         return steer_main(argv[1:])
     try:
         LitAlignCLI(args=args)
-    except LitAlignError as e:
-        print(f"\nlit_align: error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
     except Requeued as e:  # SLURM preemption (callbacks/requeue.py): checkpoint written, job requeued
         print(f"\nlit_align: {e}", file=sys.stderr, flush=True)
         sys.exit(0)
+    except Exception as e:
+        error = _lit_align_error(e)
+        if error is None:
+            from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+            if not isinstance(e, MisconfigurationException):
+                raise
+            error = e  # Lightning's word on a trainer option the checks above do not cover
+        print(f"\nlit_align: error: {_one_paragraph(str(error))}", file=sys.stderr, flush=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

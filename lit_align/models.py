@@ -79,6 +79,44 @@ class ModelSpec:
     """Target positions per vocabulary-projection chunk with lm_head: targets (0: ~2^23 logits a chunk)."""
 
 
+def check_model_spec(spec: ModelSpec, name: str = "policy") -> None:
+    """Refuse settings that would fail deep inside peft / transformers, before anything is loaded."""
+    if spec.lora is not None:
+        lora = spec.lora
+        if isinstance(lora.r, bool) or not isinstance(lora.r, int) or lora.r < 1:
+            raise LitAlignError(f"{name}.lora.r (the adapter's rank) must be an integer >= 1, not {lora.r!r}")
+        if lora.alpha <= 0:
+            raise LitAlignError(f"{name}.lora.alpha must be > 0, not {lora.alpha}")
+        if not 0 <= lora.dropout < 1:
+            raise LitAlignError(f"{name}.lora.dropout must be in [0, 1), not {lora.dropout}")
+    _dtype(spec.dtype)
+
+
+def _looks_like_a_path(name: str) -> bool:
+    """A local path rather than a hub id ("org/name" or "name")."""
+    return (name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
+            or Path(name).expanduser().parent.is_dir() and Path(name).expanduser().parent != Path("."))
+
+
+def _load_problem(name: str, e: Exception) -> str:
+    """Why a model or tokenizer could not be loaded, in a sentence (not "Repo id must be in the form ...")."""
+    import os
+
+    path = Path(name).expanduser()
+    if not name.startswith(BUILTIN_PREFIX) and not path.exists() and _looks_like_a_path(name):
+        return (f"the local directory {name} does not exist. Give an existing directory (saved with "
+                "save_pretrained), a hub name, or builtin:tiny / builtin:small")
+    if path.is_dir():
+        return f"the directory {name} does not hold a loadable model and tokenizer ({type(e).__name__}: {e})"
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    if offline:
+        return (f"'{name}' is not a local directory and is not in the Hugging Face cache, and the hub cannot be "
+                "reached (HF_HUB_OFFLINE is set). Download it first on a machine with network access (e.g. "
+                "`hf download NAME`), or give a local directory")
+    return (f"{type(e).__name__}: {e}. Give a local directory, a hub name reachable from this machine, or "
+            "builtin:tiny / builtin:small")
+
+
 def _builtin_corpus() -> list[str]:
     from lit_align.data.synthetic import corpus  # the text of the built-in tasks
 
@@ -146,9 +184,8 @@ def load_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerBase:
         return builtin_tokenizer()
     try:
         tok = AutoTokenizer.from_pretrained(resolve_name(spec.name), trust_remote_code=spec.trust_remote_code)
-    except OSError as e:
-        raise LitAlignError(f"Could not load the tokenizer of '{spec.name}': {e}. Give a local directory, "
-                            "a hub name reachable from this machine, or builtin:tiny / builtin:small.") from None
+    except (OSError, ValueError) as e:
+        raise LitAlignError(f"Could not load the tokenizer of '{spec.name}': {_load_problem(spec.name, e)}.") from None
     if tok.pad_token_id is None:  # padding is masked out everywhere, any id will do
         tok.pad_token = tok.eos_token
     return tok
@@ -187,8 +224,8 @@ def load_model(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase) -> PreTraine
             kwargs.update(quantization_kwargs(spec))
         try:
             model = AutoModelForCausalLM.from_pretrained(resolve_name(spec.name), **kwargs)
-        except OSError as e:
-            raise LitAlignError(f"Could not load the model '{spec.name}': {e}") from None
+        except (OSError, ValueError) as e:
+            raise LitAlignError(f"Could not load the model '{spec.name}': {_load_problem(spec.name, e)}.") from None
     if spec.quantization is not None:
         from peft import prepare_model_for_kbit_training
 

@@ -264,10 +264,14 @@ class CachedReference(Reference):
             meta = {**common, "data": data_fingerprint(split.examples), "examples": len(split.examples),
                     "continuations": len(split.examples[0].continuations)}
             path = Path(self.spec.cache_dir) / f"{name}-{_key(meta)}.pt"
-            table = _load_table(path, meta)
+            table, unreadable = _load_table(path, meta)
             if _any_rank(table is None, datamodule, device):  # computed together (split_logps shards it), so
                 table = None                                    # every rank must take the same branch
                 stale = _stale_report(Path(self.spec.cache_dir), name, meta)
+                if not self.spec.build and unreadable:
+                    raise LitAlignError(
+                        f"reference.mode: cache: the cache file {path} of split '{name}' is unreadable ({unreadable}). "
+                        "Delete it and set reference.build: true to compute it again.")
                 if not self.spec.build:
                     raise LitAlignError(
                         f"reference.mode: cache: no cache file for split '{name}' matches this run "
@@ -307,22 +311,29 @@ def _info(msg: str) -> None:
     rank_zero_info(msg)
 
 
-def _load_table(path: Path, meta: dict) -> tuple[Tensor, Tensor] | None:
-    """The cached (logps, tokens) if `path` exists and was built for exactly `meta`, else None."""
+def _load_table(path: Path, meta: dict) -> tuple[tuple[Tensor, Tensor] | None, str]:
+    """(the cached (logps, tokens), "") if `path` exists and was built for exactly `meta`; (None, why it is
+    unreadable) for a truncated or foreign file; (None, "") when missing or stale. A table holding NaN or inf
+    log-probs is an error naming the file (they would poison every loss)."""
     if not path.is_file():
-        return None
+        return None, ""
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated or foreign file: rebuilt (or refused) like a stale one
         _info(f"reference cache: cannot read {path} ({type(e).__name__}); ignoring it")
-        return None
+        return None, f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
     if not isinstance(saved, dict) or saved.get("meta") != meta:
-        return None
+        return None, "" if isinstance(saved, dict) else "not a reference cache file"
     logps, tokens = saved["logps"], saved["tokens"]
     shape = (meta["examples"], meta["continuations"])
-    if tuple(logps.shape) != shape or tuple(tokens.shape) != shape or torch.isnan(logps).any():
-        return None
-    return logps, tokens
+    if tuple(logps.shape) != shape or tuple(tokens.shape) != shape:
+        return None, f"a table of shape {tuple(logps.shape)}, not {shape}"
+    bad = int((~torch.isfinite(logps)).sum())
+    if bad:
+        raise LitAlignError(f"reference.mode: cache: the cache file {path} holds {bad} non-finite log-prob(s) "
+                            f"(NaN or inf, of {logps.numel()}): it is corrupt or was computed by a diverged model. "
+                            "Delete it (it is computed again with reference.build: true).")
+    return (logps, tokens), ""
 
 
 def _save_table(path: Path, meta: dict, table: tuple[Tensor, Tensor]) -> None:

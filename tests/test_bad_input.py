@@ -2,7 +2,9 @@
 skipped and counted while the good rows are kept. Through the CLI: a one-paragraph message, no traceback."""
 
 import gzip
+import io
 import json
+from pathlib import Path
 
 import pytest
 from conftest import REPO, run_cli
@@ -227,3 +229,262 @@ def test_bad_source_options():
         as_source({"split": "val"})
     with pytest.raises(LitAlignError, match="give a path"):
         AlignDataModule(train=5)
+
+
+# -- the command line: every bad input and misconfiguration is one paragraph, exit 2, no traceback ---------------
+# In process (lit_align.cli.main, SystemExit caught): a CLI subprocess costs ~10 s of imports, 60 of them 10 minutes.
+
+PAIR = {"prompt": "What is 1 plus 1?", "chosen": "2.", "rejected": "3."}
+
+
+def _sft(train: str | None, *extra: str) -> list[str]:
+    return ["fit", "--model.init_args.policy.name", "builtin:tiny",
+            *(["--data.init_args.train", train] if train else []), "--data.init_args.batch_size", "2", "--data.init_args.max_length", "64", "--trainer.max_steps", "1",
+            "--trainer.enable_progress_bar", "false", "--export.enabled", "false", *extra]
+
+
+def _dpo(train: str, *extra: str) -> list[str]:
+    return [*_sft(train), "--model", "lit_align.objectives.DPO", "--model.init_args.policy.name", "builtin:tiny",
+            *extra]
+
+
+def _iw(train: str, *extra: str) -> list[str]:
+    return [*_sft(train), "--model", "lit_align.objectives.IWSFT", "--model.init_args.policy.name", "builtin:tiny",
+            *extra]
+
+
+def _config(tmp_path, text: str) -> str:
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def _row_case(bad, field=None, words=(), kind="sft"):
+    def make(tmp_path):
+        good = GOOD if kind == "sft" else PAIR
+        path = write_lines(tmp_path / "train.jsonl", [good, good, bad, good])
+        return (_sft if kind == "sft" else _dpo)(path), [f"{path}:3:", *([f"field '{field}'"] if field else []),
+                                                         *([words] if isinstance(words, str) else words)]
+    return make
+
+
+def _ckpt(make_bytes, words: str):
+    def make(tmp_path):
+        path = tmp_path / "bad.ckpt"
+        data = make_bytes(tmp_path)
+        if data is not None:
+            path.write_bytes(data)
+        return _sft(write_lines(tmp_path / "train.jsonl", [GOOD] * 4), "--ckpt_path", str(path)), \
+            [f"--ckpt_path {path}", words]
+    return make
+
+
+def _good_checkpoint(tmp_path) -> bytes:
+    """The bytes of a real last.ckpt (a 1-step run of builtin:tiny)."""
+    from lit_align.cli import main
+
+    train = write_lines(tmp_path / "ok.jsonl", [GOOD] * 4)
+    main([*_sft(train), "--trainer.logger.init_args.name", "ok"])
+    return (tmp_path / "logs" / "ok" / "checkpoints" / "last.ckpt").read_bytes()
+
+
+def _flip(data: bytes) -> bytes:
+    """Flip one byte inside the largest stored record (the weights), leaving the zip's structure whole."""
+    import zipfile
+
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        info = max(z.infolist(), key=lambda i: i.compress_size)
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    pos = start + info.compress_size // 2
+    return data[:pos] + bytes([data[pos] ^ 0xFF]) + data[pos + 1:]
+
+
+def _text_file(name: str, text: str, words: list[str]):
+    def make(tmp_path):
+        (tmp_path / name).write_text(text)
+        config = _config(tmp_path, f"data:\n  init_args:\n    train: {name}\n")  # the README's shorthand
+        return ["fit", "--config", config, *_sft(None)[1:]], [name, *words]
+    return make
+
+
+def _gz(data: bytes, words: str, name="train.jsonl.gz"):
+    def make(tmp_path):
+        (tmp_path / name).write_bytes(data)
+        return _sft(str(tmp_path / name)), [str(tmp_path / name), words]
+    return make
+
+
+def _probe_category(tmp_path):
+    probes = write_lines(tmp_path / "probes.jsonl", [{"prompt": "Hi", "chosen": "a", "rejected": "b"}])
+    train = write_lines(tmp_path / "train.jsonl", [GOOD] * 4)
+    config = _config(tmp_path, f"""trainer:
+  callbacks:
+    - class_path: lit_align.callbacks.Probes
+      init_args: {{sets: {{p: {probes}}}, categories: [chosen, nonexistent]}}
+""")
+    return ["fit", "--config", config, *_sft(train)[1:]], ["probes: set 'p'", probes, "'nonexistent'",
+                                                          "the records have chosen, rejected"]
+
+
+def _iw_zero(tmp_path):
+    train = write_lines(tmp_path / "train.jsonl", [{**GOOD, "weight": 0}] * 4)
+    return _iw(train, "--model.init_args.weights.source", "data"), ["weights.source: data", "'train'", "is 0"]
+
+
+def _reference_cache(corrupt, build: bool):
+    def make(tmp_path):
+        import torch
+
+        from lit_align.cli import main
+
+        train = write_lines(tmp_path / "pairs.jsonl", [PAIR, {**PAIR, "rejected": "4."}])
+        args = _dpo(train, "--model.init_args.reference.mode", "cache", "--model.init_args.reference.cache_dir",
+                    str(tmp_path / "cache"))
+        main(args)  # builds the cache
+        (path,) = (tmp_path / "cache").glob("train-*.pt")
+        corrupt(path, torch)
+        return [*args, "--model.init_args.reference.build", str(build).lower()], [str(path)]
+    return make
+
+
+def _cache_inf(path, torch):
+    saved = torch.load(path, weights_only=True)
+    saved["logps"][0, 0] = float("inf")
+    torch.save(saved, path)
+
+
+def _cache_truncate(path, torch):
+    path.write_bytes(path.read_bytes()[:100])
+
+
+def _two_rows_quickstart(tmp_path):
+    train = write_lines(tmp_path / "train.jsonl", [GOOD, GOOD])
+    return ["fit", "--config", str(REPO / "configs" / "quickstart.yaml"), "--model.init_args.policy.name",
+            "builtin:tiny", "--data.init_args.train", train, "--data.init_args.val", "null",
+            "--trainer.enable_progress_bar", "false"], ["trainer.val_check_interval is 250", train, "only 1"]
+
+
+def _full_disk(tmp_path, monkeypatch):
+    """A save that fails with ENOSPC: one sentence; the bytes went straight to the .partial next to the target
+    (not through the system temp directory); the previous last.ckpt is untouched and no partial file is left."""
+    import errno
+
+    import torch
+
+    before = _good_checkpoint(tmp_path)
+    ckpt_dir = tmp_path / "logs" / "ok" / "checkpoints"
+    files = sorted(p.name for p in ckpt_dir.iterdir())
+    written_to = []
+
+    def no_space(obj, f, *args, **kwargs):
+        written_to.append(getattr(f, "name", f))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", no_space)
+
+    def after():
+        assert len(written_to) == 1 and Path(written_to[0]).parent == ckpt_dir.relative_to(tmp_path)
+        assert Path(written_to[0]).name.startswith(".") and written_to[0].endswith(".ckpt.partial")
+        assert (ckpt_dir / "last.ckpt").read_bytes() == before
+        assert sorted(p.name for p in ckpt_dir.iterdir()) == files  # and no partial file left
+
+    train = write_lines(tmp_path / "train.jsonl", [GOOD] * 4)
+    return (_sft(train, "--trainer.logger.init_args.name", "ok"),
+            ["could not write the checkpoint", "No space left on device", "untouched (newest: last.ckpt)"], after)
+
+
+def _sft_opt(*extra, words=()):
+    def make(tmp_path):
+        return _sft(write_lines(tmp_path / "train.jsonl", [GOOD] * 4), *extra), list(words)
+    return make
+
+
+def _dpo_opt(*extra, words=()):
+    def make(tmp_path):
+        return _dpo(write_lines(tmp_path / "pairs.jsonl", [PAIR] * 4), *extra), list(words)
+    return make
+
+
+# (name, make(tmp_path) -> (argv, words the message must hold))
+CLI_CASES = [
+    *[(f"row-{name}", _row_case(bad, field, words)) for name, bad, field, words in BAD_LINES],
+    *[(f"pair-{name}", _row_case(bad, field, words, kind="pair")) for name, bad, field, words in BAD_PAIRS
+      if name != "prefix-half"],  # (prefix-DPO's)
+    ("missing-file", _sft_opt("--data.init_args.train", "nope.jsonl", words=["nope.jsonl", "file not found"])),
+    ("csv-shorthand", _text_file("data.csv", "prompt,completion\nWhat is 1 plus 1?,2\nWhat is 2 plus 2?,\n",
+                                 ["data.csv:3:", "field 'completion'"])),
+    ("txt-shorthand", _text_file("data.txt", "What is 1 plus 1?\t2\n", ["unknown file format '.txt'"])),
+    ("truncated-gz", _gz(gzip.compress(b'{"prompt": "a", "completion": "b"}\n' * 50)[:40], "truncated gzip")),
+    ("not-gz", _gz(b'{"prompt": "a", "completion": "b"}\n', "not a valid gzip file")),
+    ("lone-surrogate", _row_case('{"prompt": "caf\\ud800", "completion": "b"}', "prompt", "lone surrogate")),
+    ("10MB-record", _row_case({"prompt": "a", "completion": "x" * 10_000_000}, "completion", "max_record_chars")),
+    ("bad-parquet", _gz(b"PAR1 not really", "not a readable Parquet file", name="train.parquet")),
+    ("unknown-builtin-task", _sft_opt("--data.init_args.train", "builtin:nope", words=["builtin:nope"])),
+    ("beta-0", _dpo_opt("--model.init_args.beta", "0", words=["beta must be > 0"])),
+    ("beta-negative", _dpo_opt("--model.init_args.beta", "-0.5", words=["beta must be > 0"])),
+    ("unknown-loss", _dpo_opt("--model.init_args.loss", "nope", words=["loss must be one of", "'nope'"])),
+    ("label-smoothing-range", _dpo_opt("--model.init_args.label_smoothing", "0.7", words=["label_smoothing"])),
+    ("label-smoothing-ipo", _dpo_opt("--model.init_args.loss", "ipo", "--model.init_args.label_smoothing", "0.1",
+                                     words=["label_smoothing", "ipo"])),
+    ("unknown-reference-mode", _dpo_opt("--model.init_args.reference.mode", "nope",
+                                        words=["reference.mode", "'nope'"])),
+    ("iw-alpha-1000", lambda t: (_iw(write_lines(t / "train.jsonl", [GOOD] * 4), "--model.init_args.weights.alpha",
+                                     "1000"), ["weights.alpha", "1000"])),
+    ("group-by-length-negative", _sft_opt("--data.init_args.group_by_length", "-1", words=["data.group_by_length"])),
+    ("missing-model-dir", _sft_opt("--model.init_args.policy.name", "./no/such/model",
+                                   words=["./no/such/model", "does not exist"])),
+    ("hub-name-offline", _sft_opt("--model.init_args.policy.name", "nobody-xyz/no-such-model",
+                                  words=["nobody-xyz/no-such-model", "HF_HUB_OFFLINE"])),
+    ("unknown-builtin-model", _sft_opt("--model.init_args.policy.name", "builtin:huge", words=["builtin:huge"])),
+    ("batch-size-0", _sft_opt("--data.init_args.batch_size", "0", words=["data.batch_size", "0"])),
+    ("batch-size-negative", _sft_opt("--data.init_args.batch_size", "-4", words=["data.batch_size", "-4"])),
+    ("lr-negative", _sft_opt("--model.init_args.optim.lr", "-0.001", words=["optim.lr", "-0.001"])),
+    ("warmup-ratio-over-1", _sft_opt("--model.init_args.optim.warmup_ratio", "1.5", words=["optim.warmup_ratio"])),
+    ("unknown-schedule", _sft_opt("--model.init_args.optim.schedule", "step", words=["optim.schedule", "'step'"])),
+    ("max-length-negative", _sft_opt("--data.init_args.max_length", "-5", words=["data.max_length", "-5"])),
+    ("accumulate-0", _sft_opt("--trainer.accumulate_grad_batches", "0", words=["trainer.accumulate_grad_batches"])),
+    ("lora-r-0", _sft_opt("--model.init_args.policy.lora", '{"r": 0}', words=["policy.lora.r", "0"])),
+    ("val-check-interval-over-epoch", _two_rows_quickstart),
+    ("ckpt-missing", _ckpt(lambda t: None, "file not found")),
+    ("ckpt-truncated", _ckpt(lambda t: _good_checkpoint(t)[:5000], "not a complete checkpoint")),
+    ("ckpt-garbage", _ckpt(lambda t: b"not a checkpoint at all\n" * 100, "not a complete checkpoint")),
+    ("ckpt-byte-flipped", _ckpt(lambda t: _flip(_good_checkpoint(t)), "corrupt")),
+    ("full-disk-during-save", _full_disk),
+    ("probe-category-absent", _probe_category),
+    ("iw-all-weights-0", _iw_zero),
+    ("reference-cache-inf", _reference_cache(_cache_inf, build=True)),
+    ("reference-cache-unreadable", _reference_cache(_cache_truncate, build=False)),
+]
+
+
+@pytest.mark.parametrize("make", [c[1] for c in CLI_CASES], ids=[c[0] for c in CLI_CASES])
+def test_cli_bad_input_is_one_paragraph_exit_2(make, tmp_path, monkeypatch, capsys):
+    from lit_align.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    argv, words, *after = make(tmp_path, monkeypatch) if make.__code__.co_argcount == 2 else make(tmp_path)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    messages = [line for line in err.splitlines() if line.startswith("lit_align: error: ")]
+    assert len(messages) == 1, err[-3000:]  # one paragraph: one line
+    for w in words:
+        assert w in messages[0], (w, messages[0])
+    assert "Does not validate" not in messages[0]
+    for check in after:
+        check()
+
+
+def test_progress_bar_off_and_lr_0_train(tmp_path, monkeypatch, capsys):
+    """`--trainer.enable_progress_bar false` drops the default progress bar (Lightning refused the pair); a
+    learning rate of 0 trains with a warning."""
+    from lit_align.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    train = write_lines(tmp_path / "train.jsonl", [GOOD] * 4)
+    with pytest.warns(UserWarning, match="optim.lr is 0"):
+        main([*_sft(train, "--model.init_args.optim.lr", "0", "--trainer.logger.init_args.name", "quiet")])
+    assert (tmp_path / "logs" / "quiet" / "checkpoints" / "last.ckpt").is_file()

@@ -57,7 +57,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lit_align.data.collate import collate
 from lit_align.data.datamodule import SplitSummary, build_split
 from lit_align.data.records import Example
-from lit_align.data.sources import Source, as_source
+from lit_align.data.sources import Source, as_source, read_rows
 from lit_align.data.tokenize import Tokenized, Tokenizer, TokenizeSpec
 from lit_align.errors import LitAlignError
 from lit_align.logprobs import forward_logps
@@ -151,6 +151,15 @@ class Probes(Callback):
             return None
         return replace(ex, categories=[c for c, _ in kept], continuations=[t for _, t in kept])
 
+    @staticmethod
+    def _fields_of(source) -> list[str]:
+        """The response fields of a probe set's records (for an error message)."""
+        fields = []
+        for _, row in read_rows(source):
+            if isinstance(row, dict):
+                fields += [k for k, v in row.items() if k != "prompt" and isinstance(v, str) and k not in fields]
+        return fields
+
     def build(self, trainer, pl_module) -> list[ProbeSet]:
         """Read and tokenize the probe sets (once)."""
         if self.sets is not None:
@@ -182,6 +191,14 @@ class Probes(Callback):
             summary.dropped.update(dropped)
             rank_zero_info(f"data {summary.line()}")
             records: list[list[Tokenized]] = split.examples  # type: ignore[assignment]  (rows per record)
+            present = {ex.categories[0] for rows in records for ex in rows}
+            missing = [f for f, logged in (self.fields or {}).items() if logged not in present]
+            if missing:
+                have = self._fields_of(source)
+                why = ("every response of it was dropped (too long? see the summary above)" if set(missing) <= set(have)
+                       else f"no record has it (the records have {', '.join(have) or 'no response fields'})")
+                raise LitAlignError(f"probes: set '{name}' ({source.label}): category {', '.join(map(repr, missing))} "
+                                    f"of probes.categories ({', '.join(self.fields)}): {why}")
             order = list(self.fields.values()) if self.fields is not None else []
             for rows in records:
                 order += [ex.categories[0] for ex in rows if ex.categories[0] not in order]

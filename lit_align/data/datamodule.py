@@ -19,7 +19,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zer
 from torch.utils.data import DataLoader, Dataset
 
 from lit_align.data.collate import collate, collate_packed, collate_prefix, packed_length, padded_length
-from lit_align.data.records import SkipRecord, detect_format, to_examples
+from lit_align.data.records import MAX_RECORD_CHARS, SkipRecord, detect_format, to_examples
 from lit_align.data.samplers import ResumableSampler, WeightedResampler
 from lit_align.data.sources import Source, as_source, read_rows
 from lit_align.data.tokenize import Tokenized, Tokenizer, TokenizeSpec
@@ -68,8 +68,8 @@ class TokenizedSplit(Dataset):
         return i, self.examples[i]
 
 
-def build_split(name: str, source: Source, kind: str, tokenizer: Tokenizer,
-                skip_invalid: bool = False) -> tuple[TokenizedSplit, SplitSummary]:
+def build_split(name: str, source: Source, kind: str, tokenizer: Tokenizer, skip_invalid: bool = False,
+                max_record_chars: int | None = MAX_RECORD_CHARS) -> tuple[TokenizedSplit, SplitSummary]:
     """Read, validate and tokenize one source. Bad rows raise DataError unless `skip_invalid`."""
     from rich.progress import track
 
@@ -84,7 +84,7 @@ def build_split(name: str, source: Source, kind: str, tokenizer: Tokenizer,
             row = {**row, **{new: row[old] for new, old in source.columns.items() if old in row}}
         _count_format(summary, row, where, source.format)
         try:
-            for ex in to_examples(row, where, kind, source.format):
+            for ex in to_examples(row, where, kind, source.format, max_record_chars):
                 result = tokenizer(ex)
                 if isinstance(result, str):
                     summary.dropped[result] += 1
@@ -140,6 +140,7 @@ class AlignDataModule(LightningDataModule):
         group_by_length: int = 0,
         shuffle: bool = True,
         seed: int = 0,
+        max_record_chars: int | None = MAX_RECORD_CHARS,
     ):
         """
         Args:
@@ -171,8 +172,17 @@ class AlignDataModule(LightningDataModule):
                 256 for speed, and check that the curves are unchanged.
             shuffle: shuffle the training examples each epoch (false: file order, e.g. a curriculum).
             seed: seed of the training shuffle.
+            max_record_chars: a record holding more characters of text than this is a bad record (an error,
+                or skipped and counted with skip_invalid): tokenizing megabytes costs gigabytes of memory for
+                tokens that truncation throws away (None: no cap).
         """
         super().__init__()
+        for option, value, least in (("batch_size", batch_size, 1), ("eval_batch_size", eval_batch_size, 1),
+                                     ("max_length", max_length, 1), ("max_prompt_length", max_prompt_length, 1),
+                                     ("num_workers", num_workers, 0), ("pad_to_multiple_of", pad_to_multiple_of, 1),
+                                     ("max_record_chars", max_record_chars, 1)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+                raise LitAlignError(f"data.{option} must be an integer >= {least}, not {value!r}")
         self.train_source = as_source(train)
         self.val_sources = {k: as_source(v) for k, v in (val or {}).items()}
         self.test_sources = {k: as_source(v) for k, v in (test or {}).items()}
@@ -182,7 +192,8 @@ class AlignDataModule(LightningDataModule):
         self.skip_invalid, self.num_workers = skip_invalid, num_workers
         self.pad_to_multiple_of, self.seed = pad_to_multiple_of, seed
         if group_by_length < 0:
-            raise LitAlignError(f"group_by_length must be >= 0 (0: off), not {group_by_length}")
+            raise LitAlignError(f"data.group_by_length must be >= 0 (0: off), not {group_by_length}")
+        self.max_record_chars = max_record_chars
         self.group_by_length = group_by_length
         self.shuffle = shuffle
         self.tokenizer = None
@@ -221,11 +232,34 @@ class AlignDataModule(LightningDataModule):
             if name in self.splits:
                 continue
             kind = self.split_kind(name, source)
-            split, summary = build_split(name, source, RECORD_KIND[kind], tokenizer, self.skip_invalid)
+            split, summary = build_split(name, source, RECORD_KIND[kind], tokenizer, self.skip_invalid,
+                                         self.max_record_chars)
             self.splits[name], self.summaries[name], self.split_kinds[name] = split, summary, kind
             rank_zero_info(f"data {summary.line()}")
             if summary.skipped:
                 rank_zero_warn(f"{name}: skipped {sum(summary.skipped.values())} records ({summary.first_problem})")
+        if stage == "fit" and "train" in self.splits:
+            self._check_val_interval()
+
+    def _check_val_interval(self) -> None:
+        """A whole number of batches between validations must fit in an epoch (Lightning raises deep inside its
+        loop otherwise): say so with the numbers, before training starts."""
+        trainer = self.trainer
+        interval = getattr(trainer, "val_check_interval", None)
+        if trainer is None or isinstance(interval, float) or not isinstance(interval, int) \
+                or trainer.check_val_every_n_epoch is None:
+            return
+        world = max((trainer.distributed_sampler_kwargs or {}).get("num_replicas", 1), 1)
+        n = len(self.splits["train"])
+        batches = -(-n // (self.batch_size * world))
+        if trainer.limit_train_batches is not None and isinstance(trainer.limit_train_batches, int):
+            batches = min(batches, trainer.limit_train_batches)
+        if interval > batches:
+            raise LitAlignError(
+                f"trainer.val_check_interval is {interval} batches, but an epoch of train ({self.train_source.label}:"
+                f" {n} examples, batch_size {self.batch_size}{f' x {world} devices' if world > 1 else ''}) has "
+                f"only {batches}: set --trainer.val_check_interval to at most {batches}, or to 1.0 (validate "
+                "once per epoch), or check_val_every_n_epoch: null (count batches across epochs)")
 
     def split_kind(self, name: str, source: Source) -> str:
         """The kind of example a split yields: the objective's, unless an evaluation set asks for another

@@ -28,6 +28,9 @@ from lit_align.errors import DataError
 
 Prompt = "str | list[dict] | None"
 FORMATS = ("auto", "sft", "pair", "hh", "contrast", "group", "probe")
+MAX_RECORD_CHARS = 1_000_000
+"""Default cap on the text of one record (the data module's max_record_chars): a 10 MB record would cost the
+tokenizer gigabytes of memory for tokens that truncation then throws away."""
 KINDS = ("sft", "pair", "probe")
 
 
@@ -211,12 +214,47 @@ def _pair_example(row: dict, where: str, fmt: str, weight, partial) -> Example:
                    group=str(prompt), where=where)
 
 
-def to_examples(row: object, where: str, kind: str, fmt: str = "auto") -> list[Example]:
+def _strings(value: object):
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _strings(v)
+
+
+def check_text(row: dict, where: str, max_chars: int | None = MAX_RECORD_CHARS) -> None:
+    """Every string of the record is valid Unicode (JSON's "\\ud800" escapes decode to lone surrogates, which no
+    tokenizer takes), and the record's text is at most `max_chars` characters (None: no cap)."""
+    total, longest = 0, (0, None)
+    for key, value in row.items():
+        size = 0
+        for text in _strings(value):
+            size += len(text)
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise DataError(where, f"holds a lone surrogate ({text[e.start]!r}, character {e.start}), which is "
+                                       "not a character: the text was cut inside an emoji or another pair of "
+                                       "UTF-16 escapes", field=str(key)) from None
+        total += size
+        longest = max(longest, (size, key), key=lambda t: t[0])
+    if max_chars is not None and total > max_chars:
+        raise DataError(where, f"the record holds {total:,} characters of text (over the data module's "
+                               f"max_record_chars, {max_chars:,}); shorten it, skip it (skip_invalid: true) or "
+                               "raise max_record_chars", field=str(longest[1]))
+
+
+def to_examples(row: object, where: str, kind: str, fmt: str = "auto",
+                max_chars: int | None = MAX_RECORD_CHARS) -> list[Example]:
     """Validate one raw row and turn it into the examples an objective of `kind` consumes."""
     if isinstance(row, InvalidRow):  # a line that could not be read (bad JSON, bad UTF-8)
         raise row.error
     if not isinstance(row, dict):
         raise DataError(where, f"expected a JSON object per record, got {type(row).__name__}")
+    check_text(row, where, max_chars)
     if fmt not in FORMATS:
         raise DataError(where, f"unknown format '{fmt}': use one of {', '.join(FORMATS)}")
     if kind == "probe" or fmt == "probe":

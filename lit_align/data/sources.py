@@ -10,6 +10,7 @@ import csv
 import gzip
 import io
 import json
+import zlib
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Iterator
@@ -85,8 +86,9 @@ def _open_bytes(path: Path) -> bytes:
     if path.suffix == ".gz":
         try:
             data = gzip.decompress(data)
-        except OSError as e:
-            raise DataError(str(path), f"not a valid gzip file ({e})") from None
+        except (OSError, EOFError, zlib.error) as e:  # EOFError: a truncated file
+            what = "a truncated gzip file" if isinstance(e, EOFError) else "not a valid gzip file"
+            raise DataError(str(path), f"{what} ({e})") from None
     return data
 
 

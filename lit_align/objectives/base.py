@@ -41,7 +41,7 @@ from torchmetrics import MeanMetric
 
 from lit_align.errors import LitAlignError
 from lit_align.logprobs import forward_logps
-from lit_align.models import LoraSpec, ModelSpec, load_model, load_tokenizer, shard_model
+from lit_align.models import LoraSpec, ModelSpec, check_model_spec, load_model, load_tokenizer, shard_model
 
 Sums = dict[str, tuple[Tensor, Tensor]]
 
@@ -82,6 +82,30 @@ class OptimSpec:
     """Final learning rate as a fraction of lr."""
 
 
+def check_optim(spec: OptimSpec) -> None:
+    """Refuse optimizer settings that cannot train (and warn about a learning rate of 0), before any model load."""
+    if spec.schedule not in ("cosine", "linear", "constant"):
+        raise LitAlignError(f"optim.schedule must be cosine, linear or constant, not '{spec.schedule}'")
+    if not math.isfinite(spec.lr) or spec.lr < 0:
+        raise LitAlignError(f"optim.lr must be a finite number >= 0, not {spec.lr}")
+    if spec.lr == 0:
+        from lightning.pytorch.utilities import rank_zero_warn
+
+        rank_zero_warn("optim.lr is 0: the weights will not change (only evaluation and probes are meaningful)")
+    if spec.warmup_steps < 0:
+        raise LitAlignError(f"optim.warmup_steps must be >= 0, not {spec.warmup_steps}")
+    if not 0 <= spec.warmup_ratio <= 1:
+        raise LitAlignError(f"optim.warmup_ratio is a fraction of all optimizer steps: it must be in [0, 1], not "
+                            f"{spec.warmup_ratio}")
+    if not 0 <= spec.min_lr_ratio <= 1:
+        raise LitAlignError(f"optim.min_lr_ratio must be in [0, 1], not {spec.min_lr_ratio}")
+    if spec.weight_decay < 0:
+        raise LitAlignError(f"optim.weight_decay must be >= 0, not {spec.weight_decay}")
+    if not all(0 <= b < 1 for b in spec.betas) or spec.eps <= 0:
+        raise LitAlignError(f"optim.betas must be in [0, 1) and optim.eps > 0, not betas {list(spec.betas)}, eps "
+                            f"{spec.eps}")
+
+
 def lr_lambda(step: int, total: int, warmup: int, schedule: str, min_ratio: float) -> float:
     """Multiplier of the base learning rate at optimizer step `step` (0-based)."""
     if warmup > 0 and step < warmup:
@@ -111,8 +135,8 @@ class Objective(LightningModule):
         self.save_hyperparameters()
         self.policy_spec = policy or ModelSpec()
         self.optim_spec = optim or OptimSpec()
-        if self.optim_spec.schedule not in ("cosine", "linear", "constant"):
-            raise LitAlignError(f"optim.schedule must be cosine, linear or constant, not '{self.optim_spec.schedule}'")
+        check_optim(self.optim_spec)
+        check_model_spec(self.policy_spec, "policy")
         self.tokenizer = load_tokenizer(self.policy_spec)
         self.model: torch.nn.Module | None = None
         self.eval_metrics = torch.nn.ModuleDict()  # "{split}/{name}" -> MeanMetric, created on first use

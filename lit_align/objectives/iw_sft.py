@@ -195,6 +195,10 @@ class IWSFT(SFT):
                 self.importance.build_from_reference(name, logps[:, 0], tokens[:, 0], groups)  # the first continuation
             else:
                 weights = torch.tensor([1.0 if ex.weight is None else ex.weight for ex in examples], dtype=torch.float64)
+                if not (weights > 0).any():
+                    raise LitAlignError(f"weights.source: data: every record `weight` of split '{name}' is 0 "
+                                        f"({len(examples)} examples), so every loss would be 0 and nothing learnt: "
+                                        "give some records a weight > 0 (a missing weight counts as 1)")
                 self.importance.build(name, data_log_weights(weights), groups)
         for name in sorted(splits):  # the same metrics on every rank (their compute() is a collective)
             self._weight_metric(name)
