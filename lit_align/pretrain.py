@@ -133,7 +133,10 @@ def _tokenizer(recipe: Recipe, docs):
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=recipe.vocab_size, special_tokens=["<|pad|>", "<|im_start|>", "<|im_end|>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    sample = [(p or "") + "\n" + a for p, a in docs[:5000]]
+    def text(prompt) -> str:  # a prompt is a string, None (a plain text) or chat messages
+        return prompt or "" if not isinstance(prompt, list) else "\n".join(m["content"] for m in prompt)
+
+    sample = [text(p) + "\n" + a for p, a in docs[:5000]]
     sample.append("<|im_start|>user\n<|im_end|>\n<|im_start|>assistant\n")
     tok.train_from_iterator(sample, trainer=trainer)
     hf = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|pad|>", eos_token="<|im_end|>", bos_token=None)

@@ -228,3 +228,42 @@ def test_export_command_on_a_lora_checkpoint(tmp_path, one_thread):  # noqa: F81
         adapter = PeftModel.from_pretrained(base, tmp_path / "adapter")(ids).logits
     torch.testing.assert_close(merged, expected, atol=1e-5, rtol=0)
     torch.testing.assert_close(adapter, expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("strategy", ["ddp.yaml", "fsdp2.yaml"])
+def test_steered_validation_under_two_processes_equals_one(tmp_path, monkeypatch, one_thread, strategy):  # noqa: F811
+    """A CAA vector applied during validation (steering.SteerDuringEval) under DDP and under FSDP2 (hooks on the
+    sharded blocks) gives the same steered ab/p_match as in one process, and the steering is really on."""
+    import yaml
+
+    from lit_align.data.datamodule import AlignDataModule
+    from lit_align.models import ModelSpec, load_model, load_tokenizer
+    from lit_align.steering import extract_from_data
+
+    spec = ModelSpec(name="builtin:tiny")
+    tok = load_tokenizer(spec)
+    dm = AlignDataModule(train={"path": "builtin:organism", "limit": 16}, max_length=128)
+    dm.connect(tok, "pair")
+    dm.setup("fit")
+    vector = extract_from_data(load_model(spec, tok), dm, "train").save(tmp_path / "v.safetensors")
+    steered = tmp_path / "steered.yaml"
+    steered.write_text(yaml.safe_dump({"trainer": {"callbacks": [{   # a random-init model's vector is small: x300
+        "class_path": "lit_align.steering.SteerDuringEval",
+        "init_args": {"vector": str(vector), "multiplier": 300.0, "layers": [1]}}]}}))
+    args = ["--model.init_args.policy.name", "builtin:tiny", "--trainer.accelerator", "cpu",
+            "--data.init_args.val", "{id: {path: builtin:organism, split: id, limit: 16, kind: pair}}",
+            "--data.init_args.eval_batch_size", "4", "--trainer.enable_model_summary", "false"]
+    run_in_process(["validate", "--config", CONFIG, *args, "--trainer.logger.init_args.name", "plain"], tmp_path,
+                   monkeypatch)
+    run_in_process(["validate", "--config", CONFIG, "--config", str(steered), *args,
+                    "--trainer.logger.init_args.name", "one"], tmp_path, monkeypatch)
+    out = run_cli(["validate", "--config", CONFIG, "--config", str(STRATEGIES / strategy), "--config", str(steered),
+                   *args, "--trainer.devices", "2", "--trainer.logger.init_args.name", "two"], cwd=tmp_path,
+                  env=ONE_THREAD, timeout=400)
+    assert out.returncode == 0, out.stderr[-4000:]
+    logs = tmp_path / "logs"
+    for tag in ("val_id/ab/p_match", "val_id/logps/chosen"):
+        value = {name: list(scalars(logs / name / "version_0", tag).values()) for name in ("plain", "one", "two")}
+        assert len(value["one"]) == 1 and len(value["two"]) == 1, tag
+        assert abs(value["one"][0] - value["two"][0]) <= TOL, (tag, value)
+    assert abs(value["one"][0] - value["plain"][0]) > 0.1, value   # steering moves the log-probs
