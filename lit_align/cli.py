@@ -20,7 +20,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar, RichPr
 from lightning.pytorch.cli import LightningCLI  # noqa: E402
 
 from lit_align.callbacks import ExportHF, NonFiniteGuard, RunCheckpoint, SlurmRequeue  # noqa: E402
-from lit_align.callbacks.requeue import Requeued  # noqa: E402
+from lit_align.callbacks.requeue import Interrupted, Requeued  # noqa: E402
 from lit_align.data.datamodule import AlignDataModule  # noqa: E402
 from lit_align.errors import LitAlignError  # noqa: E402
 from lit_align.objectives.base import Objective  # noqa: E402
@@ -191,6 +191,9 @@ def main(args=None) -> None:
     except Requeued as e:  # SLURM preemption (callbacks/requeue.py): checkpoint written, job requeued
         print(f"\nlit_align: {e}", file=sys.stderr, flush=True)
         sys.exit(0)
+    except Interrupted as e:  # SIGTERM / SIGINT (callbacks/requeue.py): the step finished, last.ckpt written
+        print(f"\nlit_align: {e}", file=sys.stderr, flush=True)
+        sys.exit(128 + e.signum)
     except Exception as e:
         error = _lit_align_error(e)
         if error is None:

@@ -112,6 +112,18 @@ class KillAt(Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+class SignalAt(Callback):
+    """Test helper: send `signal` (a name) to this process inside optimizer step `step` (0-based), after its
+    backward pass and before the optimizer runs, as `kill` or Ctrl-C would."""
+
+    def __init__(self, step: int, signal: str = "SIGTERM"):
+        self.step, self.signal = step, signal
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), getattr(signal, self.signal))
+
+
 # 32 examples, batch 4, accumulation 2: 4 optimizer steps per epoch; 10 steps cross two epoch boundaries.
 # LoRA with dropout makes training random (RNG restore matters); validation every 4 batches (its own RNG use
 # must not shift training's); a checkpoint every 3 steps.
@@ -156,10 +168,23 @@ def assert_same_state(a: Path, b: Path, atol: float = 1e-6) -> None:
     assert ca["lr_schedulers"] == cb["lr_schedulers"]
 
 
-def test_killed_run_resumes_exactly(tmp_path, monkeypatch, one_thread):
-    ref_dir, run_dir = tmp_path / "uninterrupted", tmp_path / "interrupted"
-    ref_dir.mkdir(), run_dir.mkdir()
-    run_in_process(RUN, ref_dir, monkeypatch)
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    """The reference: RUN without interruption (shared by the tests of this module)."""
+    ref_dir = tmp_path_factory.mktemp("uninterrupted")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            run_in_process(RUN, ref_dir, mp)
+    finally:
+        torch.set_num_threads(before)
+    return ref_dir
+
+
+def test_killed_run_resumes_exactly(tmp_path, monkeypatch, one_thread, uninterrupted):
+    ref_dir, run_dir = uninterrupted, tmp_path / "interrupted"
+    run_dir.mkdir()
 
     killed = run_cli([*RUN, "--trainer.callbacks+=test_resume.KillAt", "--trainer.callbacks.step", "7"],
                      cwd=run_dir, env=ONE_THREAD)
@@ -178,3 +203,37 @@ def test_killed_run_resumes_exactly(tmp_path, monkeypatch, one_thread):
     for step, loss in resumed.items():
         assert abs(loss - ref[step]) <= 1e-6, (step, loss, ref[step])
     assert_same_state(ref_dir / "logs" / "resume" / "checkpoints" / "last.ckpt", ckpt)
+
+
+def test_signals_stop_after_the_step_with_a_checkpoint_and_resume_exactly(tmp_path, monkeypatch, one_thread,
+                                                                          uninterrupted):
+    """SIGTERM (a subprocess: `kill`) in step 5, then SIGINT (Ctrl-C, in process) in step 7 of the resumed run:
+    each finishes its step, writes last.ckpt, says how to resume and exits 128 + signal number; the run resumed
+    a second time ends where the uninterrupted one ends, with the same per-step losses."""
+    from lit_align.cli import main
+
+    ckpts = tmp_path / "logs" / "resume" / "checkpoints"
+    term = run_cli([*RUN, "--trainer.callbacks+=test_resume.SignalAt", "--trainer.callbacks.step", "5"],
+                   cwd=tmp_path, env=ONE_THREAD)
+    assert term.returncode == 128 + signal.SIGTERM, term.stderr[-3000:]
+    assert "SIGTERM: interrupted at step 6; resume with --ckpt_path last" in term.stderr
+    assert "Traceback" not in term.stderr
+    assert torch.load(ckpts / "last.ckpt", weights_only=False)["global_step"] == 6  # step 5 was finished
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stopped:
+        main([*RUN, "--ckpt_path", "last", "--trainer.callbacks+=test_resume.SignalAt", "--trainer.callbacks.step", "7",
+              "--trainer.callbacks.signal", "SIGINT"])
+    assert stopped.value.code == 128 + signal.SIGINT
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # pytest's Ctrl-C works again
+    assert torch.load(ckpts / "last.ckpt", weights_only=False)["global_step"] == 8
+    assert not list(ckpts.glob("last-v*.ckpt"))
+
+    run_in_process([*RUN, "--ckpt_path", "last"], tmp_path, monkeypatch)
+    ref = scalars(uninterrupted / "logs" / "resume" / "version_0", "train/loss")
+    runs = [scalars(tmp_path / "logs" / "resume" / f"version_{v}", "train/loss") for v in range(3)]
+    assert [sorted(r) for r in runs] == [list(range(6)), [6, 7], [8, 9]]
+    for run in runs:
+        for step, loss in run.items():
+            assert abs(loss - ref[step]) <= 1e-6, (step, loss, ref[step])
+    assert_same_state(uninterrupted / "logs" / "resume" / "checkpoints" / "last.ckpt", ckpts / "last.ckpt")

@@ -1,4 +1,5 @@
-"""SLURM preemption: on the requeue signal, checkpoint at the next optimizer step, requeue the job, stop.
+"""Signals: SLURM preemption (checkpoint at the next optimizer step, requeue the job, stop) and SIGTERM / SIGINT
+(Ctrl-C) in any run (checkpoint at the next optimizer step, stop with exit status 128 + signal number).
 
 SLURM sends the signal before the time limit (`#SBATCH --signal=USR1@90`, see scripts/slurm/fit.sbatch)
 or before a preemption. Then, on every rank:
@@ -16,7 +17,15 @@ from srun's variables), but its own auto-requeue handler is switched off here, d
 `hpc_ckpt_N.ckpt` from inside the signal handler — in the middle of a step (optimizer state half updated,
 gradients half accumulated) and with a barrier that can deadlock DDP when the ranks are inside a collective —
 into the working directory rather than the experiment's, and then keeps training until it is killed.
-Outside SLURM (or with `requeue.enabled: false`) this callback does nothing.
+Outside SLURM (or with `requeue.enabled: false`) there is no requeue.
+
+SIGTERM (`kill`, `scancel`, a container stop) and SIGINT (Ctrl-C) take the same path in every `fit` (with
+`requeue.interrupt: true`, the default): the handler sets a flag, the current optimizer step is finished,
+last.ckpt is written atomically, and the run stops with `Interrupted` (the CLI prints "interrupted at step N;
+resume with --ckpt_path last" and exits 130 for SIGINT, 143 for SIGTERM). The resumed run continues exactly.
+A second signal of either kind stops at once, without a checkpoint (KeyboardInterrupt). Lightning's own SIGTERM
+handler is not installed: it ends the run at the end of any batch (inside gradient accumulation too) with exit
+status 0 and no checkpoint, and under DDP broadcasts from inside the signal handler.
 """
 
 from __future__ import annotations
@@ -42,6 +51,18 @@ class Requeued(Exception):
         super().__init__(f"preempted: checkpoint written to {checkpoint}; {what}")
 
 
+class Interrupted(Exception):
+    """Raised on every rank after SIGTERM / SIGINT, once the current step is finished and last.ckpt written."""
+
+    def __init__(self, checkpoint: str, step: int, signum: int):
+        self.checkpoint, self.step, self.signum = checkpoint, step, signum
+        super().__init__(f"{signal.Signals(signum).name}: interrupted at step {step}; resume with --ckpt_path last "
+                         f"(checkpoint: {checkpoint})")
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
 def slurm_job_id() -> str | None:
     array_job, array_task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
     if array_job and array_task:
@@ -50,46 +71,80 @@ def slurm_job_id() -> str | None:
 
 
 class SlurmRequeue(Callback):
-    def __init__(self, enabled: bool = True, signal: str = "SIGUSR1", requeue: bool = True):
+    def __init__(self, enabled: bool = True, signal: str = "SIGUSR1", requeue: bool = True, interrupt: bool = True):
         """
         Args:
-            enabled: handle the signal under SLURM (false: Lightning's defaults apply).
+            enabled: handle the signal under SLURM (false: no requeue).
             signal: the signal SLURM sends before the end (`#SBATCH --signal=USR1@<seconds>`).
             requeue: run `scontrol requeue` after the checkpoint (false: only checkpoint and stop).
+            interrupt: on SIGTERM or SIGINT, finish the step, write last.ckpt and stop (exit 128 + signal number);
+                false: Lightning's defaults apply.
         """
-        self.enabled, self.signal_name, self.requeue = enabled, signal, requeue
+        self.enabled, self.signal_name, self.requeue, self.interrupt = enabled, signal, requeue, interrupt
         self.requested = False
-        self._active = False
-        self._previous_handler = None
+        self.stop_signal: int | None = None
+        self._previous: dict[int, object] = {}
+        self._rank_zero = True
 
     @property
     def signum(self) -> signal.Signals:
         return signal.Signals[self.signal_name if self.signal_name.startswith("SIG") else "SIG" + self.signal_name]
 
+    @property
+    def _active(self) -> bool:
+        return bool(self._previous)
+
+    def _install(self, signum: int, handler) -> None:
+        previous = signal.signal(signum, handler)
+        self._previous.setdefault(signum, previous)
+
     def setup(self, trainer, pl_module, stage: str) -> None:
-        if stage != "fit" or not self.enabled or not SLURMEnvironment.detect():
+        if stage != "fit":
             return
-        env = getattr(trainer._accelerator_connector, "cluster_environment", None)
-        if isinstance(env, SLURMEnvironment) and env.auto_requeue:
-            env.auto_requeue = False  # see the module docstring
+        slurm = self.enabled and SLURMEnvironment.detect()
+        if not slurm and not self.interrupt:
+            return
+        if slurm:
+            env = getattr(trainer._accelerator_connector, "cluster_environment", None)
+            if isinstance(env, SLURMEnvironment) and env.auto_requeue:
+                env.auto_requeue = False  # see the module docstring
         if threading.current_thread() is not threading.main_thread():
-            rank_zero_warn("SLURM requeue: not in the main thread, cannot install a signal handler")
+            rank_zero_warn("not in the main thread, cannot install signal handlers (SIGTERM/SIGINT/SLURM requeue)")
             return
-        self._previous_handler = signal.signal(self.signum, self._on_signal)
-        self._active = True
-        rank_zero_info(f"SLURM job {slurm_job_id()}: on {self.signum.name}, checkpoint at the next step and "
-                       f"{'requeue' if self.requeue else 'stop'}")
+        self.requested, self.stop_signal, self._rank_zero = False, None, trainer.is_global_zero
+        if self.interrupt:
+            for signum in STOP_SIGNALS:
+                self._install(signum, self._on_stop_signal)
+            # Lightning installs its SIGTERM handler later in fit (wrapping this one): see the module docstring
+            trainer._signal_connector.register_signal_handlers = lambda: None
+        if slurm:
+            self._install(self.signum, self._on_signal)
+            rank_zero_info(f"SLURM job {slurm_job_id()}: on {self.signum.name}, checkpoint at the next step and "
+                           f"{'requeue' if self.requeue else 'stop'}")
 
     def _on_signal(self, signum, frame) -> None:
         self.requested = True
+
+    def _on_stop_signal(self, signum, frame) -> None:
+        name = signal.Signals(signum).name
+        if self.stop_signal is not None:  # the second one: stop now
+            self._restore()
+            raise KeyboardInterrupt(f"{name} received twice: stopping without a checkpoint")
+        self.stop_signal = signum
+        if self._rank_zero:
+            os.write(2, f"\nlit_align: {name} received: stopping after the current optimizer step, with a checkpoint "
+                        f"(send it again to stop at once, without one)\n".encode())
+
+    def _restore(self) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        self._previous = {}
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         self.teardown(trainer, pl_module, "fit")
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
-        if self._active:
-            signal.signal(self.signum, self._previous_handler or signal.SIG_DFL)
-            self._active = False
+        self._restore()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if not self._active:
@@ -98,18 +153,35 @@ class SlurmRequeue(Callback):
             trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
         if not at_step_end:
             return
-        flag = torch.tensor(float(self.requested), device=trainer.strategy.root_device)
-        if trainer.world_size > 1:
-            flag = trainer.strategy.reduce(flag, reduce_op="sum")
-        if flag.item() == 0:
+        flags = torch.tensor([float(self.requested), float(self.stop_signal or 0)], device=trainer.strategy.root_device)
+        if trainer.world_size > 1:  # a signal can reach the ranks at different times (or only one of them)
+            flags = trainer.strategy.reduce(flags, reduce_op="max")
+        requested, stop_signal = (int(v) for v in flags.tolist())
+        if not requested and not stop_signal:
             return
+        if not requested:
+            if trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps:
+                return  # the last step: the run ends normally (final checkpoint and export)
+            path = self._checkpoint(trainer)
+            self._log_this_step(trainer)
+            trainer.strategy.barrier("SlurmRequeue.interrupt")
+            raise Interrupted(path, trainer.global_step, stop_signal)
         path = self._checkpoint(trainer)
+        self._log_this_step(trainer)
         job_id = slurm_job_id()
         requeued = False
         if trainer.is_global_zero and self.requeue:
             requeued = self._scontrol_requeue(job_id)
         trainer.strategy.barrier("SlurmRequeue")
         raise Requeued(path, job_id, requeued if trainer.is_global_zero else self.requeue)
+
+    @staticmethod
+    def _log_this_step(trainer) -> None:
+        """Send this step's logged values to the loggers (Lightning does it after the on_train_batch_end hooks,
+        which the exception raised here skips), so that the last finished step keeps its train/loss."""
+        connector = trainer._logger_connector
+        connector.on_batch_end()
+        connector.update_train_step_metrics()
 
     @staticmethod
     def _checkpoint(trainer) -> str:
