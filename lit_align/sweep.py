@@ -315,9 +315,9 @@ class Sweep:
         names = sorted({k for r in rows for k in r if k.endswith("logps/accuracy")})
         return names or sorted({k for r in rows for k in r if k.endswith("/loss")})
 
-    def collect(self) -> tuple[Path, Path | None]:
-        """Write <out>/results.csv (one row per finished run) and <out>/<name>.png."""
-        rows = self.results()
+    def collect(self, rows: list[dict] | None = None) -> tuple[Path, Path | None]:
+        """Write <out>/results.csv (one row per finished run, or `rows`) and <out>/<name>.png."""
+        rows = self.results() if rows is None else rows
         if not rows:
             raise LitAlignError(f"no finished runs under {self.out / 'runs'}")
         fixed = ["run", "objective", "size", "seed", "train_examples", "steps", "wall_s"]
@@ -339,7 +339,8 @@ class Sweep:
                                  title=f"{self.name}: final model, by training examples ({len(self.seeds)} seeds)")
             except ImportError:
                 print("matplotlib is not installed: no figure (pip install matplotlib)", file=sys.stderr)
-        missing = len(self.runs) + len(self.derived) - len(rows)
+        done = {r["run"] for r in rows}
+        missing = sum(r.name not in done for r in self.runs + list(self.derived.values()))
         print(f"wrote {csv_path} ({len(rows)} runs{f', {missing} not finished' if missing else ''})"
               + (f" and {png}" if png else ""), flush=True)
         return csv_path, png

@@ -32,6 +32,50 @@ COLUMNS = (("val_id/ab/p_match", "ID p_match"), ("val_ood/ab/p_match", "OOD p_ma
            ("val_task/logps/accuracy", "task accuracy"))
 
 
+def start_metrics(sweep: Sweep) -> dict[str, float]:
+    """The starting model's metrics (no training, no steering) on the sweep's evaluation and generation sets,
+    under the same names; computed once into <out>/start.json."""
+    import json
+
+    from lit_align.data.datamodule import AlignDataModule
+    from lit_align.models import load_model, load_tokenizer
+    from lit_align.steering import contrast_margins, match_rate, p_match
+    from lit_align.steering_cli import _policy
+
+    path = sweep.out / "start.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    base = sweep.spec.get("base") or {}
+    spec = _policy(base)
+    tokenizer = load_tokenizer(spec)
+    model = load_model(spec, tokenizer)
+    args = dict((base.get("data") or {}).get("init_args") or {})
+    args["train"] = {**(args.get("train") if isinstance(args.get("train"), dict) else {"path": args.get("train")}),
+                     "limit": 1}
+    dm = AlignDataModule(**args)
+    dm.connect(tokenizer, "pair")
+    dm.setup("fit")
+    metrics: dict[str, float] = {}
+    for split in dm.splits:
+        if split.startswith("val"):
+            margins = contrast_margins(model, dm.eval_loader(split))
+            metrics[f"{split}/logps/accuracy"] = match_rate(margins)
+            metrics[f"{split}/logps/margins"] = float(margins.mean())
+            if dm.summaries[split].contrast:
+                metrics[f"{split}/ab/p_match"] = p_match(margins)
+    metrics.update(sweep._generation_metrics(model, dm))
+    sweep.out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(metrics, indent=1))
+    return metrics
+
+
+def with_start(rows: list[dict], start: dict[str, float]) -> list[dict]:
+    """`rows` plus the starting model at every training-set size (a flat line in the figure)."""
+    sizes = sorted({int(r["size"]) for r in rows})
+    return [{"run": f"start-n{n}", "objective": "start", "size": n, "seed": 0, "train_examples": n, **start}
+            for n in sizes] + rows
+
+
 def table(rows: list[dict]) -> str:
     """Markdown: per method and n, the mean over seeds of each column (± half the seeds' range)."""
     lines = ["| method | n | " + " | ".join(c for _, c in COLUMNS) + " | seeds |",
@@ -46,6 +90,9 @@ def table(rows: list[dict]) -> str:
                 values.append("" if not v else f"{sum(v) / len(v):.2f}" +
                               (f" ± {(max(v) - min(v)) / 2:.2f}" if len(v) > 1 else ""))
             lines.append(f"| {m} | {n} | " + " | ".join(values) + f" | {len(cell)} |")
+            if m == "start":
+                lines[-1] = lines[-1].replace(f"| start | {n} |", "| start (no training) | any |")
+                break
     return "\n".join(lines) + "\n"
 
 
@@ -75,9 +122,10 @@ def main(argv: list[str] | None = None) -> None:
             return
         if not args.collect:
             sweep.run_all()
-        sweep.collect()
+        rows = with_start(sweep.results(), start_metrics(sweep))
+        sweep.collect(rows)
         md = sweep.out / "table.md"
-        md.write_text(table(sweep.results()))
+        md.write_text(table(rows))
         print(f"wrote {md}\n\n{md.read_text()}", flush=True)
     except LitAlignError as e:
         print(f"\norganism experiment: error: {e}", file=sys.stderr, flush=True)
