@@ -384,7 +384,8 @@ def _full_disk(tmp_path, monkeypatch):
 
     def after():
         assert len(written_to) == 1 and Path(written_to[0]).parent == ckpt_dir.relative_to(tmp_path)
-        assert Path(written_to[0]).name.startswith(".") and written_to[0].endswith(".ckpt.partial")
+        assert Path(written_to[0]).name.startswith(".") and written_to[0].endswith(".partial")
+        assert ".ckpt." in written_to[0]  # .<name>.ckpt.<run>.partial
         assert (ckpt_dir / "last.ckpt").read_bytes() == before
         assert sorted(p.name for p in ckpt_dir.iterdir()) == files  # and no partial file left
 

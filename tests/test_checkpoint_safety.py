@@ -4,11 +4,15 @@ are written under a hidden partial name, flushed, then renamed), and `--ckpt_pat
 is still found)."""
 
 import io
+import json
 import os
 import signal
+import socket
+import subprocess
 import zipfile
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import REPO, run_cli
 from lightning.pytorch import Callback, Trainer
@@ -16,6 +20,7 @@ from test_resume import ONE_THREAD, one_thread, run_in_process, scalars  # noqa:
 
 from lit_align.callbacks import RunCheckpoint
 from lit_align.callbacks.checkpoint import commit, is_complete, old_path, partial_path
+from lit_align.callbacks.lock import ExperimentLock
 from lit_align.data import AlignDataModule
 from lit_align.models import ModelSpec
 from lit_align.objectives import SFT, OptimSpec
@@ -61,8 +66,8 @@ def test_kill_during_save_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, 
                       "--trainer.callbacks.step", "4"], cwd=tmp_path, env=ONE_THREAD)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     ckpts = tmp_path / "logs" / "safety" / "checkpoints"
-    partial = Path(partial_path(str(ckpts / "last.ckpt")))
-    assert partial.exists() and not zipfile.is_zipfile(partial)  # it died writing step 4's last.ckpt ...
+    [partial] = ckpts.glob(".last.ckpt.*.partial")  # named after the run
+    assert not zipfile.is_zipfile(partial)                       # it died writing step 4's last.ckpt ...
     last = torch.load(ckpts / "last.ckpt", weights_only=False)   # ... and step 2's is intact
     assert last["global_step"] == 2
 
@@ -70,6 +75,39 @@ def test_kill_during_save_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, 
     assert not partial.exists()  # the leftover of the killed save is cleaned up
     assert torch.load(ckpts / "last.ckpt", weights_only=False)["global_step"] == 6
     assert sorted(scalars(tmp_path / "logs" / "safety" / "version_1", "train/loss")) == [2, 3, 4, 5]
+
+
+def test_one_run_per_experiment_and_one_last_checkpoint(tmp_path, monkeypatch, capsys, one_thread):  # noqa: F811
+    """A second run of an experiment whose lock is held stops in one sentence naming the holder (exit 2) and
+    touches nothing; a lock left by a process that is gone is taken over with a warning; a new run in an
+    experiment that has a last.ckpt replaces it (no last-v1.ckpt)."""
+    from lit_align.cli import main
+
+    ckpts = tmp_path / "logs" / "safety" / "checkpoints"
+    short = [*RUN, "--trainer.max_steps", "2"]
+    ckpts.mkdir(parents=True)
+    (ckpts / ".last.ckpt.partial").write_bytes(b"the holder's save in progress")
+    monkeypatch.chdir(tmp_path)
+    with ExperimentLock(str(ckpts)), pytest.raises(SystemExit) as refused:
+        main(short)
+    assert refused.value.code == 2
+    err = capsys.readouterr().err
+    assert "is in use by another run" in err and f"pid {os.getpid()} on host {socket.gethostname()}" in err
+    assert "started " in err and "Traceback" not in err
+    assert sorted(p.name for p in ckpts.iterdir()) == [".last.ckpt.partial", ".lock"]  # nothing touched
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    (ckpts / ".lock").write_text(json.dumps({"pid": gone.pid, "host": socket.gethostname(), "started": "earlier",
+                                             "command": "lit_align fit"}))
+    with pytest.warns(UserWarning, match=f"pid {gone.pid} .* no longer running"):
+        run_in_process(short, tmp_path, monkeypatch)
+    first = torch.load(ckpts / "last.ckpt", weights_only=False)["global_step"]
+    run_in_process([*short, "--seed_everything", "1"], tmp_path, monkeypatch)  # a new run, same experiment
+    assert sorted(p.name for p in ckpts.glob("last*")) == ["last.ckpt"]
+    assert first == torch.load(ckpts / "last.ckpt", weights_only=False)["global_step"] == 2
+    assert (ckpts / ".lock").read_text() == ""  # released
+    assert not list(ckpts.glob("*.partial"))
 
 
 def test_resume_skips_an_incomplete_newer_checkpoint(tmp_path, one_thread):  # noqa: F811

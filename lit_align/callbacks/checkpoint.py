@@ -6,8 +6,8 @@ directory is logs/<exp>/checkpoints/, shared by all versions of the experiment. 
 after validation or at an epoch's end; a run that stops on max_steps mid-epoch would leave its final steps
 unsaved, so last.ckpt is also written when training ends.
 
-Safely. A checkpoint is written under a hidden temporary name in the same directory (`.last.ckpt.partial`,
-a file, or a directory for sharded FSDP2 / DeepSpeed checkpoints), flushed to disk (fsync), and only then
+Safely. A checkpoint is written under a hidden temporary name in the same directory (`.last.ckpt.<run>.partial`,
+named after the run, a file, or a directory for sharded FSDP2 / DeepSpeed checkpoints), flushed to disk (fsync), and only then
 renamed over its final name: a process killed during a save leaves the previous checkpoint intact (and a
 partial file, removed by the next run). Lightning's own "atomic" save writes to the system temp directory
 and moves the file (a copy, not a rename, when /tmp is another file system, as on most clusters): a file
@@ -18,6 +18,9 @@ the previous checkpoint is untouched.
 corrupt one (a stored checksum that does not match) is skipped with a warning; an explicit `--ckpt_path FILE`
 that is missing, incomplete or corrupt is refused in one sentence (`checkpoint_problem`). A checkpoint whose weights hold NaN or inf is never written: the run stops with
 an error instead, and the last good checkpoint stays the newest.
+There is one last.ckpt per experiment, replaced atomically (never Lightning's last-v1.ckpt), and one run at a
+time per experiment: `fit` holds a lock in the checkpoint directory (lock.py); a second run stops with an error
+naming the holder.
 
 Exactly. Lightning restores weights, optimizer, scheduler, loop counters and the data module (whose
 sampler position is in its state). The random number generators (torch, CUDA, numpy, Python; one state
@@ -29,6 +32,7 @@ evaluation already done) never shifts the randomness of training (dropout).
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import zipfile
 import zlib
@@ -40,16 +44,18 @@ from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from lit_align.callbacks.lock import ExperimentLock
 from lit_align.errors import LitAlignError
 
 RNG_KEY = "lit_align_rng"
 PARTIAL, OLD = ".partial", ".old"
 
 
-def partial_path(path: str) -> str:
-    """Where `path` is written before it is complete: a hidden sibling (same file system, so a rename)."""
+def partial_path(path: str, token: str | None = None) -> str:
+    """Where `path` is written before it is complete: a hidden sibling (same file system, so a rename), named
+    after the run (`token`: RunCheckpoint's, one per run, the same on every rank)."""
     head, tail = os.path.split(path)
-    return os.path.join(head, f".{tail}{PARTIAL}")
+    return os.path.join(head, f".{tail}{f'.{token}' if token else ''}{PARTIAL}")
 
 
 def old_path(path: str) -> str:
@@ -187,6 +193,8 @@ class RunCheckpoint(ModelCheckpoint):
         super().__init__(save_last=save_last, every_n_train_steps=every_n_train_steps, **kwargs)
         self._rng_train: dict | None = None
         self._rng_to_restore: dict | None = None
+        self._lock: ExperimentLock | None = None
+        self._token: str | None = None
 
     def _default_dirpath(self, trainer) -> None:
         if self.dirpath is None and trainer.loggers and trainer.loggers[0].save_dir is not None:
@@ -198,12 +206,47 @@ class RunCheckpoint(ModelCheckpoint):
         super().setup(trainer, pl_module, stage)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = PartialFileCheckpointIO()
-        if trainer.is_global_zero and self.dirpath and os.path.isdir(self.dirpath):
+        if stage != "fit" or not self.dirpath:
+            return
+        self._lock_experiment(trainer)
+        self._token = trainer.strategy.broadcast(f"{os.getpid()}-{secrets.token_hex(3)}", src=0)
+        if trainer.is_global_zero and os.path.isdir(self.dirpath):
             for entry in os.scandir(self.dirpath):  # leftovers of a save that was killed
                 if entry.name.startswith(".") and entry.name.endswith(PARTIAL):
                     rank_zero_info(f"removing an incomplete checkpoint left by an interrupted save: {entry.path}")
                     _remove(entry.path)
         trainer.strategy.barrier("RunCheckpoint.setup")
+
+    def _lock_experiment(self, trainer) -> None:
+        """One run at a time in this checkpoint directory (lock.py): rank 0 takes the lock, every rank stops if
+        another run holds it."""
+        refused = None
+        if trainer.is_global_zero and "://" not in self.dirpath:
+            self._lock = ExperimentLock(self.dirpath)
+            try:
+                self._lock.acquire()
+            except LitAlignError as e:
+                refused, self._lock = str(e), None
+        refused = trainer.strategy.broadcast(refused, src=0)
+        if refused:
+            raise LitAlignError(refused)
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        self._release()
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        from lit_align.callbacks.requeue import Interrupted, Requeued
+
+        try:
+            if not isinstance(exception, (Interrupted, Requeued)):  # those wrote last.ckpt at a step's end
+                super().on_exception(trainer, pl_module, exception)
+        finally:
+            self._release()
 
     # -- which checkpoint `--ckpt_path last` resumes ------------------------------------------------
     def _find_last_checkpoints(self, trainer) -> set[str]:
@@ -222,7 +265,7 @@ class RunCheckpoint(ModelCheckpoint):
     # -- writing ----------------------------------------------------------------------------------------
     def _save_checkpoint(self, trainer, filepath: str) -> None:
         self.refuse_nonfinite(trainer, filepath)
-        partial = partial_path(filepath)
+        partial = partial_path(filepath, self._token)
         try:
             trainer.save_checkpoint(partial, self.save_weights_only)  # every rank; ends with a barrier
             if trainer.is_global_zero:
@@ -265,6 +308,15 @@ class RunCheckpoint(ModelCheckpoint):
         self.last_model_path = filepath
         self._save_checkpoint(trainer, filepath)
         return filepath
+
+    def _save_last_checkpoint(self, trainer, monitor_candidates: dict) -> None:
+        """One last.ckpt per experiment, replaced atomically: never Lightning's last-v1.ckpt (its version counter
+        picks a new name when last.ckpt exists and is not this run's, and `--ckpt_path last` then takes either)."""
+        counter, self._enable_version_counter = self._enable_version_counter, False
+        try:
+            super()._save_last_checkpoint(trainer, monitor_candidates)
+        finally:
+            self._enable_version_counter = counter
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self.save_last and not trainer.interrupted and self._last_global_step_saved != trainer.global_step:
