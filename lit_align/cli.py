@@ -119,6 +119,28 @@ class LitAlignCLI(LightningCLI):
         self.trainer_defaults = {**self.trainer_defaults, "callbacks": keep}
         return super()._instantiate_trainer(config, callbacks)
 
+    def before_fit(self) -> None:
+        """`--ckpt_path last` with no checkpoint starts from scratch (one line, not Lightning's warning); a
+        checkpoint whose run is finished (its step or epoch limit reached) is not trained again: say so and how
+        to train further, leaving last.ckpt and the exported model as they are."""
+        config = self.config_init[self.subcommand]
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path in (None, "best", "hpc", "registry"):
+            return
+        if ckpt_path == "last":
+            callback = next((cb for cb in self.trainer.checkpoint_callbacks if isinstance(cb, RunCheckpoint)), None)
+            if callback is None:
+                return
+            found = callback._find_last_checkpoints(self.trainer)
+            if not found:
+                _say(self.trainer, f"--ckpt_path last: no checkpoint in {callback.dirpath}: starting from scratch")
+                config["ckpt_path"] = None
+                return
+            ckpt_path = max(found, key=os.path.getmtime)
+        finished = finished_run(str(ckpt_path), self.trainer, given=str(config.get("ckpt_path") or "last"))
+        if finished:
+            raise NothingToDo(finished)
+
     def after_fit(self) -> None:
         trainer = self.trainer
         log_dir = trainer.log_dir  # a collective under DDP/FSDP: every rank asks
@@ -132,6 +154,38 @@ class LitAlignCLI(LightningCLI):
             if isinstance(cb, ExportHF) and cb.saved_to:
                 lines.append(f"final model:      {cb.saved_to}")
         print("\n".join(lines), flush=True)
+
+
+class NothingToDo(Exception):
+    """`fit` has nothing to do (a finished run resumed): the CLI says why and exits 0."""
+
+
+def _say(trainer, message: str) -> None:
+    if trainer.is_global_zero and os.environ.get("LOCAL_RANK", "0") == "0":
+        print(f"lit_align: {message}", file=sys.stderr, flush=True)
+
+
+def finished_run(path: str, trainer, given: str = "last") -> str | None:
+    """Why resuming the checkpoint `path` with `trainer`'s limits would train nothing (None: it would train)."""
+    import torch
+
+    try:
+        meta = os.path.join(path, "meta.pt") if os.path.isdir(path) else path
+        ckpt = torch.load(meta, map_location="cpu", weights_only=False, mmap=True)
+        step, epoch = int(ckpt["global_step"]), int(ckpt["epoch"])
+    except Exception:  # a checkpoint layout without these (DeepSpeed): let Lightning decide
+        return None
+    max_steps, max_epochs = trainer.max_steps, trainer.max_epochs
+    if max_steps is not None and max_steps >= 0 and step >= max_steps:
+        done, further = f"step {step}; trainer.max_steps {max_steps}", f"--trainer.max_steps {max(2 * step, step + 1)}"
+    elif max_epochs is not None and max_epochs >= 0 and epoch >= max_epochs and (max_steps is None or max_steps < 0):
+        done, further = f"epoch {epoch}; trainer.max_epochs {max_epochs}", f"--trainer.max_epochs {max(2 * epoch, 2)}"
+    else:
+        return None
+    return (f"the run in {path} is finished ({done}): nothing to train, and nothing is rewritten (checkpoint, "
+            f"exported model). To train it further, raise the limit and resume: --ckpt_path {given} {further} (the "
+            "learning-rate schedule continues from where it ended). To start a new run, give it another experiment "
+            "name (--trainer.logger.init_args.name NAME).")
 
 
 def check_trainer_options(trainer: dict) -> None:
@@ -191,8 +245,12 @@ def main(args=None) -> None:
     except Requeued as e:  # SLURM preemption (callbacks/requeue.py): checkpoint written, job requeued
         print(f"\nlit_align: {e}", file=sys.stderr, flush=True)
         sys.exit(0)
+    except NothingToDo as e:
+        print(f"\nlit_align: {_one_paragraph(str(e))}", file=sys.stderr, flush=True)
+        sys.exit(0)
     except Interrupted as e:  # SIGTERM / SIGINT (callbacks/requeue.py): the step finished, last.ckpt written
-        print(f"\nlit_align: {e}", file=sys.stderr, flush=True)
+        if e.rank_zero:
+            print(f"\nlit_align: {e}", file=sys.stderr, flush=True)
         sys.exit(128 + e.signum)
     except Exception as e:
         error = _lit_align_error(e)

@@ -237,3 +237,31 @@ def test_signals_stop_after_the_step_with_a_checkpoint_and_resume_exactly(tmp_pa
         for step, loss in run.items():
             assert abs(loss - ref[step]) <= 1e-6, (step, loss, ref[step])
     assert_same_state(uninterrupted / "logs" / "resume" / "checkpoints" / "last.ckpt", ckpts / "last.ckpt")
+
+
+def test_resume_from_nothing_starts_from_scratch_and_a_finished_run_is_left_alone(tmp_path, monkeypatch, capsys,
+                                                                                 one_thread):
+    import warnings
+
+    from lit_align.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    run = [*RUN, "--trainer.max_steps", "2", "--ckpt_path", "last"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        main(run)
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if "from scratch" in line] == [
+        f"lit_align: --ckpt_path last: no checkpoint in {Path('logs', 'resume', 'checkpoints')}: starting from scratch"]
+    assert not [w for w in caught if "no last checkpoint" in str(w.message)]  # not Lightning's hint as well
+    last = tmp_path / "logs" / "resume" / "checkpoints" / "last.ckpt"
+    written = last.stat().st_mtime_ns
+    assert torch.load(last, weights_only=False)["global_step"] == 2
+
+    with pytest.raises(SystemExit) as finished:
+        main(run)
+    assert finished.value.code == 0
+    err = capsys.readouterr().err
+    assert "is finished (step 2; trainer.max_steps 2): nothing to train" in err
+    assert "--ckpt_path last --trainer.max_steps 4" in err
+    assert last.stat().st_mtime_ns == written  # not rewritten

@@ -54,8 +54,8 @@ class Requeued(Exception):
 class Interrupted(Exception):
     """Raised on every rank after SIGTERM / SIGINT, once the current step is finished and last.ckpt written."""
 
-    def __init__(self, checkpoint: str, step: int, signum: int):
-        self.checkpoint, self.step, self.signum = checkpoint, step, signum
+    def __init__(self, checkpoint: str, step: int, signum: int, rank_zero: bool = True):
+        self.checkpoint, self.step, self.signum, self.rank_zero = checkpoint, step, signum, rank_zero
         super().__init__(f"{signal.Signals(signum).name}: interrupted at step {step}; resume with --ckpt_path last "
                          f"(checkpoint: {checkpoint})")
 
@@ -165,7 +165,7 @@ class SlurmRequeue(Callback):
             path = self._checkpoint(trainer)
             self._log_this_step(trainer)
             trainer.strategy.barrier("SlurmRequeue.interrupt")
-            raise Interrupted(path, trainer.global_step, stop_signal)
+            raise Interrupted(path, trainer.global_step, stop_signal, trainer.is_global_zero)
         path = self._checkpoint(trainer)
         self._log_this_step(trainer)
         job_id = slurm_job_id()
