@@ -96,6 +96,8 @@ class LitAlignCLI(LightningCLI):
             ckpt_path = config.get("ckpt_path")
             if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry"):
                 check_checkpoint_file(str(ckpt_path))
+            if self.config.subcommand == "fit":
+                return  # the checkpoint's model does not silently replace the command line's (before_fit compares)
         super()._parse_ckpt_path()
 
     def instantiate_classes(self) -> None:
@@ -120,9 +122,10 @@ class LitAlignCLI(LightningCLI):
         return super()._instantiate_trainer(config, callbacks)
 
     def before_fit(self) -> None:
-        """`--ckpt_path last` with no checkpoint starts from scratch (one line, not Lightning's warning); a
-        checkpoint whose run is finished (its step or epoch limit reached) is not trained again: say so and how
-        to train further, leaving last.ckpt and the exported model as they are."""
+        """`--ckpt_path last` with no checkpoint starts from scratch (one line, not Lightning's warning). Resuming
+        with model settings (objective, model, optimizer) other than the checkpoint's is refused with the list of
+        changes (compute-only ones, `COMPUTE_ONLY`, are applied and said). A checkpoint whose run is finished (its
+        step or epoch limit reached) is not trained again: say so and how to train further, rewriting nothing."""
         config = self.config_init[self.subcommand]
         ckpt_path = config.get("ckpt_path")
         if ckpt_path in (None, "best", "hpc", "registry"):
@@ -137,7 +140,21 @@ class LitAlignCLI(LightningCLI):
                 config["ckpt_path"] = None
                 return
             ckpt_path = max(found, key=os.path.getmtime)
-        finished = finished_run(str(ckpt_path), self.trainer, given=str(config.get("ckpt_path") or "last"))
+        given = str(config.get("ckpt_path"))
+        ckpt = _checkpoint_meta(str(ckpt_path))
+        if ckpt is None:
+            return
+        applied, refused = changed_settings(ckpt.get("hyper_parameters") or {}, dict(self.model.hparams))
+        if refused:
+            raise LitAlignError(
+                f"--ckpt_path {given}: this command line changes settings the checkpoint {ckpt_path} was trained with: "
+                f"{'; '.join(refused)}. Resuming continues that run (its model, optimizer state and schedule), so "
+                "resume with its settings; for a run with the new ones, give it another experiment name "
+                "(--trainer.logger.init_args.name NAME), starting from the run's exported model if wanted "
+                "(--model.init_args.policy.name <its version dir>/hf_model).")
+        if applied:
+            _say(self.trainer, f"--ckpt_path {given}: applying compute-only changes: {'; '.join(applied)}")
+        finished = finished_run(ckpt, str(ckpt_path), self.trainer, given=given)
         if finished:
             raise NothingToDo(finished)
 
@@ -165,16 +182,60 @@ def _say(trainer, message: str) -> None:
         print(f"lit_align: {message}", file=sys.stderr, flush=True)
 
 
-def finished_run(path: str, trainer, given: str = "last") -> str | None:
-    """Why resuming the checkpoint `path` with `trainer`'s limits would train nothing (None: it would train)."""
+def _checkpoint_meta(path: str) -> dict | None:
+    """The checkpoint `path` (memory-mapped: its tensors are not read), or None for a layout without Lightning's
+    keys (DeepSpeed): then Lightning decides alone."""
     import torch
 
     try:
         meta = os.path.join(path, "meta.pt") if os.path.isdir(path) else path
         ckpt = torch.load(meta, map_location="cpu", weights_only=False, mmap=True)
-        step, epoch = int(ckpt["global_step"]), int(ckpt["epoch"])
-    except Exception:  # a checkpoint layout without these (DeepSpeed): let Lightning decide
+        int(ckpt["global_step"]), int(ckpt["epoch"])
+    except Exception:
         return None
+    return ckpt
+
+
+COMPUTE_ONLY = {"gradient_checkpointing", "lm_head", "logits_chunk", "attn_implementation"}
+"""Model settings that change how the numbers are computed, not the numbers: a resume may change them."""
+
+
+def _flat(value, prefix: str = "") -> dict:
+    import dataclasses
+
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if k != "_instantiator":
+                out.update(_flat(v, f"{prefix}{'class_path' if k == '_class_path' else k}."))
+        return out
+    return {prefix[:-1]: list(value) if isinstance(value, tuple) else value}
+
+
+def changed_settings(saved: dict, now: dict) -> tuple[list[str], list[str]]:
+    """The model settings (hyperparameters) that differ between a checkpoint and this run, as `key: old -> new`:
+    (compute-only ones, the others)."""
+    old, new = _flat(saved), _flat(now)
+    if old.get("class_path") != new.get("class_path"):  # another objective: its settings are not comparable
+        return [], [f"model.class_path (the objective): {old.get('class_path')!r} in the checkpoint, "
+                    f"{new.get('class_path')!r} now"]
+    missing = object()
+    applied, refused = [], []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key, missing), new.get(key, missing)
+        if a != b:
+            line = (f"model.{'' if key == 'class_path' else 'init_args.'}{key}: "
+                    f"{'(absent)' if a is missing else repr(a)} in the checkpoint, {'(absent)' if b is missing else repr(b)} now")
+            (applied if key.rsplit(".", 1)[-1] in COMPUTE_ONLY else refused).append(line)
+    return applied, refused
+
+
+def finished_run(ckpt: dict, path: str, trainer, given: str = "last") -> str | None:
+    """Why resuming the checkpoint `ckpt` (from `path`) with `trainer`'s limits would train nothing (None: it
+    would train)."""
+    step, epoch = int(ckpt["global_step"]), int(ckpt["epoch"])
     max_steps, max_epochs = trainer.max_steps, trainer.max_epochs
     if max_steps is not None and max_steps >= 0 and step >= max_steps:
         done, further = f"step {step}; trainer.max_steps {max_steps}", f"--trainer.max_steps {max(2 * step, step + 1)}"
@@ -183,9 +244,8 @@ def finished_run(path: str, trainer, given: str = "last") -> str | None:
     else:
         return None
     return (f"the run in {path} is finished ({done}): nothing to train, and nothing is rewritten (checkpoint, "
-            f"exported model). To train it further, raise the limit and resume: --ckpt_path {given} {further} (the "
-            "learning-rate schedule continues from where it ended). To start a new run, give it another experiment "
-            "name (--trainer.logger.init_args.name NAME).")
+            f"exported model). To train it further, raise the limit and resume: --ckpt_path {given} {further}. To start "
+            "a new run, give it another experiment name (--trainer.logger.init_args.name NAME).")
 
 
 def check_trainer_options(trainer: dict) -> None:

@@ -265,3 +265,20 @@ def test_resume_from_nothing_starts_from_scratch_and_a_finished_run_is_left_alon
     assert "is finished (step 2; trainer.max_steps 2): nothing to train" in err
     assert "--ckpt_path last --trainer.max_steps 4" in err
     assert last.stat().st_mtime_ns == written  # not rewritten
+
+    # changed settings are refused, listed (the checkpoint's model no longer silently replaces the command line's)
+    for changed, words in [(["--model.init_args.optim.lr", "0.02"], ["model.init_args.optim.lr: 0.01 in the "
+                                                                       "checkpoint, 0.02 now"]),
+                           (["--model.init_args.policy.name", "builtin:small", "--ckpt_path", str(last)],
+                            ["model.init_args.policy.name: 'builtin:tiny' in the checkpoint, 'builtin:small' now"])]:
+        with pytest.raises(SystemExit) as refused:
+            main([*run, "--trainer.max_steps", "4", *changed])
+        err = capsys.readouterr().err
+        assert refused.value.code == 2 and "changes settings the checkpoint" in err and "Traceback" not in err
+        for w in words:
+            assert w in err, err
+    assert last.stat().st_mtime_ns == written
+    main([*run, "--trainer.max_steps", "3", "--model.init_args.policy.logits_chunk", "8"])  # compute-only: applied
+    assert "applying compute-only changes: model.init_args.policy.logits_chunk: 0 in the checkpoint, 8 now" in \
+        capsys.readouterr().err
+    assert torch.load(last, weights_only=False)["global_step"] == 3
