@@ -184,3 +184,48 @@ def test_probes_under_fsdp2_on_two_processes_equal_one_process(tmp_path, monkeyp
             assert sorted(a) == sorted(b) == [0, 2, 4], (tag, a, b)
             for step in (0, 2, 4) if not tag.endswith("greedy") else (0,):  # greedy: identical weights only
                 assert b[step] == pytest.approx(a[step], rel=1e-4, abs=1e-4), (prefix, tag, step)
+
+
+def test_steered_probes_equal_a_steered_independent_computation(tmp_path):
+    """Probes(steering=...) probe the policy with a CAA vector applied after each prompt: the logged value at step 0
+    equals log p(response | prompt) computed by hand under the same vector, and differs from the unsteered one."""
+    from lightning.pytorch import Trainer
+
+    from lit_align.callbacks import Probes
+    from lit_align.data import AlignDataModule
+    from lit_align.models import ModelSpec
+    from lit_align.objectives import SFT
+    from lit_align.objectives.base import OptimSpec
+    from lit_align.steering import extract_from_data
+
+    path = tmp_path / "probes.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in PROBES))
+    objective = SFT(ModelSpec("builtin:tiny"), OptimSpec(lr=1e-2))
+    objective.configure_model()
+    start_model = copy.deepcopy(objective.model).eval()
+    pairs = AlignDataModule(train={"path": "builtin:organism", "limit": 8}, max_length=128)
+    pairs.connect(objective.tokenizer, "pair")
+    pairs.setup("fit")
+    vector = extract_from_data(start_model, pairs, "train")
+    file = vector.save(tmp_path / "v.safetensors")
+    data = AlignDataModule(train={"path": "builtin:sft", "limit": 8}, batch_size=8, max_length=64)
+    data.connect(objective.tokenizer, objective.kind)
+    probes = Probes(sets={"toy": str(path)}, every_n_steps=1, batch_size=4, greedy=1, max_new_tokens=4,
+                    steering={"vector": str(file), "multiplier": 300.0, "layers": [1]})
+    trainer = Trainer(max_steps=1, accelerator="cpu", logger=False, callbacks=[probes], enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                      limit_val_batches=0)
+    trainer.fit(objective, datamodule=data)
+    tok = objective.tokenizer
+    plain, _ = _expected(start_model, tok, "chosen")
+    steered = []
+    for r in PROBES:
+        text = tok.apply_chat_template([{"role": "user", "content": r["prompt"]}], add_generation_prompt=True,
+                                       tokenize=False)
+        with vector.apply(start_model, 300.0, layers=[1], prompt_lengths=len(tok(text, add_special_tokens=False)
+                                                                              ["input_ids"])):
+            steered.append(_independent_logp(start_model, tok, r["prompt"], r["chosen"])[0])
+    logged = probes.history[0]["probe/toy/chosen"]
+    assert logged == pytest.approx(sum(steered) / len(steered), abs=1e-4)
+    assert abs(logged - plain) > 0.01
+    assert not any(b._forward_hooks for b in objective.model.model.layers)   # hooks gone after probing

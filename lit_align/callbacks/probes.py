@@ -91,6 +91,7 @@ class Probes(Callback):
         max_length: int | None = None,
         max_prompt_length: int | None = None,
         warn_fraction: float = 0.25,
+        steering: dict | None = None,
     ):
         """
         Args:
@@ -106,6 +107,9 @@ class Probes(Callback):
             max_length: override the data module's max_length for probes (context + one response).
             max_prompt_length: override the data module's max_prompt_length for probes.
             warn_fraction: warn when probing takes more than this fraction of the run's time.
+            steering: probe the policy with a CAA vector applied (lit_align/steering.py):
+                {vector: FILE, multiplier: 1.0, layers: null, positions: after_prompt, check: architecture};
+                the greedy answers are steered too. Training itself is never steered.
         """
         if every_n_steps < 1:
             raise LitAlignError(f"probes: every_n_steps must be >= 1, not {every_n_steps}")
@@ -132,6 +136,10 @@ class Probes(Callback):
         self._layout_written = False
         self._end_id: int | None = None
         self._texts: dict[str, str] = {}
+        self.steering = dict(steering or {})
+        if self.steering and "vector" not in self.steering:
+            raise LitAlignError("probes.steering: give the steering vector file as steering.vector")
+        self._steer = None  # the open Steering while probing (steering.py), else None
 
     # -- data -------------------------------------------------------------------------------------------
     def _tokenizer(self, trainer, pl_module) -> Tokenizer:
@@ -223,7 +231,7 @@ class Probes(Callback):
         metrics: dict[str, float] = {}
         texts: dict[str, str] = {}
         try:
-            with trainer.precision_plugin.forward_context():
+            with trainer.precision_plugin.forward_context(), self._steering(model) as self._steer:
                 for ps in self.build(trainer, pl_module):
                     # per category: [sum of log p, sum of per-token log p, records]
                     acc = torch.zeros(len(ps.categories) + 1, 3, dtype=torch.float64, device=device)
@@ -232,6 +240,8 @@ class Probes(Callback):
                         chunk = shard[start: start + self.batch_size]
                         batch = collate([(i, ex) for i, (_, ex, _) in enumerate(chunk)], pad_id)
                         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+                        if self._steer is not None:
+                            self._steer.set_prompt_lengths(batch)
                         out = forward_logps(model, batch)
                         seq, tokens = out.sequence.double(), out.tokens.double()          # (n,)
                         cats = torch.tensor([c for c, _, _ in chunk], device=device)
@@ -249,6 +259,7 @@ class Probes(Callback):
                             metrics[f"probe/{ps.name}/{cat}"] = acc[j, 0].item() / n
                             metrics[f"probe_token/{ps.name}/{cat}"] = acc[j, 1].item() / n
         finally:
+            self._steer = None
             for m, mode in modes:
                 m.training = mode
             torch.set_rng_state(rng)
@@ -256,6 +267,18 @@ class Probes(Callback):
                 torch.cuda.set_rng_state_all(cuda_rng)
         self._texts = texts
         return metrics
+
+    def _steering(self, model):
+        """The `steering` vector applied to `model` while probing (a context manager), or nothing."""
+        import contextlib
+
+        if not self.steering:
+            return contextlib.nullcontext()
+        from lit_align.steering import SteeringVector
+
+        opts = {"check": "architecture", **self.steering}  # the policy's weights move while it trains
+        vector = SteeringVector.load(opts.pop("vector"))
+        return vector.apply(model, **opts)
 
     def _greedy(self, ps: ProbeSet, model, trainer, device, pad_id) -> tuple[torch.Tensor, str]:
         """Greedy answers to this rank's share of the first `greedy` prompts: ([sum log p, sum per-token, n], a sample)."""
@@ -270,6 +293,8 @@ class Probes(Callback):
             mask = torch.zeros((len(chunk), C), dtype=torch.long)
             for b, (_, p, _) in enumerate(chunk):  # left padding: every prompt ends where generation starts
                 ids[b, C - len(p):], mask[b, C - len(p):] = torch.tensor(p), 1
+            if self._steer is not None:
+                self._steer.set_prompt_lengths(mask.sum(-1))
             gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
                                  max_new_tokens=self.max_new_tokens, eos_token_id=self._end_id, pad_token_id=pad_id,
                                  synced_gpus=trainer.world_size > 1)[:, C:].cpu()
@@ -284,6 +309,8 @@ class Probes(Callback):
                     sample = self._decode(model, p, answer)
             batch = collate(items, pad_id)
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            if self._steer is not None:
+                self._steer.set_prompt_lengths(batch)
             out = forward_logps(model, batch)
             real = torch.tensor([r for _, _, r in chunk], device=device, dtype=torch.float64)
             seq, tokens = out.sequence.double(), out.tokens.double()
