@@ -121,6 +121,10 @@ def main(argv: list[str] | None = None) -> None:
                   f"afterwards: python scripts/organism_experiment.py --collect")
             return
         if not args.collect:
+            from lit_align.models import resolve_name
+
+            # build a built-in pretrained model here, with its progress on screen, not inside the first run's log
+            resolve_name(sweep.spec["base"]["model"]["init_args"]["policy"]["name"])
             sweep.run_all()
         rows = with_start(sweep.results(), start_metrics(sweep))
         sweep.collect(rows)
