@@ -236,15 +236,10 @@ class Sweep:
         return sets, int(spec.get("max_new_tokens", 16))
 
     def _generation_metrics(self, model, datamodule) -> dict[str, float]:
-        from lit_align.generation import generate, score_generations
+        from lit_align.experiments.caa_method import generation_metrics
 
         sets, max_new = self._generate_sets()
-        out = {}
-        for name, (records, scorer) in sets.items():
-            texts = generate(model, datamodule.tokenizer, [r["prompt"] for r in records], max_new_tokens=max_new,
-                             chat_template=datamodule.spec.chat_template)
-            out[f"{datamodule.log_prefix('val', name)}/gen/{scorer}"] = score_generations(records, texts, scorer)
-        return out
+        return generation_metrics(model, datamodule, sets, max_new)
 
     def _caa_datamodule(self, config_path: Path, tokenizer):
         """The run's data module (its `size` training pairs, its evaluation sets) plus the CAA selection pairs."""
@@ -405,15 +400,25 @@ def _output_to(stream):
         return
     import logging
 
+    def swap(h: logging.StreamHandler, new):
+        old, h.stream = h.stream, new  # not setStream: it flushes the old stream, which may be closed by now
+        return old
+
     handlers = [h for name in ("lightning", "lightning.pytorch", "lightning.fabric", "lit_align")
                 for h in logging.getLogger(name).handlers if isinstance(h, logging.StreamHandler)]
-    before = [h.setStream(stream) for h in handlers]
+    before = [swap(h, stream) for h in handlers]
     try:
         with contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
             yield
     finally:
         for h, old in zip(handlers, before):
-            h.setStream(old)
+            swap(h, old)
+        # handlers created during the run (a logger set up on first import) captured the redirected stderr:
+        # point them at the process's stderr, or they write to `stream` after it is closed
+        for lg in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
+            for h in getattr(lg, "handlers", []):
+                if isinstance(h, logging.StreamHandler) and h.stream is stream:
+                    swap(h, sys.__stderr__)
 
 
 def main(argv: list[str] | None = None) -> None:

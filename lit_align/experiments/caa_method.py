@@ -57,8 +57,6 @@ def caa_metrics(model: torch.nn.Module, datamodule, opts: CAAOptions, generate_s
     """Extract from the data module's `train` split, select on its `val_caa_select` split, evaluate every other
     evaluation split (and `generate_sets`: {name: (records, scorer)}). The data module is connected with kind
     "pair" and set up, its val sets including SELECT_SPLIT."""
-    from lit_align.generation import generate, score_generations
-
     select = datamodule.log_prefix("val", SELECT_SPLIT)
     vector = extract_from_data(model, datamodule, "train", layers=opts.layers, read=opts.read, method=opts.method)
     candidates = [(0.0, vector.layers[0])] + [(m, layer) for layer in vector.layers for m in opts.multipliers if m != 0]
@@ -71,16 +69,34 @@ def caa_metrics(model: torch.nn.Module, datamodule, opts: CAAOptions, generate_s
     _, _, _, multiplier, layer = best
     metrics = {"caa/layer": float(layer), "caa/multiplier": float(multiplier), "caa/select_p_match": best[0]}
     with vector.apply(model, multiplier, layers=[layer], positions=opts.positions) as steer:
-        for split in datamodule.splits:
-            if not split.startswith("val") or split == select:
-                continue
-            margins = contrast_margins(model, datamodule.eval_loader(split), steer)
-            metrics[f"{split}/logps/accuracy"] = match_rate(margins)
-            metrics[f"{split}/logps/margins"] = float(margins.mean())
-            if datamodule.summaries[split].contrast:
-                metrics[f"{split}/ab/p_match"] = p_match(margins)
-        for name, (records, scorer) in (generate_sets or {}).items():
-            texts = generate(model, datamodule.tokenizer, [r["prompt"] for r in records],
-                             max_new_tokens=max_new_tokens, chat_template=datamodule.spec.chat_template, steering=steer)
-            metrics[f"{datamodule.log_prefix('val', name)}/gen/{scorer}"] = score_generations(records, texts, scorer)
+        metrics.update(pair_set_metrics(model, datamodule, steer, skip=(select,)))
+        metrics.update(generation_metrics(model, datamodule, generate_sets, max_new_tokens, steer))
+    return metrics
+
+
+def pair_set_metrics(model: torch.nn.Module, datamodule, steering=None, skip: tuple = ()) -> dict[str, float]:
+    """logps/accuracy, logps/margins (and ab/p_match on contrast sets) of every evaluation split but `skip`,
+    under the objectives' names, optionally steered."""
+    metrics = {}
+    for split in datamodule.splits:
+        if not split.startswith("val") or split in skip:
+            continue
+        margins = contrast_margins(model, datamodule.eval_loader(split), steering)
+        metrics[f"{split}/logps/accuracy"] = match_rate(margins)
+        metrics[f"{split}/logps/margins"] = float(margins.mean())
+        if datamodule.summaries[split].contrast:
+            metrics[f"{split}/ab/p_match"] = p_match(margins)
+    return metrics
+
+
+def generation_metrics(model: torch.nn.Module, datamodule, generate_sets: dict | None, max_new_tokens: int = 16,
+                       steering=None) -> dict[str, float]:
+    """{split}/gen/<scorer> of each generation-scored set {name: (records, scorer)}, optionally steered."""
+    from lit_align.generation import generate, score_generations
+
+    metrics = {}
+    for name, (records, scorer) in (generate_sets or {}).items():
+        texts = generate(model, datamodule.tokenizer, [r["prompt"] for r in records], max_new_tokens=max_new_tokens,
+                         chat_template=datamodule.spec.chat_template, steering=steering)
+        metrics[f"{datamodule.log_prefix('val', name)}/gen/{scorer}"] = score_generations(records, texts, scorer)
     return metrics

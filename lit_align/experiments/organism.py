@@ -39,7 +39,7 @@ def start_metrics(sweep: Sweep) -> dict[str, float]:
 
     from lit_align.data.datamodule import AlignDataModule
     from lit_align.models import load_model, load_tokenizer
-    from lit_align.steering import contrast_margins, match_rate, p_match
+    from lit_align.experiments.caa_method import pair_set_metrics
     from lit_align.steering_cli import _policy
 
     path = sweep.out / "start.json"
@@ -55,14 +55,7 @@ def start_metrics(sweep: Sweep) -> dict[str, float]:
     dm = AlignDataModule(**args)
     dm.connect(tokenizer, "pair")
     dm.setup("fit")
-    metrics: dict[str, float] = {}
-    for split in dm.splits:
-        if split.startswith("val"):
-            margins = contrast_margins(model, dm.eval_loader(split))
-            metrics[f"{split}/logps/accuracy"] = match_rate(margins)
-            metrics[f"{split}/logps/margins"] = float(margins.mean())
-            if dm.summaries[split].contrast:
-                metrics[f"{split}/ab/p_match"] = p_match(margins)
+    metrics = pair_set_metrics(model, dm)
     metrics.update(sweep._generation_metrics(model, dm))
     sweep.out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(metrics, indent=1))
