@@ -11,15 +11,17 @@ monitor, the final model exported in Hugging Face format, seed 0.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar, RichProgressBar  # noqa: E402
-from lightning.pytorch.cli import LightningCLI  # noqa: E402
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa: E402
 
 from lit_align.callbacks import ExportHF, NonFiniteGuard, RunCheckpoint, SlurmRequeue  # noqa: E402
+from lit_align.callbacks.collective_timeout import CollectiveTimeout, collective_timeout  # noqa: E402
 from lit_align.callbacks.requeue import Interrupted, Requeued  # noqa: E402
 from lit_align.data.datamodule import AlignDataModule  # noqa: E402
 from lit_align.errors import LitAlignError  # noqa: E402
@@ -60,15 +62,59 @@ def _data_files_are_paths() -> None:
 _data_files_are_paths()
 
 
+_NOISE = ("Does not validate against any of the Union subtypes", "Subtypes:", "Errors:", "Given value type:",
+          "Given value:", "Expected a NoneType")
+
+
+def parse_error_sentence(message: str) -> str:
+    """jsonargparse's nested parse error in one sentence: the option's full name and what is wrong with it.
+    'Parser key "data": Does not validate against any of the Union subtypes ... Problem with given class_path
+    'lit_align.data.AlignDataModule': Parser key "batch_size": Expected a <class 'int'>. Got value: abc'
+    becomes "option data.init_args.batch_size: Expected a int. Got value: abc"."""
+    keys, said = [], []
+    for line in message.splitlines():
+        text = line.strip().removeprefix("- ").strip()
+        key = re.match(r'Parser key "([^"]+)":\s*(.*)', text)
+        if key:
+            keys.append(key.group(1))
+            text = key.group(2)
+        class_path = re.match(r"Problem with given class_path '([^']+)':\s*(.*)", text)
+        if class_path:
+            keys.append("init_args")
+            text = class_path.group(2)
+        text = re.sub(r"<class '([\w.]+)'>", r"\1", text).strip()
+        if text and not text.startswith(_NOISE) and text not in said:
+            said.append(text)
+    where = f"option {'.'.join(keys)}: " if keys else ""
+    return where + " ".join(said).rstrip(":")
+
+
+class LitAlignArgumentParser(LightningArgumentParser):
+    """A command line or config that does not parse is said in one sentence (exit 2), not after jsonargparse's
+    90-line usage text."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        from jsonargparse._common import debug_mode_active
+
+        if not self.exit_on_error or debug_mode_active():
+            return super().error(message, ex)
+        parser = getattr(ex, "subcommand_parser", None) or self
+        command = ["lit_align", *parser.prog.replace(" [options]", "").split()[1:]]  # (prog: sys.argv[0] ...)
+        print(f"\nlit_align: error: {' '.join(parse_error_sentence(message).split())} (all options: "
+              f"{' '.join(command)} --help)", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
 class LitAlignCLI(LightningCLI):
     def __init__(self, args=None, run: bool = True):
         super().__init__(
-            model_class=Objective, subclass_mode_model=True,
+            model_class=Objective, subclass_mode_model=True, parser_class=LitAlignArgumentParser,
             datamodule_class=AlignDataModule, subclass_mode_data=True,
             trainer_defaults={
                 "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                            "init_args": {"save_dir": "logs", "name": "default", "default_hp_metric": False}},
-                "callbacks": [RichProgressBar(leave=True), LearningRateMonitor(logging_interval="step")],
+                "callbacks": [RichProgressBar(leave=True), LearningRateMonitor(logging_interval="step"),
+                              CollectiveTimeout()],
                 "log_every_n_steps": 10,
             },
             seed_everything_default=0,
@@ -119,7 +165,10 @@ class LitAlignCLI(LightningCLI):
                 continue
             keep.append(cb)
         self.trainer_defaults = {**self.trainer_defaults, "callbacks": keep}
-        return super()._instantiate_trainer(config, callbacks)
+        try:
+            return super()._instantiate_trainer(config, callbacks)
+        except (TypeError, ValueError) as e:  # Lightning's word on an option's value (devices, precision, ...)
+            raise LitAlignError(f"trainer options: {e}") from e
 
     def before_fit(self) -> None:
         """`--ckpt_path last` with no checkpoint starts from scratch (one line, not Lightning's warning). Resuming
@@ -313,6 +362,10 @@ def main(args=None) -> None:
             print(f"\nlit_align: {e}", file=sys.stderr, flush=True)
         sys.exit(128 + e.signum)
     except Exception as e:
+        timed_out = collective_timeout(e)
+        if timed_out:
+            print(f"\nlit_align: error: {timed_out}", file=sys.stderr, flush=True)
+            sys.exit(1)
         error = _lit_align_error(e)
         if error is None:
             from lightning.fabric.utilities.exceptions import MisconfigurationException

@@ -267,3 +267,93 @@ def test_steered_validation_under_two_processes_equals_one(tmp_path, monkeypatch
         assert len(value["one"]) == 1 and len(value["two"]) == 1, tag
         assert abs(value["one"][0] - value["two"][0]) <= TOL, (tag, value)
     assert abs(value["one"][0] - value["plain"][0]) > 0.1, value   # steering moves the log-probs
+
+
+# -- faults under DDP: every rank ends with one sentence, none waits for ever --------------------------------------
+
+
+class StopRankAt(Callback):
+    """Test helper, loaded by the CLI subprocess from tests/: rank `rank` stops itself (SIGSTOP, as Ctrl-Z or a
+    debugger would) inside optimizer step `step`, after writing its pid to `stopped-<pid>` in the working directory."""
+
+    def __init__(self, step: int, rank: int = 1):
+        self.step, self.rank = step, rank
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        import os
+        import signal
+
+        if trainer.global_step == self.step and trainer.global_rank == self.rank:
+            open(f"stopped-{os.getpid()}", "w").close()
+            os.kill(os.getpid(), signal.SIGSTOP)
+
+
+class FailSaveOnRank(Callback):
+    """Test helper: on rank `rank`, writing the checkpoint of step `step` fails as on a full disk (ENOSPC)."""
+
+    def __init__(self, step: int, rank: int = 0):
+        self.step, self.rank = step, rank
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        import errno
+
+        if trainer.global_step == self.step and trainer.global_rank == self.rank:
+            def full_disk(*args, **kwargs):
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+            trainer.strategy.checkpoint_io.save_checkpoint = full_disk  # checkpoint.PartialFileCheckpointIO
+
+
+FAULT = ["fit", "--config", CONFIG, "--config", str(STRATEGIES / "ddp.yaml"), *COMMON, "--trainer.max_steps", "6",
+         "--trainer.devices", "2", "--data.init_args.batch_size", "4", "--export.enabled", "false",
+         "--trainer.logger.init_args.name", "fault"]
+
+
+def test_a_stopped_rank_ends_the_run_with_one_sentence_after_the_timeout(tmp_path):
+    """Rank 1 stops (SIGSTOP) in step 2: rank 0 waits the process group's timeout (15 s here), then stops with
+    one sentence naming the wait (exit 1, no traceback) and ends the stopped rank; nothing is left running."""
+    import os
+    import time
+
+    start = time.monotonic()
+    out = run_cli([*FAULT, "--trainer.strategy.init_args.timeout", "0:00:15",
+                   "--trainer.callbacks+=test_distributed.StopRankAt", "--trainer.callbacks.step", "2"],
+                  cwd=tmp_path, env=ONE_THREAD, timeout=300)
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert time.monotonic() - start < 240
+    message = out.stderr.split("lit_align: error: ")[-1]
+    assert "Traceback" not in out.stderr and len(message.strip().splitlines()) == 1, out.stderr[-3000:]
+    assert message.startswith("rank 0 of 2 waited 15 s in a collective operation"), message
+    assert "trainer.strategy.init_args.timeout" in message and "--ckpt_path last" in message
+    stopped = [int(p.name.split("-")[1]) for p in tmp_path.glob("stopped-*")]
+    assert len(stopped) == 1
+    for _ in range(50):  # the stopped rank was killed (SIGKILL); a zombie until its parent reaps it is gone too
+        try:
+            with open(f"/proc/{stopped[0]}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            break
+        if state in ("Z", "X"):
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(stopped[0], 9)
+        raise AssertionError(f"rank 1 (pid {stopped[0]}) was left in state {state}")
+
+
+def test_a_checkpoint_that_fails_on_rank_0_stops_every_rank(tmp_path):
+    """Rank 0 cannot write the checkpoint of step 4 (full disk): both ranks stop at once with rank 0's sentence
+    (exit 2), instead of rank 1 waiting at the save's barrier; the checkpoint of step 2 is untouched."""
+    out = run_cli([*FAULT, "--checkpoint.every_n_train_steps", "2",
+                   "--trainer.callbacks+=test_distributed.FailSaveOnRank", "--trainer.callbacks.step", "4"],
+                  cwd=tmp_path, env=ONE_THREAD, timeout=300)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr, out.stderr[-3000:]
+    errors = [line for line in out.stderr.splitlines() if line.startswith("lit_align: error: ")]
+    assert len(errors) == 2 and errors[0] == errors[1], errors   # one per rank, the same
+    assert "could not write the checkpoint" in errors[0] and "at step 4" in errors[0], errors
+    assert "No space left on device" in errors[0] and "untouched (newest: last.ckpt)" in errors[0], errors
+    ckpt = torch.load(tmp_path / "logs" / "fault" / "checkpoints" / "last.ckpt", map_location="cpu",
+                      weights_only=False)
+    assert ckpt["global_step"] == 2
+    assert not list((tmp_path / "logs" / "fault" / "checkpoints").glob(".*.partial"))

@@ -124,6 +124,19 @@ class SignalAt(Callback):
             os.kill(os.getpid(), getattr(signal, self.signal))
 
 
+class SignalInValidation(Callback):
+    """Test helper: SIGTERM this process at the first batch of the validation that follows optimizer step `step`
+    (1-based global step count), as a preemption during a long evaluation would."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking and trainer.global_step == self.step \
+                and batch_idx == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
 # 32 examples, batch 4, accumulation 2: 4 optimizer steps per epoch; 10 steps cross two epoch boundaries.
 # LoRA with dropout makes training random (RNG restore matters); validation every 4 batches (its own RNG use
 # must not shift training's); a checkpoint every 3 steps.
@@ -237,6 +250,35 @@ def test_signals_stop_after_the_step_with_a_checkpoint_and_resume_exactly(tmp_pa
     for run in runs:
         for step, loss in run.items():
             assert abs(loss - ref[step]) <= 1e-6, (step, loss, ref[step])
+    assert_same_state(uninterrupted / "logs" / "resume" / "checkpoints" / "last.ckpt", ckpts / "last.ckpt")
+
+
+def test_a_signal_during_validation_stops_at_once_and_resumes_exactly(tmp_path, monkeypatch, one_thread,
+                                                                     uninterrupted):
+    """SIGTERM during the validation after step 4: the run stops without finishing it (nor training step 5),
+    with step 4's checkpoint; the resumed run trains on from step 4 with the uninterrupted run's losses and
+    validates at its next validation step, and ends in the same state."""
+    ckpts = tmp_path / "logs" / "resume" / "checkpoints"
+    term = run_cli([*RUN, "--trainer.callbacks+=test_resume.SignalInValidation", "--trainer.callbacks.step", "4"],
+                   cwd=tmp_path, env=ONE_THREAD)
+    assert term.returncode == 128 + signal.SIGTERM, term.stderr[-3000:]
+    assert "SIGTERM: interrupted at step 4; resume with --ckpt_path last" in term.stderr, term.stderr[-3000:]
+    assert "Traceback" not in term.stderr
+    assert torch.load(ckpts / "last.ckpt", weights_only=False)["global_step"] == 4
+    first = tmp_path / "logs" / "resume" / "version_0"
+    assert sorted(scalars(first, "train/loss")) == [0, 1, 2, 3]
+    assert sorted(scalars(first, "val/loss")) == [1]  # (steps are 0-based: the validation after step 2)
+
+    run_in_process([*RUN, "--ckpt_path", "last"], tmp_path, monkeypatch)
+    ref = scalars(uninterrupted / "logs" / "resume" / "version_0", "train/loss")
+    resumed = tmp_path / "logs" / "resume" / "version_1"
+    assert sorted(scalars(resumed, "train/loss")) == list(range(4, 10))
+    for step, loss in scalars(resumed, "train/loss").items():
+        assert abs(loss - ref[step]) <= 1e-6, (step, loss, ref[step])
+    ref_val = scalars(uninterrupted / "logs" / "resume" / "version_0", "val/loss")
+    assert sorted(ref_val) == [1, 3, 5, 7, 9] and sorted(scalars(resumed, "val/loss")) == [5, 7, 9]
+    for step, loss in scalars(resumed, "val/loss").items():
+        assert abs(loss - ref_val[step]) <= 1e-6, (step, loss, ref_val[step])
     assert_same_state(uninterrupted / "logs" / "resume" / "checkpoints" / "last.ckpt", ckpts / "last.ckpt")
 
 

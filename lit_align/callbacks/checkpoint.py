@@ -240,10 +240,13 @@ class RunCheckpoint(ModelCheckpoint):
         self._release()
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        from lit_align.callbacks.collective_timeout import collective_timeout
         from lit_align.callbacks.requeue import Interrupted, Requeued
 
         try:
-            if not isinstance(exception, (Interrupted, Requeued)):  # those wrote last.ckpt at a step's end
+            # Interrupted / Requeued wrote last.ckpt at a step's end; after a collective timeout a save would wait
+            # in a collective again
+            if not isinstance(exception, (Interrupted, Requeued)) and collective_timeout(exception) is None:
                 super().on_exception(trainer, pl_module, exception)
         finally:
             self._release()
@@ -266,28 +269,53 @@ class RunCheckpoint(ModelCheckpoint):
     def _save_checkpoint(self, trainer, filepath: str) -> None:
         self.refuse_nonfinite(trainer, filepath)
         partial = partial_path(filepath, self._token)
+        error = None
+        try:  # Trainer.save_checkpoint without its closing barrier: a rank whose write failed would never reach it
+            with trainer.profiler.profile("save_checkpoint"):
+                checkpoint = trainer._checkpoint_connector.dump_checkpoint(self.save_weights_only)
+                trainer.strategy.save_checkpoint(checkpoint, partial)  # rank 0 (sharded: every rank)
+        except OSError as e:  # a full disk, no permission, ...
+            error = e
+        self._stop_if_any_failed(trainer, filepath, partial, error)
         try:
-            trainer.save_checkpoint(partial, self.save_weights_only)  # every rank; ends with a barrier
             if trainer.is_global_zero:
                 commit(partial, filepath)
-        except OSError as e:  # a full disk, no permission, ...
-            _remove(partial)
-            folder = os.path.dirname(filepath) or "."
-            earlier = sorted((e for e in os.scandir(folder) if not e.name.startswith(".")
-                              and e.name.endswith(self.FILE_EXTENSION)), key=lambda e: e.stat().st_mtime) \
-                if os.path.isdir(folder) else []
-            previous = (f"the checkpoints already there are untouched (newest: {earlier[-1].name})" if earlier
-                        else "no checkpoint was written before")
-            raise LitAlignError(f"could not write the checkpoint {filepath} at step {trainer.global_step}: "
-                                f"{e.strerror or e} ({type(e).__name__}{f', errno {e.errno}' if e.errno else ''}); "
-                                f"{previous}. Free space or fix the permissions of {os.path.dirname(filepath)} "
-                                "(or set checkpoint.dirpath), then resume with --ckpt_path last.") from None
-        trainer.strategy.barrier("RunCheckpoint.commit")
+        except OSError as e:
+            error = e
+        self._stop_if_any_failed(trainer, filepath, partial, error)
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.after_save_checkpoint(proxy(self))
+
+    def _stop_if_any_failed(self, trainer, filepath: str, partial: str, error: OSError | None) -> None:
+        """Every rank learns which ranks failed to save (this all-reduce is also the barrier), and all of them stop
+        with the same sentence, instead of the others waiting for a failed rank in the next collective."""
+        failed = torch.zeros(trainer.world_size, device=trainer.strategy.root_device)
+        failed[trainer.global_rank] = float(error is not None)
+        if trainer.world_size > 1:
+            failed = trainer.strategy.reduce(failed, reduce_op="sum")
+        if not failed.any():
+            return
+        src = int(failed.nonzero()[0])
+        message = self._save_failed(trainer, filepath, partial, error) if error is not None else None
+        message = trainer.strategy.broadcast(message, src=src)
+        raise LitAlignError(message if src == 0 else f"rank {src}: {message}")
+
+    def _save_failed(self, trainer, filepath: str, partial: str, e: OSError) -> str:
+        """What went wrong with a save (on this rank), with what is left on disk; the partial file removed."""
+        _remove(partial)
+        folder = os.path.dirname(filepath) or "."
+        earlier = sorted((e for e in os.scandir(folder) if not e.name.startswith(".")
+                          and e.name.endswith(self.FILE_EXTENSION)), key=lambda e: e.stat().st_mtime) \
+            if os.path.isdir(folder) else []
+        previous = (f"the checkpoints already there are untouched (newest: {earlier[-1].name})" if earlier
+                    else "no checkpoint was written before")
+        return (f"could not write the checkpoint {filepath} at step {trainer.global_step}: "
+                f"{e.strerror or e} ({type(e).__name__}{f', errno {e.errno}' if e.errno else ''}); "
+                f"{previous}. Free space or fix the permissions of {os.path.dirname(filepath)} "
+                "(or set checkpoint.dirpath), then resume with --ckpt_path last.")
 
     @staticmethod
     def refuse_nonfinite(trainer, filepath: str) -> None:

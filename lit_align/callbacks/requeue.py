@@ -151,23 +151,40 @@ class SlurmRequeue(Callback):
             return
         at_step_end = (batch_idx + 1) % trainer.accumulate_grad_batches == 0 or \
             trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
-        if not at_step_end:
-            return
+        if at_step_end:
+            self._stop_if_signalled(trainer)
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """A signal during the validation of a fit does not wait for the end of a long evaluation (SLURM's grace
+        time may be shorter): the step before it is finished, so the run stops at once with that step's
+        checkpoint; this validation's results are not logged, and the resumed run does not repeat it."""
+        if self._active and trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self._stop_if_signalled(trainer, in_validation=True)
+
+    def _stop_if_signalled(self, trainer, in_validation: bool = False) -> None:
+        """At an optimizer-step boundary: if any rank got a signal, checkpoint and stop (every rank)."""
         flags = torch.tensor([float(self.requested), float(self.stop_signal or 0)], device=trainer.strategy.root_device)
         if trainer.world_size > 1:  # a signal can reach the ranks at different times (or only one of them)
             flags = trainer.strategy.reduce(flags, reduce_op="max")
         requested, stop_signal = (int(v) for v in flags.tolist())
         if not requested and not stop_signal:
             return
+        if in_validation:
+            # the checkpoint of a validation that ended (Lightning's usual last.ckpt point): the resumed run goes
+            # on training, with the training RNG state of before the validation (RunCheckpoint)
+            trainer.fit_loop.epoch_loop.val_loop.increment_progress_to_evaluation_end()
+            rank_zero_info(f"stopping during the validation after step {trainer.global_step} (not logged)")
         if not requested:
-            if trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps:
+            if not in_validation and trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps:
                 return  # the last step: the run ends normally (final checkpoint and export)
             path = self._checkpoint(trainer)
-            self._log_this_step(trainer)
+            if not in_validation:
+                self._log_this_step(trainer)
             trainer.strategy.barrier("SlurmRequeue.interrupt")
             raise Interrupted(path, trainer.global_step, stop_signal, trainer.is_global_zero)
         path = self._checkpoint(trainer)
-        self._log_this_step(trainer)
+        if not in_validation:
+            self._log_this_step(trainer)
         job_id = slurm_job_id()
         requeued = False
         if trainer.is_global_zero and self.requeue:
