@@ -57,14 +57,14 @@ HH = REPO / ".." / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
 
 @dataclass
 class Case:
-    objective: str          # SFT, IW-SFT, DPO, DPO (cached reference)
+    objective: str          # SFT, IW-SFT, DPO, DPO (cached reference), prefix-DPO (lit_align only)
     impl: str               # lit_align, lit_align naive, lit_align grouped, TRL
     lm_head: str = "targets"
     group_by_length: int = 0
     packed: bool = False
     reference: str = "copy"  # lit_align: copy | cache; TRL: live | precomputed
     vocab: int | None = None
-    extra: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # lit_align: objective arguments (e.g. shared_context); TRL: config
 
 
 def cases(args) -> list[Case]:
@@ -97,21 +97,23 @@ def memory_cases(args) -> list[Case]:
 # -- the shared model and data ------------------------------------------------------------------------------
 
 
-def save_model(args, vocab: int, path: Path) -> Path:
-    """One random init of a Llama-style model with the built-in tokenizer, saved for both libraries."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+def save_model(args, vocab: int, path: Path, arch: str = "llama") -> Path:
+    """One random init of a Llama-style (or Qwen2: `arch` "qwen2", biases on q/k/v) model with the built-in
+    tokenizer, saved for both libraries. Sizes from args.hidden, .intermediate, .layers, .heads, .kv_heads."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     from lit_align.models import builtin_tokenizer
 
     if (path / "config.json").exists():
         return path
+    config_cls, model_cls = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}[arch]
     tok = builtin_tokenizer()
-    config = LlamaConfig(vocab_size=vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
-                         num_hidden_layers=args.layers, num_attention_heads=args.heads,
-                         num_key_value_heads=args.kv_heads, max_position_embeddings=4096, tie_word_embeddings=True,
-                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None)
+    config = config_cls(vocab_size=vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
+                        num_hidden_layers=args.layers, num_attention_heads=args.heads,
+                        num_key_value_heads=args.kv_heads, max_position_embeddings=4096, tie_word_embeddings=True,
+                        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None)
     torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
+    model = model_cls(config)
     model.save_pretrained(path)
     tok.save_pretrained(path)
     model.generation_config.save_pretrained(path)
@@ -121,32 +123,46 @@ def save_model(args, vocab: int, path: Path) -> Path:
 def prepare_pairs(args, model_dir: Path, out: Path) -> tuple[Path, int]:
     """The first HH-RLHF pairs (in a seeded shuffled order) whose prompt + longer answer fit max_length
     untruncated, as {prompt: messages, chosen, rejected} JSONL read by both libraries."""
+    need = args.batch * (args.warmup + args.steps + 1)
+    return write_fitting_pairs(hh_pairs(args.data), model_dir, args.max_length, need, out)
+
+
+def hh_pairs(path: str):
+    """HH-RLHF rows as {prompt: messages, chosen, rejected}, in a seeded shuffled order (unusable rows left out)."""
     import random
 
-    from transformers import AutoTokenizer
-
     from lit_align.data.records import split_hh
-    from lit_align.data.tokenize import Tokenizer, TokenizeSpec
-    from lit_align.data.records import Example
 
-    tok = Tokenizer(AutoTokenizer.from_pretrained(model_dir), TokenizeSpec(max_length=10 ** 6))
-    with gzip.open(args.data, "rt") as f:
+    with gzip.open(path, "rt") as f:
         rows = [json.loads(line) for line in f]
     random.Random(0).shuffle(rows)
-    need = args.batch * (args.warmup + args.steps + 1)
-    kept = []
     for i, row in enumerate(rows):
         try:
-            prompt, chosen = split_hh(row["chosen"], f"{args.data}:{i}", "chosen")
-            prompt_r, rejected = split_hh(row["rejected"], f"{args.data}:{i}", "rejected")
+            prompt, chosen = split_hh(row["chosen"], f"{path}:{i}", "chosen")
+            prompt_r, rejected = split_hh(row["rejected"], f"{path}:{i}", "rejected")
         except Exception:
             continue
         if prompt != prompt_r or chosen == rejected or not chosen.strip() or not rejected.strip():
             continue
-        ex = tok(Example(prompt=prompt, continuations=[chosen, rejected]))
-        if isinstance(ex, str) or len(ex.context) + max(map(len, ex.continuations)) > args.max_length - 2:
+        yield {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+def write_fitting_pairs(pairs, model_dir: Path, max_length: int, need: int, out: Path) -> tuple[Path, int]:
+    """The first `need` of `pairs` ({prompt, chosen, rejected[, prefix]} records) whose context + longer answer fit
+    max_length untruncated with the tokenizer of `model_dir`, written as JSONL; (path, how many)."""
+    from transformers import AutoTokenizer
+
+    from lit_align.data.records import Example
+    from lit_align.data.tokenize import Tokenizer, TokenizeSpec
+
+    tok = Tokenizer(AutoTokenizer.from_pretrained(model_dir), TokenizeSpec(max_length=10 ** 6))
+    kept = []
+    for row in pairs:
+        ex = tok(Example(prompt=row["prompt"], continuations=[row["chosen"], row["rejected"]],
+                         prefix=row.get("prefix", ""), partial=row.get("partial", False)))
+        if isinstance(ex, str) or len(ex.context) + max(map(len, ex.continuations)) > max_length - 2:
             continue  # (2 tokens of slack: TRL's chat-template rendering may end a completion differently)
-        kept.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+        kept.append(row)
         if len(kept) == need:
             break
     out.write_text("".join(json.dumps(r) + "\n" for r in kept))
@@ -176,9 +192,13 @@ class Meter:
             self.base = _status_kb("VmRSS") * 1024
 
     def peak_mb(self) -> float:
+        return self.peak_total_mb() - self.base / 2 ** 20
+
+    def peak_total_mb(self) -> float:
+        """The peak itself: torch.cuda.max_memory_allocated (model and reference included), or peak RSS."""
         if self.device == "cuda":
-            return (torch.cuda.max_memory_allocated() - self.base) / 2 ** 20
-        return (_status_kb("VmHWM") * 1024 - self.base) / 2 ** 20
+            return torch.cuda.max_memory_allocated() / 2 ** 20
+        return _status_kb("VmHWM") * 1024 / 2 ** 20
 
     def step_end(self) -> None:
         if self.device == "cuda":
@@ -190,7 +210,8 @@ class Meter:
         toks = self.tokens[warmup + 1: warmup + 1 + len(gaps)]
         step = statistics.median(gaps)
         return {"step_s": step, "tokens_per_s": sum(toks) / sum(gaps), "peak_mb": self.peak_mb(),
-                "tokens_per_step": statistics.mean(toks), "padding": self.padding()}
+                "peak_total_mb": self.peak_total_mb(), "tokens_per_step": statistics.mean(toks),
+                "padding": self.padding()}
 
 
 def _status_kb(key: str) -> int:
@@ -217,19 +238,22 @@ def run_lit_align(case: Case, args, model_dir: Path, data: Path, cache_dir: str)
 
     from lit_align.data import AlignDataModule
     from lit_align.models import ModelSpec
-    from lit_align.objectives import DPO, IWSFT, SFT, OptimSpec
+    from lit_align.objectives import DPO, IWSFT, SFT, OptimSpec, PrefixDPO
     from lit_align.reference import ReferenceSpec
 
     meter = Meter(args.device)
     policy = ModelSpec(name=str(model_dir), lm_head=case.lm_head, dtype="float32")
     optim = OptimSpec(lr=1e-5, schedule="constant")
     if case.objective == "SFT":
-        obj = SFT(policy=policy, optim=optim)
+        obj = SFT(policy=policy, optim=optim, **case.extra)
     elif case.objective == "IW-SFT":
-        obj = IWSFT(policy=policy, optim=optim)
+        obj = IWSFT(policy=policy, optim=optim, **case.extra)
+    elif case.objective == "prefix-DPO":   # records with a `prefix`; shared_context in case.extra
+        obj = PrefixDPO(policy=policy, optim=optim, beta=0.1,
+                        reference=ReferenceSpec(mode=case.reference, cache_dir=cache_dir), **case.extra)
     else:
         obj = DPO(policy=policy, optim=optim, beta=0.1, packed=case.packed,
-                  reference=ReferenceSpec(mode=case.reference, cache_dir=cache_dir))
+                  reference=ReferenceSpec(mode=case.reference, cache_dir=cache_dir), **case.extra)
     dm = AlignDataModule(train=str(data), batch_size=args.batch, max_length=args.max_length, shuffle=False,
                          group_by_length=case.group_by_length)
     dm.connect(obj.tokenizer, obj.kind)
@@ -281,7 +305,7 @@ def run_trl(case: Case, args, model_dir: Path, data: Path, out_dir: str) -> dict
                   learning_rate=1e-5, lr_scheduler_type="constant", max_steps=args.warmup + args.steps + 1,
                   bf16=args.precision == "bf16", fp16=False, gradient_checkpointing=False, logging_steps=10 ** 6,
                   save_strategy="no", report_to="none", disable_tqdm=True, dataloader_num_workers=0, seed=0,
-                  use_cpu=args.device == "cpu", train_sampling_strategy="sequential")
+                  use_cpu=args.device == "cpu", train_sampling_strategy="sequential", **case.extra)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     assistant = lambda text: [{"role": "assistant", "content": text}]  # noqa: E731
     if case.objective == "SFT":
@@ -386,26 +410,47 @@ def flops(cfg, C: int, L: int, shared: bool, head_everywhere: bool = False) -> f
 # -- running each row in a fresh process --------------------------------------------------------------------
 
 
-def _child(fn, queue, threads, *a):
+def _child(fn, queue, threads, log, *a):
     try:
         if not os.environ.get("BENCH_VERBOSE"):  # the libraries' banners and progress bars; errors come back below
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, 1)
-            os.dup2(devnull, 2)
+            out = os.open(log or os.devnull, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+            os.dup2(out, 1)
+            os.dup2(out, 2)
         torch.set_num_threads(threads)
         queue.put(("ok", fn(*a)))
     except BaseException:  # report, don't hang the parent
         queue.put(("error", traceback.format_exc()))
 
 
-def in_fresh_process(fn, threads: int, *a) -> dict:
+def in_fresh_process(fn, threads: int, *a, timeout: float | None = None, log: str | None = None):
     """Run fn(*a) in a forked child with `threads` torch threads (fresh peak-memory counter, nothing left
-    over from earlier rows)."""
+    over from earlier rows) and return its result. The child's output goes to the file `log` (appended), or
+    nowhere. A child still running after `timeout` seconds is killed (TimeoutError); one that dies without
+    answering (a crash, the OOM killer) or raises is a RuntimeError holding its traceback. The parent must
+    not have initialised CUDA (a forked child could not use it)."""
+    import queue as queues
+
     ctx = mp.get_context("fork")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(fn, queue, threads) + a)
+    proc = ctx.Process(target=_child, args=(fn, queue, threads, log) + a)
     proc.start()
-    status, value = queue.get()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        try:
+            status, value = queue.get(timeout=1.0)
+            break
+        except queues.Empty:
+            if not proc.is_alive():
+                try:  # its answer may have reached the pipe just as it exited
+                    status, value = queue.get(timeout=1.0)
+                    break
+                except queues.Empty:
+                    raise RuntimeError(f"the child process died (exit code {proc.exitcode}) without answering") \
+                        from None
+            if deadline is not None and time.monotonic() > deadline:
+                proc.kill()
+                proc.join()
+                raise TimeoutError(f"killed after {timeout:.0f} s") from None
     proc.join()
     if status != "ok":
         raise RuntimeError(value)
@@ -418,8 +463,8 @@ def in_fresh_process(fn, threads: int, *a) -> dict:
 def mfu(case: Case, result: dict, params: int, peak_tflops: float) -> float:
     """Model FLOPs utilisation: 6 x parameters per sequence token (forward 2, backward 4; the tied LM head
     counted as a matmul on every token, attention left out), + 2 x parameters for a live reference's
-    forward, over the device's peak."""
-    per_token = 6 * params + (2 * params if case.objective == "DPO" else 0)
+    forward (DPO, prefix-DPO; not a cached one), over the device's peak."""
+    per_token = 6 * params + (2 * params if case.objective in ("DPO", "prefix-DPO") else 0)
     return result["tokens_per_s"] * per_token / (peak_tflops * 1e12)
 
 
