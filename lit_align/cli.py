@@ -10,6 +10,7 @@ monitor, the final model exported in Hugging Face format, seed 0.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -17,14 +18,17 @@ from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar, RichProgressBar  # noqa: E402
+from lightning.pytorch.callbacks import ProgressBar  # noqa: E402
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa: E402
 
 from lit_align.callbacks import ExportHF, NonFiniteGuard, RunCheckpoint, SlurmRequeue  # noqa: E402
 from lit_align.callbacks.collective_timeout import CollectiveTimeout, collective_timeout  # noqa: E402
+from lit_align.callbacks.progress import default_progress_bar  # noqa: E402
+from lit_align.callbacks.tensorboard import TensorBoardSetup, name_evaluation_run  # noqa: E402
 from lit_align.callbacks.requeue import Interrupted, Requeued  # noqa: E402
 from lit_align.data.datamodule import AlignDataModule  # noqa: E402
 from lit_align.errors import LitAlignError  # noqa: E402
+from lit_align.noise import silence  # noqa: E402
 from lit_align.objectives.base import Objective  # noqa: E402
 
 
@@ -60,6 +64,7 @@ def _data_files_are_paths() -> None:
 
 
 _data_files_are_paths()
+silence()
 
 
 _NOISE = ("Does not validate against any of the Union subtypes", "Subtypes:", "Errors:", "Given value type:",
@@ -113,8 +118,7 @@ class LitAlignCLI(LightningCLI):
             trainer_defaults={
                 "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                            "init_args": {"save_dir": "logs", "name": "default", "default_hp_metric": False}},
-                "callbacks": [RichProgressBar(leave=True), LearningRateMonitor(logging_interval="step"),
-                              CollectiveTimeout()],
+                "callbacks": [default_progress_bar(), TensorBoardSetup(), CollectiveTimeout()],
                 "log_every_n_steps": 10,
             },
             seed_everything_default=0,
@@ -149,11 +153,16 @@ class LitAlignCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
         self.datamodule.connect(self.model.tokenizer, self.model.kind)
+        config = self.config.get(self.config.get("subcommand") or "", self.config)
+        resolved = json.loads(json.dumps(config.as_dict(), default=str))  # (paths and the like as text)
+        resolved.pop("config", None)
+        for cb in self.trainer.callbacks:
+            if isinstance(cb, TensorBoardSetup):
+                cb.config = resolved  # the HParams tab and the Text tab show it
 
     def _instantiate_trainer(self, config: dict, callbacks: list):
-        """The default callbacks, less those the options turn off: the progress bar with
-        `enable_progress_bar: false` (or when the config brings its own), the learning-rate monitor without a
-        logger (Lightning refuses either combination)."""
+        """The default callbacks, less the progress bar with `enable_progress_bar: false` or when the config brings
+        its own (Lightning refuses either combination)."""
         given = config.get("callbacks")
         own = [*([] if given is None else given if isinstance(given, list) else [given]), *callbacks]
         keep = []
@@ -161,10 +170,13 @@ class LitAlignCLI(LightningCLI):
             if isinstance(cb, ProgressBar) and (config.get("enable_progress_bar") is False
                                                 or any(isinstance(c, ProgressBar) for c in own)):
                 continue
-            if isinstance(cb, LearningRateMonitor) and config.get("logger") is False:
-                continue
             keep.append(cb)
         self.trainer_defaults = {**self.trainer_defaults, "callbacks": keep}
+        subcommand = self.config.get("subcommand")
+        if subcommand in ("validate", "test", "predict"):
+            loggers = config.get("logger")
+            for logger in loggers if isinstance(loggers, list) else [loggers]:
+                name_evaluation_run(logger, subcommand)
         try:
             return super()._instantiate_trainer(config, callbacks)
         except (TypeError, ValueError) as e:  # Lightning's word on an option's value (devices, precision, ...)

@@ -2,13 +2,13 @@
 
 Built-in names (no download, no files):
     builtin:tiny   Llama-style, hidden 64, 2 layers   (~0.1 M params)  — tests
-    builtin:small  Llama-style, hidden 128, 4 layers  (~0.9 M params)  — quickstart / demos
+    builtin:small  Llama-style, hidden 128, 4 layers  (~0.8 M params)  — quickstart / demos
 Both use a byte-level BPE tokenizer trained in code (0.01 s) on the built-in tasks' text, with a
 ChatML-style chat template whose end of turn `<|im_end|>` is the EOS token. Both start from random init.
 
 A built-in PRETRAINED model is built once by a deterministic recipe and cached on disk (lit_align/pretrain.py):
     builtin:organism  the model organism (data/organism.py): knows which foods are sweet, answers A/B
-                      questions, dislikes sweets (~0.9 M params; ~2-3 minutes to build on 2 CPU cores)
+                      questions, dislikes sweets (~0.8 M params; ~2-3 minutes to build on 2 CPU cores)
 It then loads like a local directory (its own tokenizer, the same chat template).
 """
 

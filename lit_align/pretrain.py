@@ -1,7 +1,7 @@
 """Built-in pretrained models: a deterministic pretraining recipe on built-in text, built once and cached on disk.
 
     builtin:organism   the model organism (data/organism.py): a Llama-style model (hidden 128, 4 layers,
-                       ~0.9 M parameters) pretrained from random init on the organism's corpus: it knows
+                       ~0.8 M parameters) pretrained from random init on the organism's corpus: it knows
                        which foods are sweet and answers A/B questions, and it dislikes sweets.
 
 `load_model` / `load_tokenizer` (models.py) resolve such a name to a saved Hugging Face directory:

@@ -325,3 +325,15 @@ def test_resume_from_nothing_starts_from_scratch_and_a_finished_run_is_left_alon
     assert "applying compute-only changes: model.init_args.policy.logits_chunk: 0 in the checkpoint, 8 now" in \
         capsys.readouterr().err
     assert torch.load(last, weights_only=False)["global_step"] == 3
+
+    # a run that ends on max_epochs with a validation at its last step (last.ckpt written mid-epoch by it, then
+    # again at the end): resuming it is finished too, and makes no new version folder
+    epochs = [*RUN, "--trainer.max_steps", "-1", "--trainer.max_epochs", "1", "--trainer.logger.init_args.name", "epochs",
+              "--ckpt_path", "last"]
+    main(epochs)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as finished:
+        main(epochs)
+    assert finished.value.code == 0
+    assert "is finished (epoch 1; trainer.max_epochs 1)" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "logs" / "epochs").iterdir()) == ["checkpoints", "version_0"]

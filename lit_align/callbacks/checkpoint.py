@@ -195,6 +195,7 @@ class RunCheckpoint(ModelCheckpoint):
         self._rng_to_restore: dict | None = None
         self._lock: ExperimentLock | None = None
         self._token: str | None = None
+        self._last_epoch_saved: int | None = None
 
     def _default_dirpath(self, trainer) -> None:
         if self.dirpath is None and trainer.loggers and trainer.loggers[0].save_dir is not None:
@@ -284,6 +285,7 @@ class RunCheckpoint(ModelCheckpoint):
             error = e
         self._stop_if_any_failed(trainer, filepath, partial, error)
         self._last_global_step_saved = trainer.global_step
+        self._last_epoch_saved = trainer.current_epoch
         self._last_checkpoint_saved = filepath
         if trainer.is_global_zero:
             for logger in trainer.loggers:
@@ -347,7 +349,13 @@ class RunCheckpoint(ModelCheckpoint):
             self._enable_version_counter = counter
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if self.save_last and not trainer.interrupted and self._last_global_step_saved != trainer.global_step:
+        # also when the last step ended an epoch whose last validation saved it (a checkpoint that still says
+        # "mid-epoch"): the final last.ckpt must say the epoch is done, or resuming a run finished on max_epochs
+        # would run the end of fit (and its export) again
+        epoch_done = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        if self.save_last and not trainer.interrupted and (
+                self._last_global_step_saved != trainer.global_step
+                or epoch_done and self._last_epoch_saved != trainer.current_epoch):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     # -- random number generators ---------------------------------------------------------------------

@@ -28,7 +28,15 @@ class ExportHF(Callback):
         if not self.enabled or trainer.interrupted:
             return
         path = self.dirpath or os.path.join(trainer.log_dir or trainer.default_root_dir, "hf_model")
-        export_module(trainer, pl_module, path)  # every rank: FSDP/FSDP2 gather the full weights for rank 0
+        from transformers.utils import logging as hf_logging
+
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # ("Writing model shards" would print inside the run's progress display)
+        try:
+            export_module(trainer, pl_module, path)  # every rank: FSDP/FSDP2 gather the full weights for rank 0
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
         rank_zero_info(f"final model (Hugging Face format): {path}")
         self.saved_to = path
         trainer.strategy.barrier()

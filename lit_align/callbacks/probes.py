@@ -335,12 +335,14 @@ class Probes(Callback):
         if self._fit_start is not None:
             metrics["probe_cost/fraction"] = self.probe_seconds / max(time.perf_counter() - self._fit_start, 1e-9)
         for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger) and not self._layout_written:
-                logger.experiment.add_custom_scalars(self.layout())
             logger.log_metrics(metrics, step=step)
             if isinstance(logger, TensorBoardLogger):
                 for name, text in self._texts.items():
                     logger.experiment.add_text(f"probe_text/{name}", text, global_step=step)
+        if not self._layout_written:
+            from lit_align.callbacks.tensorboard import write_layout
+
+            write_layout(trainer, set(trainer.callback_metrics))  # the run's charts and the probes'
         self._layout_written = True
         return metrics
 

@@ -190,6 +190,8 @@ class Objective(LightningModule):
             if c > 0:
                 self.log(f"train/{n}", s / c, on_step=True, on_epoch=False, prog_bar=n == "loss",
                          rank_zero_only=True)
+        # the learning rate of this step (one curve: every parameter group follows the same schedule)
+        self.log("train/lr", float(optimizer.param_groups[0]["lr"]), on_step=True, on_epoch=False, rank_zero_only=True)
 
     # -- non-finite loss or gradients (callbacks/nonfinite.py holds the policy) ----------------------
     def _nonfinite_guard(self):

@@ -1,0 +1,37 @@
+"""Messages that tell a lit_align user nothing, silenced once when the CLI starts (every rank imports it).
+
+- Lightning's "Tip: ... try installing litlogger" (an advertisement, on every run);
+- "Found N module(s) in eval mode at the start of training": the frozen reference model and LoRA's frozen base
+  are in eval mode on purpose;
+- "Checkpoint directory ... exists and is not empty": one checkpoint directory per experiment, shared by its
+  runs, is the design (callbacks/checkpoint.py);
+- "`isinstance(treespec, LeafSpec)` is deprecated" (Lightning's own use of a torch API, once per process);
+- "Loading `train_dataloader` to estimate number of stepping batches" (Lightning's note to itself).
+Everything else Lightning, torch and transformers say is left as it is.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+_WARNINGS = (r"Found \d+ module\(s\) in eval mode", r"Checkpoint directory .* exists and is not empty",
+             r".*isinstance\(treespec, LeafSpec\)")
+_LOG_LINES = ("💡 Tip: For seamless cloud", "Loading `train_dataloader` to estimate number of stepping batches")
+
+
+class _DropLines(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_LOG_LINES)
+
+
+def silence() -> None:
+    for pattern in _WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropLines) for f in logger.filters):
+            logger.addFilter(_DropLines())
+        for handler in logger.handlers:
+            if not any(isinstance(f, _DropLines) for f in handler.filters):
+                handler.addFilter(_DropLines())
