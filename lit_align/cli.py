@@ -20,7 +20,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar, RichProgressBar  # noqa: E402
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa: E402
 
-from lit_align.callbacks import ExportHF, NonFiniteGuard, RunCheckpoint, SlurmRequeue  # noqa: E402
+from lit_align.callbacks import ExportHF, GenerationWriter, NonFiniteGuard, RunCheckpoint, SlurmRequeue  # noqa: E402
 from lit_align.callbacks.collective_timeout import CollectiveTimeout, collective_timeout  # noqa: E402
 from lit_align.callbacks.requeue import Interrupted, Requeued  # noqa: E402
 from lit_align.data.datamodule import AlignDataModule  # noqa: E402
@@ -128,6 +128,7 @@ class LitAlignCLI(LightningCLI):
         parser.add_lightning_class_args(ExportHF, "export")
         parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
         parser.add_lightning_class_args(SlurmRequeue, "requeue")
+        parser.add_lightning_class_args(GenerationWriter, "generate")  # `predict`'s options (inert in fit)
         # Without a config, `lit_align fit` trains the embedded tiny default (SFT of builtin:tiny on builtin:sft),
         # and overlay configs (configs/strategies/*.yaml: trainer options only) parse on their own.
         parser.set_defaults({"model": {"class_path": "lit_align.objectives.SFT"},
