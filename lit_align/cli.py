@@ -21,7 +21,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from lightning.pytorch.callbacks import ProgressBar  # noqa: E402
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa: E402
 
-from lit_align.callbacks import ExportHF, NonFiniteGuard, RunCheckpoint, SlurmRequeue  # noqa: E402
+from lit_align.callbacks import ExportHF, GenerationWriter, NonFiniteGuard, RunCheckpoint, SlurmRequeue  # noqa: E402
 from lit_align.callbacks.collective_timeout import CollectiveTimeout, collective_timeout  # noqa: E402
 from lit_align.callbacks.progress import default_progress_bar  # noqa: E402
 from lit_align.callbacks.tensorboard import TensorBoardSetup, name_evaluation_run  # noqa: E402
@@ -132,6 +132,7 @@ class LitAlignCLI(LightningCLI):
         parser.add_lightning_class_args(ExportHF, "export")
         parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
         parser.add_lightning_class_args(SlurmRequeue, "requeue")
+        parser.add_lightning_class_args(GenerationWriter, "generate")  # `predict`'s options (inert in fit)
         # Without a config, `lit_align fit` trains the embedded tiny default (SFT of builtin:tiny on builtin:sft),
         # and overlay configs (configs/strategies/*.yaml: trainer options only) parse on their own.
         parser.set_defaults({"model": {"class_path": "lit_align.objectives.SFT"},

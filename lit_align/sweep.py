@@ -32,7 +32,7 @@ Steering and generation (lit_align/experiments/caa_method.py, generation.py):
     steer: {layers: all, multipliers: [0.5, 1, 2, 4, 8], select: {path: ..., skip: 1024, limit: 64}}
     generate:                           # generation-scored sets, logged as val_<name>/gen/<scorer>
       sets: {open: {path: builtin:organism, split: open, limit: 100}}
-      scorer: match                     # generation.SCORERS
+      scorer: match                     # scorers.py: a name, {name: ..., <options>}, or a list
       max_new_tokens: 12
     objectives:
       caa: {caa: true, model: ...}      # no training: CAA from the run's `size` training pairs (the policy steered)
@@ -226,14 +226,10 @@ class Sweep:
 
     # -- steering and generation -----------------------------------------------------------------------
     def _generate_sets(self) -> tuple[dict, int]:
-        """{name: (records, scorer)} of the `generate:` section, and its max_new_tokens."""
-        from lit_align.data.sources import as_source, read_rows
-
+        """{name: (source, scorer)} of the `generate:` section, and its max_new_tokens."""
         spec = self.spec.get("generate") or {}
         scorer = spec.get("scorer", "match")
-        sets = {name: ([row for _, row in read_rows(as_source(src))], scorer)
-                for name, src in (spec.get("sets") or {}).items()}
-        return sets, int(spec.get("max_new_tokens", 16))
+        return {name: (src, scorer) for name, src in (spec.get("sets") or {}).items()}, int(spec.get("max_new_tokens", 16))
 
     def _generation_metrics(self, model, datamodule) -> dict[str, float]:
         from lit_align.experiments.caa_method import generation_metrics

@@ -235,7 +235,7 @@ class Probes(Callback):
                 for ps in self.build(trainer, pl_module):
                     # per category: [sum of log p, sum of per-token log p, records]
                     acc = torch.zeros(len(ps.categories) + 1, 3, dtype=torch.float64, device=device)
-                    shard = _shard(ps.rows, rank, world)
+                    shard = shard_rows(ps.rows, rank, world)
                     for start in range(0, len(shard), self.batch_size):
                         chunk = shard[start: start + self.batch_size]
                         batch = collate([(i, ex) for i, (_, ex, _) in enumerate(chunk)], pad_id)
@@ -283,7 +283,7 @@ class Probes(Callback):
     def _greedy(self, ps: ProbeSet, model, trainer, device, pad_id) -> tuple[torch.Tensor, str]:
         """Greedy answers to this rank's share of the first `greedy` prompts: ([sum log p, sum per-token, n], a sample)."""
         prompts = ps.contexts[: self.greedy]
-        mine = _shard([(0, p) for p in prompts], trainer.global_rank, trainer.world_size)
+        mine = shard_rows([(0, p) for p in prompts], trainer.global_rank, trainer.world_size)
         acc = torch.zeros(3, dtype=torch.float64, device=device)
         sample = ""
         for start in range(0, len(mine), self.batch_size):
@@ -386,7 +386,7 @@ class Probes(Callback):
                            "`limit` on the probe sets")
 
 
-def _shard(rows: list, rank: int, world: int) -> list[tuple]:
+def shard_rows(rows: list, rank: int, world: int) -> list[tuple]:
     """This rank's share of rows (a, b) as (a, b, real), with `real` 0 on padding rows, so that every rank
     runs the same number of rows (FSDP needs every rank in every forward)."""
     per_rank = math.ceil(len(rows) / world) if rows else 0

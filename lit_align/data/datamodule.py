@@ -19,6 +19,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zer
 from torch.utils.data import DataLoader, Dataset
 
 from lit_align.data.collate import collate, collate_packed, collate_prefix, packed_length, padded_length
+from lit_align.data.prompts import PromptRecord, read_prompts
 from lit_align.data.records import MAX_RECORD_CHARS, SkipRecord, detect_format, to_examples
 from lit_align.data.samplers import ResumableSampler, WeightedResampler
 from lit_align.data.sources import Source, as_source, read_rows
@@ -126,6 +127,7 @@ class AlignDataModule(LightningDataModule):
         train: "Source | str" = "builtin:sft",
         val: "dict[str, Source | str] | None" = None,
         test: "dict[str, Source | str] | None" = None,
+        predict: "Source | str | None" = None,
         batch_size: int = 8,
         eval_batch_size: int | None = None,
         max_length: int = 512,
@@ -148,6 +150,8 @@ class AlignDataModule(LightningDataModule):
             val: named validation sets, e.g. {id: ..., ood: ...}; the set named `val` logs as `val/...`,
                 any other name `n` as `val_n/...`.
             test: named test sets, logged like `val` (`test/...`, `test_<name>/...`).
+            predict: the prompts `lit_align predict` answers (data/prompts.py: any record with a prompt; its
+                reference answer is written beside the generation).
             batch_size: examples (pairs for preference objectives) per micro-batch and device.
             eval_batch_size: batch size for validation and test (default: batch_size).
             max_length: maximum tokens of context + one continuation. What does not fit is cut from the context
@@ -186,6 +190,8 @@ class AlignDataModule(LightningDataModule):
         self.train_source = as_source(train)
         self.val_sources = {k: as_source(v) for k, v in (val or {}).items()}
         self.test_sources = {k: as_source(v) for k, v in (test or {}).items()}
+        self.predict_source = None if predict is None else as_source(predict)
+        self.prompts: list[PromptRecord] | None = None  # the predict prompts, once set up
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.spec = TokenizeSpec(max_length, max_prompt_length, truncation_side, chat_template, end_token,
                                  min_context_tokens)
@@ -228,6 +234,9 @@ class AlignDataModule(LightningDataModule):
             raise LitAlignError("AlignDataModule has no tokenizer: call datamodule.connect(objective.tokenizer, "
                                 "objective.kind) before fitting (the lit_align CLI does this for you).")
         tokenizer = Tokenizer(self.tokenizer, self.spec)
+        if stage == "predict":
+            self._setup_predict(tokenizer)
+            return
         for name, source in self._sources(stage).items():
             if name in self.splits:
                 continue
@@ -240,6 +249,15 @@ class AlignDataModule(LightningDataModule):
                 rank_zero_warn(f"{name}: skipped {sum(summary.skipped.values())} records ({summary.first_problem})")
         if stage == "fit" and "train" in self.splits:
             self._check_val_interval()
+
+    def _setup_predict(self, tokenizer: Tokenizer) -> None:
+        if self.predict_source is None:
+            raise LitAlignError("lit_align predict needs prompts: give them as --data.init_args.predict FILE (a data "
+                                "file or builtin:<task>[, split]: records with a prompt)")
+        if self.prompts is None:
+            self.prompts = read_prompts("predict", self.predict_source, tokenizer)
+            rank_zero_info(f"data predict ({self.predict_source.label}): {len(self.prompts)} prompts")
+        self._end_id = tokenizer.end_id
 
     def _check_val_interval(self) -> None:
         """A whole number of batches between validations must fit in an epoch (Lightning raises deep inside its
@@ -354,12 +372,21 @@ class AlignDataModule(LightningDataModule):
     def test_dataloader(self) -> list[DataLoader]:
         return self._eval_loaders("test")
 
+    def predict_dataloader(self) -> DataLoader:
+        """Batches {records: [(index, PromptRecord)], end_id} of the predict prompts in file order."""
+        return DataLoader(list(enumerate(self.prompts)), batch_size=self.eval_batch_size, shuffle=False,
+                          collate_fn=functools.partial(_prompt_batch, end_id=self._end_id))
+
 
 # kind -> collate function. "sft" and "pair" share the padded layout of collate.py; objectives with their
 # own batch layout (e.g. prefix-DPO's shared context) register theirs here.
 COLLATE_BY_KIND = {"sft": collate, "pair": collate, "prefix_pair": collate_prefix, "packed_pair": collate_packed}
 # kind -> the record kind of records.py it reads (a kind with its own layout may read "pair" records).
 RECORD_KIND = {"sft": "sft", "pair": "pair", "prefix_pair": "pair", "packed_pair": "pair", "probe": "probe"}
+
+
+def _prompt_batch(items: list, end_id: int | None) -> dict:
+    return {"records": items, "end_id": end_id, "split": "predict"}
 
 
 def _collate_named(items, name: str, kind: str, pad_id: int, pad_to_multiple_of: int, contrast: bool = False) -> dict:

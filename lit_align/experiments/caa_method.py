@@ -5,7 +5,7 @@ evaluation sets), then evaluate the steered model on every evaluation set under 
     {split}/ab/p_match       mean σ(log π(m|x) − log π(n|x)) (A/B contrast sets)
     {split}/logps/accuracy   share of items with log π(m|x) > log π(n|x) (the behaviour-match rate)
     {split}/logps/margins    mean log π(m|x) − log π(n|x)
-    {split}/gen/<scorer>     generation-scored sets (generation.py), steered from the first generated token on
+    {split}/gen/<scorer>     generation-scored sets (scorers.py), steered from the first generated token on
     caa/layer, caa/multiplier, caa/select_p_match   what the selection chose, and its held-out score
 
 Selection: the (layer, multiplier) with the highest p_match on the selection pairs; ties go to the smaller
@@ -55,8 +55,8 @@ class CAAOptions:
 def caa_metrics(model: torch.nn.Module, datamodule, opts: CAAOptions, generate_sets: dict | None = None,
                 max_new_tokens: int = 16) -> dict[str, float]:
     """Extract from the data module's `train` split, select on its `val_caa_select` split, evaluate every other
-    evaluation split (and `generate_sets`: {name: (records, scorer)}). The data module is connected with kind
-    "pair" and set up, its val sets including SELECT_SPLIT."""
+    evaluation split (and `generate_sets`: {name: (data source, scorers)}, see generation_metrics). The data
+    module is connected with kind "pair" and set up, its val sets including SELECT_SPLIT."""
     select = datamodule.log_prefix("val", SELECT_SPLIT)
     vector = extract_from_data(model, datamodule, "train", layers=opts.layers, read=opts.read, method=opts.method)
     candidates = [(0.0, vector.layers[0])] + [(m, layer) for layer in vector.layers for m in opts.multipliers if m != 0]
@@ -91,12 +91,23 @@ def pair_set_metrics(model: torch.nn.Module, datamodule, steering=None, skip: tu
 
 def generation_metrics(model: torch.nn.Module, datamodule, generate_sets: dict | None, max_new_tokens: int = 16,
                        steering=None) -> dict[str, float]:
-    """{split}/gen/<scorer> of each generation-scored set {name: (records, scorer)}, optionally steered."""
-    from lit_align.generation import generate, score_generations
+    """{split}/gen/<label> of each generation-scored set {name: (data source, scorers)}, optionally steered: the
+    prompts read and rendered as the data module renders them (data/prompts.py), greedy answers, scored by
+    scorers.py (`scorers`: a name such as `match`, a {name, ...options} mapping, or a list of them)."""
+    from lit_align.data.prompts import read_prompts
+    from lit_align.data.sources import as_source
+    from lit_align.data.tokenize import Tokenizer
+    from lit_align.generation import generate_ids
+    from lit_align.scorers import build_scorers, mean_scores
 
+    tokenizer = Tokenizer(datamodule.tokenizer, datamodule.spec)
+    pad = datamodule.tokenizer.pad_token_id
     metrics = {}
-    for name, (records, scorer) in (generate_sets or {}).items():
-        texts = generate(model, datamodule.tokenizer, [r["prompt"] for r in records], max_new_tokens=max_new_tokens,
-                         chat_template=datamodule.spec.chat_template, steering=steering)
-        metrics[f"{datamodule.log_prefix('val', name)}/gen/{scorer}"] = score_generations(records, texts, scorer)
+    for name, (source, scorers) in (generate_sets or {}).items():
+        scorers = build_scorers(scorers)
+        records = read_prompts(name, as_source(source), tokenizer)
+        ids = generate_ids(model, [r.context for r in records], pad, tokenizer.end_id, max_new_tokens, steering=steering)
+        texts = datamodule.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        for label, value in mean_scores(scorers, [r.record for r in records], texts).items():
+            metrics[f"{datamodule.log_prefix('val', name)}/gen/{label}"] = value
     return metrics

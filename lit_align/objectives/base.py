@@ -258,6 +258,14 @@ class Objective(LightningModule):
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step(batch)
 
+    # -- predict: generations for the data module's prompts (lit_align predict) -------------------------
+    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> list[dict]:
+        """One JSONL row per prompt of the batch (callbacks/generations.py: GenerationWriter has the options)."""
+        from lit_align.callbacks.generations import GenerationWriter
+
+        writer = next((cb for cb in self.trainer.callbacks if isinstance(cb, GenerationWriter)), None)
+        return (writer or GenerationWriter()).generate(self, batch, batch_idx)
+
     # -- optimizer -------------------------------------------------------------------------------------
     def configure_optimizers(self):
         spec = self.optim_spec
