@@ -35,10 +35,11 @@ def _layout(ea) -> dict:
 def test_layout_groups_every_set_on_one_chart_per_metric():
     tags = {"train/loss", "val/loss", "val_ood/loss", "train/rewards/chosen", "train/rewards/rejected",
             "val/rewards/chosen", "val/rewards/rejected", "val_ood/rewards/accuracy", "train/lr",
-            "train/weights/ess", "probe/x/chosen", "val_id/ab/p_match"}
+            "train/weights/ess", "probe/x/chosen", "val_id/ab/p_match", "val/gen/final_number"}
     layout = layout_for(tags)
     assert list(layout) == ["loss and accuracy", "rewards (β·log π/π_ref)", "importance weights", "A/B contrast",
-                            "optimization"]
+                            "generations", "optimization"]
+    assert layout["generations"] == {"gen/final_number": ["Multiline", ["^val/gen/final_number$"]]}
     assert layout["loss and accuracy"] == {"loss: train vs validation":
                                            ["Multiline", ["^train/loss$", "^val/loss$", "^val_ood/loss$"]]}
     assert list(layout["rewards (β·log π/π_ref)"]) == ["rewards: chosen vs rejected", "rewards/accuracy"]

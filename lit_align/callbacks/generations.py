@@ -177,6 +177,9 @@ class SampleGenerations(Callback):
                     for name in self.sets or {}:
                         table = markdown_table([row for row in rows if row["set"] == name], self.scorers)
                         logger.experiment.add_text(f"generations/{name}", table, global_step=step)
+            from lit_align.callbacks.tensorboard import write_layout
+
+            write_layout(trainer, set(metrics))  # val_<set>/gen/<scorer> on the custom-scalars charts
 
     # -- hooks --------------------------------------------------------------------------------------------
     def on_train_start(self, trainer, pl_module) -> None:
