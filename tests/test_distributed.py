@@ -263,7 +263,7 @@ def test_steered_validation_under_two_processes_equals_one(tmp_path, monkeypatch
     assert out.returncode == 0, out.stderr[-4000:]
     logs = tmp_path / "logs"
     for tag in ("val_id/ab/p_match", "val_id/logps/chosen"):
-        value = {name: list(scalars(logs / name / "version_0", tag).values()) for name in ("plain", "one", "two")}
+        value = {name: list(scalars(logs / name / "validate_0", tag).values()) for name in ("plain", "one", "two")}
         assert len(value["one"]) == 1 and len(value["two"]) == 1, tag
         assert abs(value["one"][0] - value["two"][0]) <= TOL, (tag, value)
     assert abs(value["one"][0] - value["plain"][0]) > 0.1, value   # steering moves the log-probs
