@@ -212,3 +212,11 @@ def test_packed_run_resumes_exactly(tmp_path, monkeypatch):
     for step, loss in resumed.items():
         assert abs(loss - whole[step]) <= 1e-6, (step, loss, whole[step])
     assert_same_state(*(tmp_path / d / "logs" / "resume" / "checkpoints" / "last.ckpt" for d in ("whole", "split")))
+
+
+def test_a_checkpoint_from_before_packed_existed_resumes_unpacked_only():
+    from lit_align.cli import changed_settings
+
+    saved = {"_class_path": "lit_align.objectives.SFT", "policy": None}          # no `packed` key
+    assert changed_settings(saved, {**saved, "packed": False}) == ([], [])
+    assert changed_settings(saved, {**saved, "packed": True})[1]                # refused, as any changed setting
