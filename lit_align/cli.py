@@ -258,8 +258,12 @@ def _checkpoint_meta(path: str) -> dict | None:
     return ckpt
 
 
-COMPUTE_ONLY = {"gradient_checkpointing", "lm_head", "logits_chunk", "attn_implementation"}
+COMPUTE_ONLY = {"gradient_checkpointing", "lm_head", "logits_chunk", "attn_implementation", "implementation"}
 """Model settings that change how the numbers are computed, not the numbers: a resume may change them."""
+
+ADDED_SETTINGS = {"packed": False}
+"""Settings added after checkpoints were written -> the value that means what their absence meant (SFT and IW-SFT
+gained `packed`): a checkpoint without the key resumes under that value."""
 
 
 def _flat(value, prefix: str = "") -> dict:
@@ -287,6 +291,8 @@ def changed_settings(saved: dict, now: dict) -> tuple[list[str], list[str]]:
     applied, refused = [], []
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key, missing), new.get(key, missing)
+        if a is missing and key in ADDED_SETTINGS:
+            a = ADDED_SETTINGS[key]
         if a != b:
             line = (f"model.{'' if key == 'class_path' else 'init_args.'}{key}: "
                     f"{'(absent)' if a is missing else repr(a)} in the checkpoint, {'(absent)' if b is missing else repr(b)} now")

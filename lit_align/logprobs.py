@@ -328,14 +328,79 @@ def _attention(model: torch.nn.Module) -> str:
     return getattr(getattr(model, "config", None), "_attn_implementation", None) or ""
 
 
-def packed_logps(model: torch.nn.Module, batch: dict) -> SeqLogps:
-    """Per-continuation log-probs for the packed layout of `collate_packed`: one row per example holding its
-    context once and its k continuations, each attending to the context and itself (4D attention mask),
-    positioned right after the context. The same numbers as `sequence_logps` on the padded layout."""
-    rows, cont = batch["target_row"], batch["target_cont"]                  # (M,)
-    logps, _ = position_logps(model, rows, batch["target_pos"], batch["target_id"], input_ids=batch["input_ids"],
-                              attention_mask=attention_mask_for(model, batch["attention_mask"]),
-                              position_ids=batch["position_ids"], use_cache=False)   # (M,)
+def is_packed(batch: dict) -> bool:
+    """Whether a batch has the packed layout of data/collate.py's `collate_packed` (its targets listed by position)."""
+    return "target_pos" in batch
+
+
+def _packed_inputs(model: torch.nn.Module, batch: dict, varlen: bool | None = None) -> tuple[Tensor, Tensor, dict]:
+    """(rows, positions, model inputs) of a packed batch (collate_packed): the hidden state at (rows[m],
+    positions[m]) predicts target m.
+
+    Two forms of the same computation. The default: the (R, T) rows with the block 4D attention mask, in the
+    form the model's attention takes it (attention_mask_for). `varlen` (the default under flash-attention, which
+    takes no 4D mask): padding-free, the real tokens of every row concatenated into ONE (1, N) sequence with
+    attention_mask None and the per-example position ids restarting at 0; flash-attention's varlen kernel keeps
+    each example to itself from the cumulative sequence lengths `cu_seq_lens_q/k` (FlashAttentionKwargs,
+    passed through the model's forward to its attention), and sdpa/eager attention build the same
+    block-diagonal mask from the position ids (transformers' masking_utils: packed sequences are detected when
+    attention_mask is None). Only for layouts where every example is one causal sequence (k = 1: packed SFT),
+    since DPO's packed pairs let two continuations share a context that neither may see the other through.
+    """
+    rows, positions = batch["target_row"], batch["target_pos"]
+    if varlen is None:
+        varlen = _attention(model).startswith("flash")
+    if not varlen:
+        return rows, positions, dict(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                                     attention_mask=attention_mask_for(model, batch["attention_mask"]), use_cache=False)
+    if batch["num_continuations"] != 1:
+        raise LitAlignError("packed pairs need a 4D attention mask (chosen and rejected share the prompt): use "
+                            "policy.attn_implementation: sdpa (or eager), not flash-attention")
+    real = batch["token_mask"].bool()                                         # (R, T)
+    flat = real.flatten().cumsum(0).sub(1).view(real.shape)                  # index among the real tokens
+    position_ids = batch["position_ids"][real][None]                         # (1, N), 0 at each example's start
+    starts = (position_ids[0] == 0).nonzero().flatten()
+    cu = torch.cat([starts, starts.new_tensor([position_ids.shape[1]])]).to(torch.int32)   # (examples + 1,)
+    longest = int(cu.diff().max())
+    return torch.zeros_like(rows), flat[rows, positions], dict(
+        input_ids=batch["input_ids"][real][None], position_ids=position_ids, attention_mask=None, use_cache=False,
+        cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=longest, max_length_k=longest)
+
+
+def packed_token_logps(model: torch.nn.Module, batch: dict, with_accuracy: bool = False,
+                       varlen: bool | None = None) -> TokenLogps:
+    """The target tokens' log-probs of a packed batch (collate_packed) as a TokenLogps of (B * k, L) rows, one
+    per continuation of each example (example-major), its L target tokens left-aligned: the same per-row sums,
+    counts and hits as `forward_logps` on the padded layout (there the rows are continuation-major and the
+    targets sit at their sequence positions), whatever the rows the examples were packed into."""
+    rows, positions, inputs = _packed_inputs(model, batch, varlen)
+    logps, hits = position_logps(model, rows, positions, batch["target_id"], with_accuracy, **inputs)   # (M,)
     B, k = batch["cont_tokens"].shape
-    seq = torch.zeros(B * k, dtype=torch.float32, device=logps.device).index_add(0, rows * k + cont, logps)
-    return SeqLogps(seq.view(B, k), batch["cont_tokens"])
+    seq = batch["target_example"] * k + batch["target_cont"]                # (M,) output row, non-decreasing
+    counts = batch["cont_tokens"].flatten()                                   # (B*k,)
+    column = torch.arange(seq.shape[0], device=seq.device) - (counts.cumsum(0) - counts)[seq]
+    mask = torch.zeros((B * k, max(int(counts.max()), 1)), dtype=torch.bool, device=seq.device)
+    mask[seq, column] = True                                                  # row-major order = target order
+    return TokenLogps(_scatter(logps, mask), mask, _scatter(hits, mask, False) if with_accuracy else None)
+
+
+def packed_logps(model: torch.nn.Module, batch: dict) -> SeqLogps:
+    """Per-continuation log-probs for the packed layout of `collate_packed`: whole examples in rows, each
+    continuation attending to its context and itself (4D attention mask, or padding-free varlen attention),
+    positioned right after the context. The same numbers as `sequence_logps` on the padded layout."""
+    out = packed_token_logps(model, batch)
+    return SeqLogps(out.sequence.view(batch["cont_tokens"].shape), batch["cont_tokens"])
+
+
+def batch_logps(model: torch.nn.Module, batch: dict) -> SeqLogps:
+    """Per-continuation log-probs of a batch in the padded or the packed layout, whichever it is (an objective
+    trained on packed rows still evaluates padded pair sets)."""
+    return packed_logps(model, batch) if is_packed(batch) else sequence_logps(model, batch)
+
+
+def batch_token_logps(model: torch.nn.Module, batch: dict, with_accuracy: bool = False) -> TokenLogps:
+    """Per-token log-probs of a padded or packed batch: rows are sequences (padded: continuation-major) or
+    continuations (packed: example-major); with k = 1 both are one row per example, in batch order."""
+    if is_packed(batch):
+        return packed_token_logps(model, batch, with_accuracy)
+    return forward_logps(model, batch, with_accuracy)

@@ -61,7 +61,8 @@ class Case:
     impl: str               # lit_align, lit_align naive, lit_align grouped, TRL
     lm_head: str = "targets"
     group_by_length: int = 0
-    packed: bool = False
+    packed: bool = False     # DPO: one row per pair; SFT, IW-SFT: several examples per row
+    pack_length: int | None = None  # SFT, IW-SFT packed: the longest row (None: --max-length)
     reference: str = "copy"  # lit_align: copy | cache; TRL: live | precomputed
     vocab: int | None = None
     extra: dict = field(default_factory=dict)  # lit_align: objective arguments (e.g. shared_context); TRL: config
@@ -70,7 +71,9 @@ class Case:
 def cases(args) -> list[Case]:
     rows = [
         Case("SFT", "TRL"), Case("SFT", "lit_align"), Case("SFT", "lit_align naive", lm_head="all"),
-        Case("IW-SFT", "lit_align"),
+        Case("SFT", "lit_align packed", packed=True),
+        Case("SFT", "lit_align packed, rows of 4x", packed=True, pack_length=4 * args.max_length),
+        Case("IW-SFT", "lit_align"), Case("IW-SFT", "lit_align packed", packed=True),
         Case("DPO", "TRL", reference="live"), Case("DPO", "lit_align"),
         Case("DPO", "lit_align naive", lm_head="all"),
         Case("DPO", "lit_align grouped", group_by_length=256),
@@ -83,7 +86,7 @@ def cases(args) -> list[Case]:
     ]
     if args.trl == "off":
         rows = [r for r in rows if r.impl != "TRL"]
-    return rows
+    return [r for r in rows if not args.objectives or r.objective in args.objectives]
 
 
 def memory_cases(args) -> list[Case]:
@@ -243,11 +246,11 @@ def run_lit_align(case: Case, args, model_dir: Path, data: Path, cache_dir: str)
 
     meter = Meter(args.device)
     policy = ModelSpec(name=str(model_dir), lm_head=case.lm_head, dtype="float32")
-    optim = OptimSpec(lr=1e-5, schedule="constant")
+    optim = OptimSpec(lr=1e-5, schedule="constant", implementation=args.optimizer)
     if case.objective == "SFT":
-        obj = SFT(policy=policy, optim=optim, **case.extra)
+        obj = SFT(policy=policy, optim=optim, packed=case.packed, **case.extra)
     elif case.objective == "IW-SFT":
-        obj = IWSFT(policy=policy, optim=optim, **case.extra)
+        obj = IWSFT(policy=policy, optim=optim, packed=case.packed, **case.extra)
     elif case.objective == "prefix-DPO":   # records with a `prefix`; shared_context in case.extra
         obj = PrefixDPO(policy=policy, optim=optim, beta=0.1,
                         reference=ReferenceSpec(mode=case.reference, cache_dir=cache_dir), **case.extra)
@@ -255,7 +258,7 @@ def run_lit_align(case: Case, args, model_dir: Path, data: Path, cache_dir: str)
         obj = DPO(policy=policy, optim=optim, beta=0.1, packed=case.packed,
                   reference=ReferenceSpec(mode=case.reference, cache_dir=cache_dir), **case.extra)
     dm = AlignDataModule(train=str(data), batch_size=args.batch, max_length=args.max_length, shuffle=False,
-                         group_by_length=case.group_by_length)
+                         group_by_length=case.group_by_length, pack_length=case.pack_length)
     dm.connect(obj.tokenizer, obj.kind)
     obj.configure_model()  # the policy (and a reference copy) load before the memory baseline, as TRL's do
 
@@ -515,6 +518,8 @@ def _numel(shape) -> int:
 
 
 def main(argv=None) -> None:
+    from lit_align.objectives.base import OPTIMIZER_IMPLEMENTATIONS, OptimSpec
+
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--hidden", type=int, default=192)
@@ -543,6 +548,9 @@ def main(argv=None) -> None:
     p.add_argument("--prefix-batch", type=int, default=4)
     p.add_argument("--prefix-repeats", type=int, default=4)
     p.add_argument("--sections", nargs="*", default=["speed", "memory", "prefix"])
+    p.add_argument("--optimizer", choices=list(OPTIMIZER_IMPLEMENTATIONS), default=OptimSpec.implementation,
+                   help="lit_align's AdamW implementation (OptimSpec.implementation)")
+    p.add_argument("--objectives", nargs="*", help="speed table: only these objectives' rows (e.g. SFT IW-SFT)")
     p.add_argument("--out", help="also write the tables (markdown) to this file")
     args = p.parse_args(argv)
     if args.trl == "auto":
@@ -568,7 +576,7 @@ def main(argv=None) -> None:
     header = (f"Llama-style, {params / 1e6:.1f} M parameters (hidden {args.hidden}, {args.layers} layers, vocab "
               f"{args.vocab}, tied), "
               f"{args.precision}, {args.device} ({args.threads} threads); HH-RLHF pairs that fit {args.max_length} "
-              f"tokens: {n}; batch {args.batch}; {args.steps} timed steps after {args.warmup}; torch "
+              f"tokens: {n}; batch {args.batch}; {args.steps} timed steps after {args.warmup}; AdamW {args.optimizer}; torch "
               f"{torch.__version__}")
     out = [f"`python scripts/bench.py {' '.join(sys.argv[1:] if argv is None else argv)}`".replace(" `", "`"),
            "", header, ""]

@@ -12,6 +12,8 @@ Batch layout (every objective reads the same keys):
     prefix_tokens   (B,)  long    shared-prefix tokens in each example's context
     context_tokens  (B,)  long
 
+`collate_prefix` (prefix-DPO's shared context) and `collate_packed` (whole examples one after another in a row,
+a 4D attention mask keeping each inside itself: DPO's packed pairs, SFT's packed rows) are the other layouts.
 `padded_length` is the row length an example asks of this layout (what the training sampler groups by,
 data/samplers.py); `padding_fraction` measures what a batch wastes on padding.
 """
@@ -139,65 +141,114 @@ def collate_prefix(items: list[tuple[int, Tokenized]], pad_id: int, pad_to_multi
     }
 
 
-def collate_packed(items: list[tuple[int, Tokenized]], pad_id: int, pad_to_multiple_of: int = 1) -> dict:
-    """Packed layout (kind "packed_pair"): ONE row per example, its context once, then its k continuations one
-    after another. Each continuation attends to the context and to itself only (a 4D attention mask) and
-    takes the positions right after the context, so it is computed exactly as if it followed the context
-    alone; the prompt runs once per pair and a pair's answers need no padding to a common length.
+def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
+    """A packing plan: the positions 0..n-1 of a batch's examples, grouped into rows of at most `capacity`
+    tokens (an example longer than `capacity` gets a row of its own), chosen to waste the fewest token slots.
 
-        input_ids       (B, T) long
-        attention_mask  (B, 1, T, T) bool  True where query t may attend to key s (padding queries: key 0
+    Every row of a batch is padded to the longest one, so a batch of R rows costs R x T slots, T its longest
+    row. For each row count R from the least that could hold the tokens, ceil(Σ lengths / capacity), up to n,
+    the examples are dealt longest first to the row that holds the fewest tokens so far (LPT: balanced rows,
+    so T is close to Σ lengths / R); the plan with the fewest slots R x T (then the fewest rows) whose longest
+    row fits `capacity` wins. Deterministic: ties go to the earlier example and the lower row. Rows list
+    their examples in batch order, and come in the order of their first example.
+    """
+    n, total = len(lengths), sum(lengths)
+    capacity = max([capacity, *lengths])
+    order = sorted(range(n), key=lambda i: (-lengths[i], i))                  # longest first, stable
+    best: list[list[int]] | None = None
+    for R in range(max(-(-total // capacity), 1), n + 1):
+        rows, loads = [[] for _ in range(R)], [0] * R
+        for i in order:
+            r = min(range(R), key=lambda r: (loads[r], r))                    # the emptiest row
+            rows[r].append(i)
+            loads[r] += lengths[i]
+        T = max(loads)
+        if T <= capacity and (best is None or R * T < best_slots):
+            best, best_slots = rows, R * T
+        if best is not None and (R + 1) * max(lengths) >= best_slots:  # T >= the longest example: more rows
+            break                                                             # cannot cost fewer slots
+    return sorted((sorted(row) for row in best), key=lambda row: row[0])
+
+
+def collate_packed(items: list[tuple[int, Tokenized]], pad_id: int, pad_to_multiple_of: int = 1,
+                   row_length: int | None = None) -> dict:
+    """Packed layout: each row holds whole examples one after another, each its context once, then its k
+    continuations. A token attends only inside its own example: a continuation to its example's context and
+    to itself (a 4D attention mask), and it takes the positions right after the context, so it is computed
+    exactly as if it followed the context alone, in a row of its own.
+
+    row_length None (kind "packed_pair", DPO(packed=true)): ONE row per example (a pair: the prompt once, then
+        chosen and rejected; a pair's answers need no padding to a common length).
+    row_length L (kind "packed_sft", SFT / IW-SFT(packed=true)): as many examples per row as `pack_rows` puts
+        there, rows of at most L tokens (or the longest example, if longer). The batch still holds the B
+        examples the sampler drew (so the examples per optimizer step and the resume position are those of
+        the padded layout); only their arrangement into R <= B rows changes. Positions restart at 0 for each
+        example: the batch is its examples' padded rows with the padding squeezed out.
+
+        input_ids       (R, T) long
+        attention_mask  (R, 1, T, T) bool  True where query t may attend to key s (padding queries: key 0
                                       only, since a query with nothing to attend to gives NaN); the model
                                       gets it in its attention's form (logprobs.attention_mask_for: eager
                                       attention adds the mask to the scores, so it needs a float one)
-        position_ids    (B, T) long   context 0..P-1; each continuation P, P+1, ...
-        token_mask      (B, T) long   1 on real tokens
-        target_row, target_pos, target_id, target_cont   (M,) long: target token `target_id` of continuation
-                                      `target_cont` of example `target_row` is predicted by the hidden state at
-                                      `target_pos` (a continuation's first token by the context's last)
+        position_ids    (R, T) long   per example: context 0..P-1; each continuation P, P+1, ...
+        token_mask      (R, T) long   1 on real tokens
+        target_row, target_pos, target_id, target_cont, target_example   (M,) long: target token `target_id`
+                                      of continuation `target_cont` of example `target_example` is predicted by
+                                      the hidden state at (`target_row`, `target_pos`) (a continuation's first
+                                      token by its context's last). Listed example-major, then continuation,
+                                      then token order
         cont_tokens     (B, k) long   target tokens per continuation
-        weight, index, num_continuations, prefix_tokens, context_tokens: as in `collate`
+        weight, index, num_continuations, prefix_tokens, context_tokens: (B,) per example, as in `collate`
     """
     indices, examples, k = _unzip(items)
-    B = len(examples)
-    T = max(packed_length(ex) for ex in examples)
+    lengths = [packed_length(ex) for ex in examples]
+    plan = [[b] for b in range(len(examples))] if row_length is None else pack_rows(lengths, row_length)
+    R, B = len(plan), len(examples)
+    T = max(sum(lengths[b] for b in row) for row in plan)
     T = -(-T // pad_to_multiple_of) * pad_to_multiple_of
-    input_ids = torch.full((B, T), pad_id, dtype=torch.long)
-    position_ids = torch.zeros((B, T), dtype=torch.long)
-    segment = torch.full((B, T), -2, dtype=torch.long)          # -1 context, j continuation j, -2 padding
-    targets = []                                                # (row, predictor position, id, continuation)
+    input_ids = torch.full((R, T), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((R, T), dtype=torch.long)
+    owner = torch.full((R, T), -1, dtype=torch.long)            # the example a token belongs to (-1: padding)
+    part = torch.full((R, T), -1, dtype=torch.long)             # -1 context, j continuation j
+    targets: list[list] = [[] for _ in range(B)]                # per example: (row, predictor, id, continuation)
     cont_tokens = torch.zeros((B, k), dtype=torch.long)
-    for b, ex in enumerate(examples):
-        P = len(ex.context)
-        input_ids[b, :P] = torch.tensor(ex.context, dtype=torch.long)
-        position_ids[b, :P] = torch.arange(P)
-        segment[b, :P] = -1
-        start = P
-        for j, cont in enumerate(ex.continuations):
-            n = len(cont)
-            input_ids[b, start: start + n] = torch.tensor(cont, dtype=torch.long)
-            position_ids[b, start: start + n] = torch.arange(P, P + n)
-            segment[b, start: start + n] = j
-            # token i is predicted at the position before it in its own sequence (context, continuation j)
-            for i in range(0 if P else 1, n):  # without a context, token 0 has no prediction (as in `collate`)
-                targets.append((b, P - 1 if i == 0 else start + i - 1, cont[i], j))
-            cont_tokens[b, j] = n if P else n - 1
-            start += n
-        if (cont_tokens[b] == 0).any():
-            raise ValueError(f"{ex.where}: a continuation has no target token")
-    real = segment > -2                                                       # (B, T)
+    for r, row in enumerate(plan):
+        start = 0
+        for b in row:
+            ex = examples[b]
+            P = len(ex.context)
+            input_ids[r, start: start + P] = torch.tensor(ex.context, dtype=torch.long)
+            position_ids[r, start: start + P] = torch.arange(P)
+            owner[r, start: start + P] = b
+            at = start + P
+            for j, cont in enumerate(ex.continuations):
+                n = len(cont)
+                input_ids[r, at: at + n] = torch.tensor(cont, dtype=torch.long)
+                position_ids[r, at: at + n] = torch.arange(P, P + n)
+                owner[r, at: at + n], part[r, at: at + n] = b, j
+                # token i is predicted at the position before it in its own sequence (context, continuation j)
+                for i in range(0 if P else 1, n):  # without a context, token 0 has no prediction (as in `collate`)
+                    targets[b].append((r, start + P - 1 if i == 0 else at + i - 1, cont[i], j))
+                cont_tokens[b, j] = n if P else n - 1
+                at += n
+            if (cont_tokens[b] == 0).any():
+                raise ValueError(f"{ex.where}: a continuation has no target token")
+            start = at
+    real = owner >= 0                                                         # (R, T)
     order = torch.arange(T)
     causal = order[None, :, None] >= order[None, None, :]                     # (1, T, T) key s <= query t
-    same = (segment[:, None, :] == -1) | (segment[:, None, :] == segment[:, :, None])   # key is context or own
-    mask = causal & same & real[:, :, None] & real[:, None, :]
+    same = owner[:, :, None] == owner[:, None, :]                             # (R, T, T) one example
+    visible = (part[:, None, :] == -1) | (part[:, None, :] == part[:, :, None])   # key is context or own part
+    mask = causal & same & visible & real[:, :, None] & real[:, None, :]
     mask[:, :, 0] |= ~real                                                    # padding queries see key 0
-    target = torch.tensor(targets, dtype=torch.long).reshape(-1, 4)
+    target = torch.tensor([(*t, b) for b in range(B) for t in targets[b]], dtype=torch.long).reshape(-1, 5)
     return {
         "input_ids": input_ids,
         "attention_mask": mask[:, None],
         "position_ids": position_ids,
         "token_mask": real.long(),
         "target_row": target[:, 0], "target_pos": target[:, 1], "target_id": target[:, 2], "target_cont": target[:, 3],
+        "target_example": target[:, 4],
         "cont_tokens": cont_tokens,
         **_example_fields(indices, examples, k),
     }

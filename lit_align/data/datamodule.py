@@ -143,6 +143,7 @@ class AlignDataModule(LightningDataModule):
         shuffle: bool = True,
         seed: int = 0,
         max_record_chars: int | None = MAX_RECORD_CHARS,
+        pack_length: int | None = None,
     ):
         """
         Args:
@@ -179,12 +180,15 @@ class AlignDataModule(LightningDataModule):
             max_record_chars: a record holding more characters of text than this is a bad record (an error,
                 or skipped and counted with skip_invalid): tokenizing megabytes costs gigabytes of memory for
                 tokens that truncation throws away (None: no cap).
+            pack_length: the longest row of a packed batch (SFT / IW-SFT with `packed: true`): each micro-batch's
+                examples are packed into rows of at most this many tokens (None: max_length; an example
+                longer than it gets a row of its own). The batch is still batch_size examples.
         """
         super().__init__()
         for option, value, least in (("batch_size", batch_size, 1), ("eval_batch_size", eval_batch_size, 1),
                                      ("max_length", max_length, 1), ("max_prompt_length", max_prompt_length, 1),
                                      ("num_workers", num_workers, 0), ("pad_to_multiple_of", pad_to_multiple_of, 1),
-                                     ("max_record_chars", max_record_chars, 1)):
+                                     ("max_record_chars", max_record_chars, 1), ("pack_length", pack_length, 1)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
                 raise LitAlignError(f"data.{option} must be an integer >= {least}, not {value!r}")
         self.train_source = as_source(train)
@@ -200,6 +204,7 @@ class AlignDataModule(LightningDataModule):
         if group_by_length < 0:
             raise LitAlignError(f"data.group_by_length must be >= 0 (0: off), not {group_by_length}")
         self.max_record_chars = max_record_chars
+        self.pack_length = pack_length
         self.group_by_length = group_by_length
         self.shuffle = shuffle
         self.tokenizer = None
@@ -294,13 +299,15 @@ class AlignDataModule(LightningDataModule):
     # -- loaders ------------------------------------------------------------------------------------
     def _loader(self, name: str, batch_size: int, shuffle: bool, sampler=None) -> DataLoader:
         summary = self.summaries.get(name)
+        kind = self.split_kinds.get(name, self.kind)
+        # layouts that pack several examples per row are told the longest row
+        rows = {"row_length": self.pack_length or self.spec.max_length} if kind in PACKED_ROWS else {}
         return DataLoader(
             self.splits[name], batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
             num_workers=self.num_workers,
-            collate_fn=functools.partial(_collate_named, name=name, kind=self.split_kinds.get(name, self.kind),
-                                         pad_id=self.tokenizer.pad_token_id,
+            collate_fn=functools.partial(_collate_named, name=name, kind=kind, pad_id=self.tokenizer.pad_token_id,
                                          pad_to_multiple_of=self.pad_to_multiple_of,
-                                         contrast=summary is not None and summary.contrast),
+                                         contrast=summary is not None and summary.contrast, **rows),
             generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
         )
 
@@ -323,7 +330,7 @@ class AlignDataModule(LightningDataModule):
                                                     num_replicas=dist.get("num_replicas", 1), rank=dist.get("rank", 0),
                                                     seed=self.seed)
         else:
-            length = packed_length if self.split_kinds.get("train") == "packed_pair" else padded_length
+            length = packed_length if self.split_kinds.get("train") in ("packed_pair", "packed_sft") else padded_length
             lengths = [length(ex) for ex in self.splits["train"].examples] if self.group_by_length else None
             self._train_sampler = ResumableSampler(self.splits["train"], num_replicas=dist.get("num_replicas", 1),
                                                    rank=dist.get("rank", 0), shuffle=self.shuffle, seed=self.seed,
@@ -380,17 +387,22 @@ class AlignDataModule(LightningDataModule):
 
 # kind -> collate function. "sft" and "pair" share the padded layout of collate.py; objectives with their
 # own batch layout (e.g. prefix-DPO's shared context) register theirs here.
-COLLATE_BY_KIND = {"sft": collate, "pair": collate, "prefix_pair": collate_prefix, "packed_pair": collate_packed}
+COLLATE_BY_KIND = {"sft": collate, "pair": collate, "prefix_pair": collate_prefix, "packed_pair": collate_packed,
+                   "packed_sft": collate_packed}
 # kind -> the record kind of records.py it reads (a kind with its own layout may read "pair" records).
-RECORD_KIND = {"sft": "sft", "pair": "pair", "prefix_pair": "pair", "packed_pair": "pair", "probe": "probe"}
+RECORD_KIND = {"sft": "sft", "pair": "pair", "prefix_pair": "pair", "packed_pair": "pair", "packed_sft": "sft",
+               "probe": "probe"}
+# kinds whose collate packs several examples per row, up to `row_length` tokens (DPO's packed pairs: one per row)
+PACKED_ROWS = {"packed_sft"}
 
 
 def _prompt_batch(items: list, end_id: int | None) -> dict:
     return {"records": items, "end_id": end_id, "split": "predict"}
 
 
-def _collate_named(items, name: str, kind: str, pad_id: int, pad_to_multiple_of: int, contrast: bool = False) -> dict:
-    batch = COLLATE_BY_KIND[kind](items, pad_id, pad_to_multiple_of)
+def _collate_named(items, name: str, kind: str, pad_id: int, pad_to_multiple_of: int, contrast: bool = False,
+                   **rows) -> dict:
+    batch = COLLATE_BY_KIND[kind](items, pad_id, pad_to_multiple_of, **rows)
     batch["split"] = name  # the metric prefix: train, val, val_<name>, test, ...
     batch["contrast"] = contrast  # an A/B contrast set: its pair metrics include ab/p_match (objectives/base.py)
     return batch

@@ -70,7 +70,7 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from lit_align.errors import LitAlignError
-from lit_align.logprobs import forward_logps, sequence_logps
+from lit_align.logprobs import batch_logps, batch_token_logps, sequence_logps
 from lit_align.losses import nll, weighted_nll
 from lit_align.models import ModelSpec
 from lit_align.objectives.base import OptimSpec, Sums
@@ -120,6 +120,7 @@ class IWSFT(SFT):
         weights: WeightSpec | None = None,
         mode: str = "loss",
         reference: ReferenceSpec | None = None,
+        packed: bool = False,
     ):
         """
         Args:
@@ -131,8 +132,11 @@ class IWSFT(SFT):
                 their weight, plain NLL).
             reference: where π_ref comes from (source reference / policy_ratio): mode copy (a frozen model),
                 disable_adapter (the LoRA policy's base) or cache (a precomputed file, no model in memory).
+            packed: several examples per row, as SFT's (objectives/sft.py): the same per-example NLL sums, so the
+                weights apply per example exactly as unpacked; the reference and the policy-ratio weights read
+                the packed batches too.
         """
-        super().__init__(policy, optim)
+        super().__init__(policy, optim, packed)
         self.weight_spec = weights or WeightSpec()
         self.weight_spec.check()
         spec = self.weight_spec
@@ -150,7 +154,10 @@ class IWSFT(SFT):
                                     "weights.refresh_every needs mode: loss")
         self.mode = mode
         self.importance = ImportanceWeights(spec)
-        self.reference = build_reference(reference, sequence_logps) if spec.source != "data" else None
+        # packed: training and evaluation sets of one continuation come packed, pair sets padded (batch_logps
+        # reads either); unpacked keeps sequence_logps, the name in its reference caches' keys
+        self.seq_logps = batch_logps if packed else sequence_logps
+        self.reference = build_reference(reference, self.seq_logps) if spec.source != "data" else None
         self.weight_metrics = torch.nn.ModuleDict()  # w_<split> -> WeightStats
 
     # -- reference and weights --------------------------------------------------------------------------
@@ -221,7 +228,7 @@ class IWSFT(SFT):
         n, step = self.weight_spec.refresh_every, self.trainer.global_step
         table = self.importance.tables.get("train")
         if n and step and step % n == 0 and table is not None and table.computed_at != step:
-            logps, tokens = policy_split_logps(self.model, sequence_logps, self.trainer.datamodule, "train",
+            logps, tokens = policy_split_logps(self.model, self.seq_logps, self.trainer.datamodule, "train",
                                                self.trainer.precision_plugin.forward_context)
             self.importance.build_from_reference("train", logps[:, 0], tokens[:, 0], table.groups, computed_at=step)
 
@@ -244,7 +251,7 @@ class IWSFT(SFT):
 
     # -- loss -------------------------------------------------------------------------------------------
     def step(self, batch: dict) -> Sums:
-        out = forward_logps(self.model, batch, with_accuracy=True)   # (B, T) fp32, with gradient
+        out = batch_token_logps(self.model, batch, with_accuracy=True)   # (B, L) fp32, with gradient, either layout
         split = batch.get("split", "train")
         w, clipped = self.batch_weights(batch, out.sequence, out.tokens)   # (B,) constants
         resampled = self.mode == "resample" and split == "train"    # drawn ∝ w already: weight 1 in the loss

@@ -7,13 +7,21 @@ a mean over the target tokens of the whole optimizer step: all accumulated micro
 shared-prefix tokens are context only; the end token is a target for full answers, absent for partial
 ones. Log-probs are computed in fp32 (logprobs.py).
 
+Packing (`packed: true`): each micro-batch's B examples (the B the sampler drew, as unpacked) are laid one after
+another into R <= B rows of at most `data.pack_length` (default `data.max_length`) tokens, the fewest token
+slots first (data/collate.py: pack_rows, collate_packed), each example attending only to itself (a block
+causal 4D mask under sdpa/eager; padding-free varlen attention from position ids under flash-attention) with
+its positions restarting at 0. A "batch" is still B examples: the rows are only their arrangement, so the sums,
+counts, examples per optimizer step, sampler and resume are those of the unpacked run, and the losses and
+gradients equal the unpacked ones up to float rounding (tests/test_packing.py); less compute goes to padding.
+
 Metrics: {split}/loss (mean NLL per target token), {split}/token_accuracy (greedy next token = target),
 {split}/logps (mean log-prob per sequence).
 """
 
 from __future__ import annotations
 
-from lit_align.logprobs import forward_logps
+from lit_align.logprobs import batch_token_logps
 from lit_align.losses import nll
 from lit_align.models import ModelSpec
 from lit_align.objectives.base import Objective, OptimSpec, Sums
@@ -22,16 +30,21 @@ from lit_align.objectives.base import Objective, OptimSpec, Sums
 class SFT(Objective):
     kind = "sft"
 
-    def __init__(self, policy: ModelSpec | None = None, optim: OptimSpec | None = None):
+    def __init__(self, policy: ModelSpec | None = None, optim: OptimSpec | None = None, packed: bool = False):
         """
         Args:
             policy: the model to train (hub name, local path, or builtin:tiny / builtin:small), dtype, LoRA.
             optim: AdamW and the learning-rate schedule.
+            packed: several examples per row, each attending only to itself (module docstring): the same
+                losses and gradients with little padding. Rows of at most data.pack_length tokens.
         """
         super().__init__(policy, optim)
+        self.packed = packed
+        if packed:
+            self.kind = "packed_sft"
 
     def step(self, batch: dict) -> Sums:
-        out = forward_logps(self.model, batch, with_accuracy=True)
+        out = batch_token_logps(self.model, batch, with_accuracy=True)   # (B, L) one row per example, either layout
         loss_sum, tokens = nll(out.logps, out.mask)
         n_tokens = tokens.sum()
         return {
