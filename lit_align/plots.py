@@ -141,6 +141,7 @@ def plot_sweep(rows: list[dict], metrics: list[str], out: "str | Path", x: str =
         ax.minorticks_off()
         ax.set_title(metric, fontsize=9)
         ax.set_xlabel(x.replace("_", " "), fontsize=8)
+        ax.set_ylabel(metric.split("/", 1)[-1], fontsize=8)  # (the title names the set too)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)

@@ -337,7 +337,8 @@ def speed_section(settings: Settings, ws: Workspace, clock: Clock, log: str, dev
     model_dir = ws.model(shape)
     params = model_params(model_dir)
     args = argparse.Namespace(device=settings.device, precision=settings.precision, batch=settings.batch,
-                              max_length=settings.max_length, warmup=settings.warmup, steps=settings.steps)
+                              max_length=settings.max_length, warmup=settings.warmup, steps=settings.steps,
+                              optimizer="fused" if settings.cuda else "foreach")  # (fused: a CUDA kernel)
     results = []
     for r in rows:
         missing = [m for m in r.needs if not installed(m)]
