@@ -95,7 +95,7 @@ def build_split(name: str, source: Source, kind: str, tokenizer: Tokenizer, skip
                         summary.truncated.update(what for what, cut in zip(("context", "continuation"), t.truncated)
                                                  if cut)
         except SkipRecord as e:
-            summary.skipped["chosen == rejected"] += 1
+            summary.skipped[e.reason] += 1
             summary.first_problem = summary.first_problem or str(e)
         except DataError as e:
             if not skip_invalid:
@@ -103,6 +103,13 @@ def build_split(name: str, source: Source, kind: str, tokenizer: Tokenizer, skip
             summary.invalid += 1
             summary.first_problem = summary.first_problem or str(e)
     summary.kept = len(examples)
+    if kind == "ranked" and examples:  # a batch stacks the k continuations of its examples: one k per split
+        k = len(examples[0].continuations)
+        other = next((ex for ex in examples if len(ex.continuations) != k), None)
+        if other is not None:
+            raise LitAlignError(f"{other.where}: {len(other.continuations)} ranked completions, but the first "
+                                f"record of {name} ({examples[0].where}) has {k}: a ranked-list split needs the "
+                                "same number of completions in every record")
     if not examples:
         raise LitAlignError(f"No usable examples in {name} ({source.label}): {summary.line()}. "
                             "Check the file, the record format and max_length.")
@@ -388,10 +395,10 @@ class AlignDataModule(LightningDataModule):
 # kind -> collate function. "sft" and "pair" share the padded layout of collate.py; objectives with their
 # own batch layout (e.g. prefix-DPO's shared context) register theirs here.
 COLLATE_BY_KIND = {"sft": collate, "pair": collate, "prefix_pair": collate_prefix, "packed_pair": collate_packed,
-                   "packed_sft": collate_packed}
+                   "packed_sft": collate_packed, "ranked": collate}
 # kind -> the record kind of records.py it reads (a kind with its own layout may read "pair" records).
 RECORD_KIND = {"sft": "sft", "pair": "pair", "prefix_pair": "pair", "packed_pair": "pair", "packed_sft": "sft",
-               "probe": "probe"}
+               "ranked": "ranked", "probe": "probe"}
 # kinds whose collate packs several examples per row, up to `row_length` tokens (DPO's packed pairs: one per row)
 PACKED_ROWS = {"packed_sft"}
 

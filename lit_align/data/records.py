@@ -8,12 +8,16 @@ Formats (detected from the keys when `format: auto`):
     contrast  {question, answer_matching_behavior, answer_not_matching_behavior}
     group     {prompt, completions: [...]}: several completions of one prompt (rows that merely share a
               prompt form a group too)
+    ranked    {prompt, completions: [...], scores: [...]}: k >= 2 completions of one prompt with a score each
+              (higher is better; distinct: a record whose scores tie is skipped and counted); optional weight
     probe     {prompt, <category>: response, ...}: only when asked for (format: probe)
 
 What an objective consumes (`kind`):
     sft    one continuation: sft, group (one example per completion), pair/hh (the chosen answer),
            contrast (the matching answer)
-    pair   two continuations, chosen then rejected: pair, hh, contrast
+           ranked (the best completion)
+    pair   two continuations, chosen then rejected: pair, hh, contrast, ranked (the best and the worst)
+    ranked k continuations, best first: ranked, and pair/hh/contrast (a ranking of two)
     probe  one continuation per category
 """
 
@@ -27,11 +31,11 @@ from lit_align.data.sources import InvalidRow
 from lit_align.errors import DataError
 
 Prompt = "str | list[dict] | None"
-FORMATS = ("auto", "sft", "pair", "hh", "contrast", "group", "probe")
+FORMATS = ("auto", "sft", "pair", "hh", "contrast", "group", "ranked", "probe")
 MAX_RECORD_CHARS = 1_000_000
 """Default cap on the text of one record (the data module's max_record_chars): a 10 MB record would cost the
 tokenizer gigabytes of memory for tokens that truncation then throws away."""
-KINDS = ("sft", "pair", "probe")
+KINDS = ("sft", "pair", "ranked", "probe")
 
 
 @dataclass
@@ -41,7 +45,8 @@ class Example:
     prompt: "str | list[dict] | None"
     """Plain text, chat messages (everything before the answer), or None (a bare `text` record)."""
     continuations: list[str]
-    """[completion], [chosen, rejected], or one response per probe category. Only these carry loss."""
+    """[completion], [chosen, rejected], k ranked completions best first, or one response per probe category.
+    Only these carry loss."""
     prefix: str = ""
     """Shared partial answer after the prompt (prefix-DPO); part of the context, never a target."""
     partial: bool = False
@@ -54,7 +59,11 @@ class Example:
 
 
 class SkipRecord(Exception):
-    """A record that is well-formed but useless (e.g. chosen == rejected): skipped and counted."""
+    """A record that is well-formed but useless (e.g. chosen == rejected): skipped and counted under `reason`."""
+
+    def __init__(self, message: str, reason: str = "chosen == rejected"):
+        super().__init__(message)
+        self.reason = reason
 
 
 def _get_text(row: dict, key: str, where: str, allow_empty: bool = False) -> str:
@@ -125,7 +134,7 @@ def detect_format(row: dict, where: str) -> str:
         raise DataError(where, f"expected a JSON object per record, got {type(row).__name__}")
     keys = set(row)
     if "completions" in keys:
-        return "group"
+        return "ranked" if "scores" in keys else "group"
     if "question" in keys and ("answer_matching_behavior" in keys or "answer_not_matching_behavior" in keys):
         return "contrast"
     if "chosen" in keys or "rejected" in keys:
@@ -136,7 +145,7 @@ def detect_format(row: dict, where: str) -> str:
         return "sft"
     raise DataError(where, f"unknown record format (fields: {', '.join(sorted(keys)) or 'none'}); expected "
                            "prompt/completion, messages, text, prompt/chosen/rejected, HH chosen/rejected "
-                           "dialogues, question/answer_matching_behavior/..., or prompt/completions")
+                           "dialogues, question/answer_matching_behavior/..., or prompt/completions[/scores]")
 
 
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
@@ -214,6 +223,35 @@ def _pair_example(row: dict, where: str, fmt: str, weight, partial) -> Example:
                    group=str(prompt), where=where)
 
 
+def _completions(row: dict, where: str) -> list[str]:
+    comps = row.get("completions")
+    if comps is None:
+        raise DataError(where, "missing", field="completions")
+    if not isinstance(comps, list) or not comps:
+        raise DataError(where, "expected a non-empty list of strings", field="completions")
+    for i, c in enumerate(comps):
+        if not isinstance(c, str) or not c.strip():
+            raise DataError(where, f"completion {i} is empty or not a string", field="completions")
+    return comps
+
+
+def _ranked_example(row: dict, where: str, weight, partial) -> Example:
+    """{prompt, completions, scores} -> the completions best first (stable for the order given)."""
+    prompt, comps = _get_prompt(row, "prompt", where), _completions(row, where)
+    scores = row.get("scores")
+    if not isinstance(scores, list) or len(scores) != len(comps):
+        raise DataError(where, f"expected a list of {len(comps)} numbers, one per completion", field="scores")
+    for i, v in enumerate(scores):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise DataError(where, f"score {i} is not a finite number: {v!r}", field="scores")
+    if len(comps) < 2:
+        raise DataError(where, "a ranking needs at least 2 completions", field="completions")
+    if len(set(scores)) < len(scores) or len(set(comps)) < len(comps):
+        raise SkipRecord(f"{where}: two completions tie (the same score or the same text)", "ranking ties")
+    order = sorted(range(len(comps)), key=lambda i: -scores[i])
+    return Example(prompt, [comps[i] for i in order], partial=partial, weight=weight, group=str(prompt), where=where)
+
+
 def _strings(value: object):
     if isinstance(value, str):
         yield value
@@ -265,23 +303,25 @@ def to_examples(row: object, where: str, kind: str, fmt: str = "auto",
         return [Example(prompt, [row[c] for c in cats], where=where, categories=cats)]
     fmt = detect_format(row, where) if fmt == "auto" else fmt
     weight, partial = _get_weight(row, where), _get_bool(row, "partial", where)
-    if kind == "pair":
+    if kind in ("pair", "ranked"):
         if fmt in ("sft", "group"):
-            raise DataError(where, "a preference objective needs chosen and rejected; this is an "
-                                   f"{fmt.upper()} record", field="rejected")
-        return [_pair_example(row, where, fmt, weight, partial)]
+            needs = "chosen and rejected" if kind == "pair" else "completions with scores (or chosen and rejected)"
+            raise DataError(where, f"a preference objective needs {needs}; this is an {fmt.upper()} record",
+                            field="rejected" if kind == "pair" else "scores")
+        if fmt != "ranked":
+            return [_pair_example(row, where, fmt, weight, partial)]
+        ex = _ranked_example(row, where, weight, partial)
+        if kind == "pair":  # the best and the worst completion
+            ex.continuations = [ex.continuations[0], ex.continuations[-1]]
+        return [ex]
     if kind != "sft":
         raise ValueError(f"unknown kind {kind!r}")
+    if fmt == "ranked":  # SFT on the best completion
+        ex = _ranked_example(row, where, weight, partial)
+        ex.continuations = ex.continuations[:1]
+        return [ex]
     if fmt == "group":
-        prompt = _get_prompt(row, "prompt", where)
-        comps = row.get("completions")
-        if comps is None:
-            raise DataError(where, "missing", field="completions")
-        if not isinstance(comps, list) or not comps:
-            raise DataError(where, "expected a non-empty list of strings", field="completions")
-        for i, c in enumerate(comps):
-            if not isinstance(c, str) or not c.strip():
-                raise DataError(where, f"completion {i} is empty or not a string", field="completions")
+        prompt, comps = _get_prompt(row, "prompt", where), _completions(row, where)
         return [Example(prompt, [c], partial=partial, weight=weight, group=str(prompt), where=where)
                 for c in comps]
     if fmt in ("pair", "hh", "contrast"):

@@ -1,0 +1,66 @@
+"""Ranked lists in the data layer (records.py `ranked` format and kind): {prompt, completions, scores} records
+become k continuations best first; other kinds read them as their best (SFT) or best-and-worst (pair);
+pairs are rankings of two; ties are skipped and counted; one k per split; the padded collate stacks the k
+continuations continuation-major."""
+
+import json
+
+import pytest
+
+from lit_align.data import AlignDataModule
+from lit_align.data.records import detect_format, to_examples
+from lit_align.errors import DataError, LitAlignError
+
+RANKED = {"prompt": "Name a sweet food.", "completions": ["Kale.", "Honey.", "Bread."], "scores": [0.1, 0.9, 0.5]}
+
+
+def _jsonl(tmp_path, rows):
+    path = tmp_path / "ranked.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_a_ranked_record_is_its_completions_best_first():
+    assert detect_format(RANKED, "x") == "ranked"
+    assert detect_format({k: v for k, v in RANKED.items() if k != "scores"}, "x") == "group"
+    [ex] = to_examples(RANKED, "f:1", "ranked")
+    assert ex.continuations == ["Honey.", "Bread.", "Kale."]
+    [best] = to_examples(RANKED, "f:1", "sft")
+    assert best.continuations == ["Honey."]
+    [pair] = to_examples(RANKED, "f:1", "pair")
+    assert pair.continuations == ["Honey.", "Kale."]   # the best and the worst
+    [two] = to_examples({"prompt": "2+2?", "chosen": "4.", "rejected": "5."}, "f:1", "ranked")
+    assert two.continuations == ["4.", "5."]
+
+
+@pytest.mark.parametrize("row, field, words", [
+    ({**RANKED, "scores": [0.1, 0.9]}, "scores", "3 numbers"),
+    ({**RANKED, "scores": [0.1, "high", 0.5]}, "scores", "score 1"),
+    ({**RANKED, "scores": [0.1, float("nan"), 0.5]}, "scores", "score 1"),
+    ({**RANKED, "completions": ["Kale."], "scores": [1.0]}, "completions", "at least 2"),
+    ({**RANKED, "completions": ["Kale.", "", "Bread."]}, "completions", "completion 1"),
+    ({"prompt": "p", "completion": "c"}, "scores", "needs completions with scores"),
+])
+def test_bad_ranked_records_name_the_field(row, field, words):
+    with pytest.raises(DataError) as info:
+        to_examples(row, "data.jsonl:3", "ranked")
+    assert info.value.field == field and words in str(info.value) and "data.jsonl:3" in str(info.value)
+
+
+def test_ties_are_skipped_and_counted_and_k_is_one_per_split(tmp_path, tokenizer):
+    tie = {**RANKED, "scores": [0.5, 0.9, 0.5]}
+    dm = AlignDataModule(train=_jsonl(tmp_path, [RANKED, tie, RANKED, RANKED, RANKED]), batch_size=2)
+    dm.connect(tokenizer, "ranked")
+    with pytest.warns(UserWarning, match="ranked.jsonl:2: two completions tie"):
+        dm.setup("fit")
+    assert dm.summaries["train"].kept == 4 and dm.summaries["train"].skipped == {"ranking ties": 1}
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["input_ids"].shape[0] == 3 * 2 and batch["num_continuations"] == 3  # rows: [best; 2nd; worst] x B
+    texts = [tokenizer.decode(row[mask.bool()]) for row, mask in zip(batch["input_ids"], batch["attention_mask"])]
+    assert "Honey." in texts[0] and "Bread." in texts[2] and "Kale." in texts[4]
+
+    four = {**RANKED, "completions": [*RANKED["completions"], "Cake."], "scores": [*RANKED["scores"], 1.0]}
+    dm = AlignDataModule(train=_jsonl(tmp_path, [RANKED, four]), batch_size=2)
+    dm.connect(tokenizer, "ranked")
+    with pytest.raises(LitAlignError, match=r"ranked.jsonl:2: 4 ranked completions, but the first record"):
+        dm.setup("fit")
