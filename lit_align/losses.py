@@ -156,3 +156,35 @@ def weighted_nll(token_logps: Tensor, mask: Tensor, weights: Tensor) -> tuple[Te
     """
     loss_sum, tokens = nll(token_logps, mask)
     return weights.detach().to(loss_sum.dtype) * loss_sum, tokens
+
+
+# -- ranked lists ---------------------------------------------------------------------------------------------
+# Rankings of k >= 2 continuations per prompt, best first: (B, k) sequence log-probs of the policy (with
+# gradient) and of the reference; the implicit rewards r = β (log π - log π_ref) (B, k).
+
+
+def plackett_luce_dpo_loss(policy_logps: Tensor, ref_logps: Tensor, beta: float = 0.1) -> Tensor:
+    """Listwise DPO (Rafailov et al. 2023, appendix A.3): the ranking's negative log-likelihood under the
+    Plackett-Luce model of the implicit rewards r_j = β (log π(y_j|x) - log π_ref(y_j|x)), y_0 the best:
+
+        l = -Σ_{j=0}^{k-2} log [ exp(r_j) / Σ_{m=j}^{k-1} exp(r_m) ]
+
+    (B, k), (B, k) -> (B,). k = 2 is DPO's -log σ(r_0 - r_1); with the policy equal to the reference every r is 0
+    and l = log k!.
+    """
+    r = beta * (policy_logps - ref_logps)                                    # (B, k)
+    tail = torch.logcumsumexp(r.flip(-1), dim=-1).flip(-1)                   # log Σ_{m>=j} exp(r_m), (B, k)
+    return (tail - r)[:, :-1].sum(-1)
+
+
+def all_pairs_dpo_loss(policy_logps: Tensor, ref_logps: Tensor, beta: float = 0.1) -> Tensor:
+    """DPO over the k(k-1)/2 ordered pairs of a ranking, averaged (as InstructGPT's reward model does over its
+    comparisons): l = 1/C(k,2) Σ_{i<j} -log σ(r_i - r_j), with r as in `plackett_luce_dpo_loss`.
+    (B, k), (B, k) -> (B,); k = 2 is DPO; with the policy equal to the reference l = log 2."""
+    r = beta * (policy_logps - ref_logps)
+    i, j = torch.triu_indices(r.shape[-1], r.shape[-1], offset=1, device=r.device)
+    return -F.logsigmoid(r[:, i] - r[:, j]).mean(-1)
+
+
+RANKING_LOSSES: dict[str, Callable[..., Tensor]] = {"plackett_luce": plackett_luce_dpo_loss,
+                                                    "all_pairs": all_pairs_dpo_loss}

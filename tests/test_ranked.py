@@ -64,3 +64,32 @@ def test_ties_are_skipped_and_counted_and_k_is_one_per_split(tmp_path, tokenizer
     dm.connect(tokenizer, "ranked")
     with pytest.raises(LitAlignError, match=r"ranked.jsonl:2: 4 ranked completions, but the first record"):
         dm.setup("fit")
+
+
+# -- the listwise losses (losses.py), against hand-computed numbers --------------------------------------------
+
+
+def test_listwise_losses_by_hand():
+    import math
+
+    import torch
+
+    from lit_align.losses import all_pairs_dpo_loss, dpo_sigmoid_loss, plackett_luce_dpo_loss
+
+    policy = torch.tensor([[-1.0, -2.0, -4.0]])
+    ref = torch.tensor([[-2.0, -2.0, -2.0]])       # beta 1: rewards r = [1, 0, -2]
+    e = math.exp
+    pl = -math.log(e(1) / (e(1) + e(0) + e(-2))) - math.log(e(0) / (e(0) + e(-2)))
+    assert abs(plackett_luce_dpo_loss(policy, ref, beta=1.0).item() - pl) < 1e-6            # 0.4076 + 0.1269
+    softplus = lambda x: math.log1p(e(-x))  # noqa: E731  (-log σ(x))
+    pairs = (softplus(1 - 0) + softplus(1 + 2) + softplus(0 + 2)) / 3
+    assert abs(all_pairs_dpo_loss(policy, ref, beta=1.0).item() - pairs) < 1e-6
+    # invariants: k = 2 is DPO; policy = reference gives log k! and log 2; the best-first order matters
+    two_p, two_r = torch.tensor([[-1.0, -3.0], [-2.0, -0.5]]), torch.tensor([[-2.0, -2.0], [-1.0, -1.0]])
+    dpo = dpo_sigmoid_loss(two_p[:, 0], two_p[:, 1], two_r[:, 0], two_r[:, 1], beta=0.5).losses
+    torch.testing.assert_close(plackett_luce_dpo_loss(two_p, two_r, beta=0.5), dpo)
+    torch.testing.assert_close(all_pairs_dpo_loss(two_p, two_r, beta=0.5), dpo)
+    same = torch.randn(4, 5)
+    torch.testing.assert_close(plackett_luce_dpo_loss(same, same), torch.full((4,), math.log(120.0)))
+    torch.testing.assert_close(all_pairs_dpo_loss(same, same), torch.full((4,), math.log(2.0)))
+    assert plackett_luce_dpo_loss(policy.flip(-1), ref) > plackett_luce_dpo_loss(policy, ref)
