@@ -149,3 +149,11 @@ def test_a_weight_of_zero_names_file_line_and_field(tmp_path):
     with pytest.raises(DataError, match="pair_weights: true needs a weight > 0") as e:
         trainer.fit(obj, datamodule=dm)
     assert e.value.where == f"{path}:3" and e.value.field == "weight"
+
+
+def test_a_checkpoint_from_before_pair_weights_existed_resumes_unweighted_only():
+    from lit_align.cli import changed_settings
+
+    saved = {"_class_path": "lit_align.objectives.DPO", "beta": 0.1, "packed": False}   # no `pair_weights` key
+    assert changed_settings(saved, {**saved, "pair_weights": False}) == ([], [])
+    assert changed_settings(saved, {**saved, "pair_weights": True})[1]            # refused, as any changed setting
