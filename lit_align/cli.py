@@ -261,9 +261,9 @@ def _checkpoint_meta(path: str) -> dict | None:
 COMPUTE_ONLY = {"gradient_checkpointing", "lm_head", "logits_chunk", "attn_implementation", "implementation"}
 """Model settings that change how the numbers are computed, not the numbers: a resume may change them."""
 
-ADDED_SETTINGS = {"packed": False}
+ADDED_SETTINGS = {"packed": False, "pair_weights": False}
 """Settings added after checkpoints were written -> the value that means what their absence meant (SFT and IW-SFT
-gained `packed`): a checkpoint without the key resumes under that value."""
+gained `packed`, DPO and prefix-DPO `pair_weights`): a checkpoint without the key resumes under that value."""
 
 
 def _flat(value, prefix: str = "") -> dict:

@@ -34,3 +34,11 @@ def run_cli(args: list[str], cwd: Path, timeout: int = 300, env: dict | None = N
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "lit_align", *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def perturb(model: torch.nn.Module, scale: float = 0.05, seed: int = 0) -> None:
+    """Move a model's weights by seeded noise (e.g. a policy away from its reference copy), the same every call."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g))

@@ -40,7 +40,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from lit_align.errors import LitAlignError
-from lit_align.logprobs import forward_logps
+from lit_align.logprobs import batch_logps
 from lit_align.models import LoraSpec, ModelSpec, check_model_spec, load_model, load_tokenizer, shard_model
 
 Sums = dict[str, tuple[Tensor, Tensor]]
@@ -244,11 +244,8 @@ class Objective(LightningModule):
         if batch.get("num_continuations", 1) != 2:
             return self.step(batch)
         sums = self.step(first_continuation(batch) if self.kind in ("sft", "packed_sft") else batch)
-        if "logps/accuracy" not in sums:  # an objective may compute them itself from its forward pass
-            if hasattr(self, "logps_fn"):  # the objective's batch layout (e.g. prefix-DPO's shared context)
-                logps = self.logps_fn()(self.model, batch).logps                   # (B, 2)
-            else:                                                                   # collate.py's padded layout
-                logps = forward_logps(self.model, batch).sequence.view(2, -1).T     # (2B,) -> (B, 2)
+        if "logps/accuracy" not in sums:  # pair objectives compute them in `step` from their own forward pass
+            logps = batch_logps(self.model, batch).logps                            # (B, 2), padded or packed
             sums = {**pair_sums(logps, batch.get("contrast", False)), **sums}
         return sums
 

@@ -23,7 +23,10 @@ others: IPO follows its authors (Azar et al.'s code, confirmed to TRL, whose IPO
 h is a difference of per-token mean log-ratios and 1/(2β) a target on that scale; set it to false for the
 paper's summed log-probs. `label_smoothing` > 0 with a loss that does not use it (ipo, hinge) is refused. Chosen and rejected rows run through the
 policy in ONE forward pass (rows [0:B] chosen, [B:2B] rejected; collate.py), or, with `packed`, as one
-row per pair holding the prompt once (collate_packed); log-probs are fp32 (logprobs.py). Record weights are not used. With π_θ = π_ref the sigmoid loss is exactly log 2.
+row per pair holding the prompt once (collate_packed); log-probs are fp32 (logprobs.py). With π_θ = π_ref the
+sigmoid loss is exactly log 2. With `pair_weights`, the record `weight` w_i scales pair i's loss (NLL term
+included) and the mean becomes Σ_i w_i ℓ_i / Σ_i w_i over the step's pairs (objectives/pairs.py); without it the
+weights are not read. The layout, the weights and the metrics are those of every pair objective (PairObjective).
 
 Metrics (train per optimizer step, every validation set per epoch), each a mean over pairs:
 {split}/loss, {split}/rewards/chosen = β(log π_θ(y_w|x) - log π_ref(y_w|x)) (detached; the sequence
@@ -33,22 +36,21 @@ pairs whose chosen reward is strictly higher), {split}/logps/chosen and {split}/
 summed over the continuation's tokens, not length-normalised), {split}/logps/margins (chosen - rejected)
 and {split}/logps/accuracy (share of pairs whose chosen log-prob is higher: the policy's own preference,
 without the reference), {split}/ab/p_match on A/B contrast sets (objectives/base.py), {split}/nll when
-nll_weight > 0.
+nll_weight > 0. Only the loss is weighted (pair_weights); the other metrics are unweighted means over pairs.
 """
 
 from __future__ import annotations
 
 from lit_align.errors import LitAlignError
-from lit_align.logprobs import LogpsFn, SeqLogps, packed_logps, sequence_logps
+from lit_align.logprobs import SeqLogps
 from lit_align.losses import PREFERENCE_LOSSES, SMOOTHED_LOSSES, chosen_nll, preference_loss
 from lit_align.models import ModelSpec
-from lit_align.objectives.base import Objective, OptimSpec, Sums, pair_sums
+from lit_align.objectives.base import OptimSpec, Sums
+from lit_align.objectives.pairs import PairObjective
 from lit_align.reference import ReferenceSpec, build_reference
 
 
-class DPO(Objective):
-    kind = "pair"
-
+class DPO(PairObjective):
     def __init__(
         self,
         policy: ModelSpec | None = None,
@@ -60,6 +62,7 @@ class DPO(Objective):
         length_normalize: bool | None = None,
         reference: ReferenceSpec | None = None,
         packed: bool = False,
+        pair_weights: bool = False,
     ):
         """
         Args:
@@ -77,8 +80,10 @@ class DPO(Objective):
             packed: one row per pair: the prompt once, then chosen and rejected, each attending to the prompt
                 and itself (a 4D attention mask; data/collate.py collate_packed). The same losses and
                 gradients, less compute and padding. Needs the sdpa or eager attention (not flash-attention).
+            pair_weights: scale each pair's loss by its record's `weight` (1 without one): the step's loss is
+                Σ w·ℓ / Σ w over its pairs (objectives/pairs.py). false: the weights are not read.
         """
-        super().__init__(policy, optim)
+        super().__init__(policy, optim, packed, pair_weights)
         if loss not in PREFERENCE_LOSSES:
             raise LitAlignError(f"loss must be one of {', '.join(PREFERENCE_LOSSES)}, not '{loss}'")
         if beta <= 0:
@@ -93,22 +98,11 @@ class DPO(Objective):
         self.beta, self.loss_name, self.label_smoothing = beta, loss, label_smoothing
         self.nll_weight = nll_weight
         self.length_normalize = loss == "ipo" if length_normalize is None else length_normalize
-        self.packed = packed
-        if packed:
-            self.kind = "packed_pair"
         self.reference = build_reference(reference, self.logps_fn())
-
-    def logps_fn(self) -> LogpsFn:
-        """How per-continuation log-probs are computed from this objective's batches (policy and reference)."""
-        return packed_logps if getattr(self, "packed", False) else sequence_logps
 
     # -- reference ------------------------------------------------------------------------------------
     def configure_model(self) -> None:
         super().configure_model()
-        attention = getattr(self.model.config, "_attn_implementation", None) or ""
-        if getattr(self, "packed", False) and attention.startswith("flash"):
-            raise LitAlignError(f"DPO(packed=true) needs a 4D attention mask, which {attention} does not take; use "
-                                "policy.attn_implementation: sdpa, or packed: false")
         self.reference.configure(self.model, self.policy_spec, self.tokenizer)
 
     def _prepare_reference(self) -> None:
@@ -129,7 +123,7 @@ class DPO(Objective):
 
     # -- loss -----------------------------------------------------------------------------------------
     def step(self, batch: dict) -> Sums:
-        policy: SeqLogps = self.logps_fn()(self.model, batch)      # (B, 2) fp32, with gradient
+        policy: SeqLogps = self.policy_logps(batch)                 # (B, 2) fp32, with gradient
         ref: SeqLogps = self.reference(batch, self.model)         # (B, 2) fp32, constants
         if not (ref.tokens == policy.tokens).all():
             raise LitAlignError("the reference log-probs do not cover the same tokens as the policy's (a stale "
@@ -137,19 +131,9 @@ class DPO(Objective):
         out = preference_loss(self.loss_name, policy.logps, ref.logps, policy.tokens, self.beta, self.label_smoothing,
                               self.length_normalize)                  # rewards: of the sequences
         losses = out.losses                                          # (B,)
-        n_pairs = losses.shape[0]
         sums = {}
         if self.nll_weight > 0:
             nll = chosen_nll(policy.logps[:, 0], policy.tokens[:, 0])  # (B,) per-token mean per pair
             losses = losses + self.nll_weight * nll
-            sums["nll"] = (nll.detach().sum(), n_pairs)
-        logps = policy.logps.detach()
-        return {
-            "loss": (losses.sum(), n_pairs),
-            "rewards/chosen": (out.chosen_rewards.sum(), n_pairs),
-            "rewards/rejected": (out.rejected_rewards.sum(), n_pairs),
-            "rewards/margins": ((out.chosen_rewards - out.rejected_rewards).sum(), n_pairs),
-            "rewards/accuracy": ((out.chosen_rewards > out.rejected_rewards).float().sum(), n_pairs),
-            **pair_sums(logps, batch.get("contrast", False)),   # logps/*, and ab/p_match on A/B contrast sets
-            **sums,
-        }
+            sums["nll"] = (nll.detach().sum(), losses.shape[0])
+        return {**self.preference_sums(losses, out.chosen_rewards, out.rejected_rewards, policy.logps, batch), **sums}

@@ -14,7 +14,8 @@ the reference: the left-padded contexts run with use_cache=True, their key/value
 the two continuations, which run on it (logprobs.shared_context_logps). Gradients flow
 through the cache into the context's computation, so the result (losses and gradients) equals running
 x + p + y twice (`shared_context: false`, or DPO on the same records), up to float rounding; with an
-empty prefix it is DPO. π_ref is a constant; the mean is over the pairs of the optimizer step.
+empty prefix it is DPO. π_ref is a constant; the mean is over the pairs of the optimizer step (with
+`pair_weights`: Σ w·ℓ / Σ w, as DPO's).
 
 Metrics: those of DPO, plus {split}/prefix_fraction: the share of answer tokens (shared prefix +
 continuation, over chosen and rejected) that were the shared prefix.
@@ -44,6 +45,7 @@ class PrefixDPO(DPO):
         length_normalize: bool | None = None,
         reference: ReferenceSpec | None = None,
         shared_context: bool = True,
+        pair_weights: bool = False,
     ):
         """
         Args:
@@ -60,8 +62,10 @@ class PrefixDPO(DPO):
             shared_context: run each pair's context once and reuse its key/value cache (false: run the
                 context with each continuation; needed with gradient checkpointing, which turns the
                 cache off).
+            pair_weights: scale each pair's loss by its record's `weight` (see DPO; objectives/pairs.py).
         """
-        super().__init__(policy, optim, beta, loss, label_smoothing, nll_weight, length_normalize, reference)
+        super().__init__(policy, optim, beta, loss, label_smoothing, nll_weight, length_normalize, reference,
+                         pair_weights=pair_weights)
         self.shared_context = shared_context
         if shared_context and self.policy_spec.gradient_checkpointing:
             raise LitAlignError("PrefixDPO: gradient checkpointing turns the key/value cache off; "

@@ -1,0 +1,103 @@
+"""What every preference objective on pairs (x, y_w, y_l) shares: DPO, prefix-DPO, SimPO and ORPO.
+
+`PairObjective` holds, in one place:
+- the batch layout and how sequence log-probs come out of it (`kind`, `logps_fn`): padded rows, chosen and
+  rejected in ONE forward pass (collate.py, kind "pair"), or with `packed` one row per pair holding the prompt
+  once (collate_packed, kind "packed_pair"; logprobs.packed_logps). Prefix-DPO overrides both (its shared
+  context). A subclass asks `policy_logps(batch)` for (B, 2) fp32 log-probs [chosen, rejected] and never looks
+  at the layout itself;
+- per-pair weights (`pair_weights`): the record `weight` of pair i scales its loss, and the loss of an
+  optimizer step is
+
+      L = Σ_i w_i · ℓ_i / Σ_i w_i        over all the step's pairs (every accumulated micro-batch, every device)
+
+  through the base class's (sum, count) mechanism (objectives/base.py), so it is exact under gradient
+  accumulation and across devices, and a pair of weight 2 counts exactly as that pair twice. A record without
+  `weight` gets 1; a weight of 0 is refused (file, line, field) when the data is set up, negative and non-finite
+  ones already by records.py. Without `pair_weights` (the default) the weights are not read: L = Σ_i ℓ_i / the
+  number of pairs, bit for bit as before weights existed. The weights scale the loss only: every other metric
+  (rewards, log-probs, the NLL part, ...) stays an unweighted mean over pairs. Evaluation sets are weighted the
+  same way ({split}/loss = Σ w·ℓ / Σ w over the set);
+- the metrics of the shared naming scheme (`preference_sums`): {split}/loss, {split}/rewards/{chosen, rejected,
+  margins, accuracy} from the objective's implicit rewards, and the policy's {split}/logps/{chosen, rejected,
+  margins, accuracy} (summed over the continuation's tokens; objectives/base.py `pair_sums`), plus
+  {split}/ab/p_match on A/B contrast sets.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from lit_align.errors import DataError, LitAlignError
+from lit_align.logprobs import LogpsFn, SeqLogps, packed_logps, sequence_logps
+from lit_align.losses import weighted_pair_sum
+from lit_align.models import ModelSpec
+from lit_align.objectives.base import Objective, OptimSpec, Sums, pair_sums
+
+
+class PairObjective(Objective):
+    """A preference objective on (chosen, rejected) pairs; subclasses implement `step` from `policy_logps`."""
+
+    def __init__(self, policy: ModelSpec | None = None, optim: OptimSpec | None = None, packed: bool = False,
+                 pair_weights: bool = False):
+        super().__init__(policy, optim)
+        self.packed = packed
+        self.pair_weights = pair_weights
+
+    # -- layout ---------------------------------------------------------------------------------------
+    @property
+    def kind(self) -> str:
+        """What the data module must produce (data/datamodule.py COLLATE_BY_KIND)."""
+        return "packed_pair" if self.packed else "pair"
+
+    def logps_fn(self) -> LogpsFn:
+        """How per-continuation log-probs are computed from this objective's batches (policy and reference)."""
+        return packed_logps if self.packed else sequence_logps
+
+    def policy_logps(self, batch: dict) -> SeqLogps:
+        """(B, 2) fp32 sequence log-probs [chosen, rejected] of the policy, with gradient, and their token counts."""
+        return self.logps_fn()(self.model, batch)
+
+    def configure_model(self) -> None:
+        super().configure_model()
+        attention = getattr(self.model.config, "_attn_implementation", None) or ""
+        if self.packed and attention.startswith("flash"):
+            raise LitAlignError(f"{type(self).__name__}(packed=true) needs a 4D attention mask, which {attention} "
+                                "does not take; use policy.attn_implementation: sdpa, or packed: false")
+
+    # -- weights --------------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if self.pair_weights:
+            check_pair_weights(getattr(self.trainer, "datamodule", None))
+
+    def loss_sums(self, losses: Tensor, batch: dict) -> tuple[Tensor, Tensor | int]:
+        """The "loss" entry of `step` from per-pair losses (B,): (Σ w·ℓ, Σ w) with pair_weights, else (Σ ℓ, B)."""
+        if self.pair_weights:
+            return weighted_pair_sum(losses, batch["weight"])
+        return losses.sum(), losses.shape[0]
+
+    # -- metrics --------------------------------------------------------------------------------------
+    def preference_sums(self, losses: Tensor, chosen_rewards: Tensor, rejected_rewards: Tensor, logps: Tensor,
+                        batch: dict) -> Sums:
+        """`step`'s sums from per-pair losses (B,) with gradient, detached implicit rewards (B,) and the policy's
+        (B, 2) sequence log-probs: the (weighted) loss, then unweighted means over pairs."""
+        n = losses.shape[0]
+        return {
+            "loss": self.loss_sums(losses, batch),
+            "rewards/chosen": (chosen_rewards.sum(), n),
+            "rewards/rejected": (rejected_rewards.sum(), n),
+            "rewards/margins": ((chosen_rewards - rejected_rewards).sum(), n),
+            "rewards/accuracy": ((chosen_rewards > rejected_rewards).float().sum(), n),
+            **pair_sums(logps.detach(), batch.get("contrast", False)),   # logps/*, and ab/p_match on A/B sets
+        }
+
+
+def check_pair_weights(datamodule) -> None:
+    """Refuse a pair of weight 0 in any split of the data module (it would train on nothing, and a step of such
+    pairs only would divide by Σ w = 0), naming the record's file, line and field."""
+    for split in getattr(datamodule, "splits", {}).values():
+        for ex in split.examples:
+            if ex.weight is not None and not ex.weight > 0:
+                raise DataError(ex.where, f"pair_weights: true needs a weight > 0 on every pair, got {ex.weight!r} "
+                                "(leave the pair out instead, or set pair_weights: false)", field="weight")
