@@ -93,3 +93,68 @@ def test_listwise_losses_by_hand():
     torch.testing.assert_close(plackett_luce_dpo_loss(same, same), torch.full((4,), math.log(120.0)))
     torch.testing.assert_close(all_pairs_dpo_loss(same, same), torch.full((4,), math.log(2.0)))
     assert plackett_luce_dpo_loss(policy.flip(-1), ref) > plackett_luce_dpo_loss(policy, ref)
+
+
+# -- the objective (objectives/listwise_dpo.py) ------------------------------------------------------------------
+
+
+def _ranked_data(obj, task="builtin:ranked", n=16, batch_size=4):
+    dm = AlignDataModule(train={"path": task, "limit": n}, val={"val": {"path": task, "split": "val", "limit": n}},
+                         batch_size=batch_size, max_length=96)
+    dm.connect(obj.tokenizer, obj.kind)
+    dm.setup("fit")
+    return dm
+
+
+def _perturbed(obj, seed=0):
+    """Move the policy off the reference (a copy of the start) so that the losses are not constants."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in obj.model.parameters():
+            p.add_(0.02 * torch.randn(p.shape, generator=g))
+    return obj
+
+
+def test_listwise_dpo_on_pairs_is_dpo_and_on_rankings_is_its_loss():
+    import torch
+
+    from lit_align.losses import plackett_luce_dpo_loss
+    from lit_align.objectives import DPO, ListwiseDPO
+
+    for loss in ("plackett_luce", "all_pairs"):   # k = 2: both equal DPO (loss, rewards, logps metrics)
+        listwise, dpo = ListwiseDPO(beta=0.5, loss=loss), DPO(beta=0.5)
+        for obj in (listwise, dpo):
+            obj.configure_model()
+            _perturbed(obj)
+        batch = next(iter(_ranked_data(listwise, "builtin:pairs").train_dataloader()))
+        a, b = listwise.step(batch), dpo.step(batch)
+        for name in b:
+            torch.testing.assert_close(a[name][0] / a[name][1], b[name][0] / b[name][1], msg=name)
+    listwise = ListwiseDPO(beta=0.5)
+    listwise.configure_model()
+    _perturbed(listwise)
+    batch = next(iter(_ranked_data(listwise).train_dataloader()))
+    assert batch["num_continuations"] == 3
+    sums = listwise.step(batch)
+    policy = listwise.policy_logps(batch).logps.detach()
+    ref = listwise.reference(batch, listwise.model).logps
+    torch.testing.assert_close(sums["loss"][0] / sums["loss"][1], plackett_luce_dpo_loss(policy, ref, 0.5).mean())
+    assert 0.0 <= (sums["rewards/ranking_accuracy"][0] / sums["rewards/ranking_accuracy"][1]).item() <= 1.0
+    with pytest.raises(LitAlignError, match="loss must be one of plackett_luce, all_pairs"):
+        ListwiseDPO(loss="sigmoid")
+
+
+def test_listwise_dpo_trains_from_the_cli_with_a_cached_reference(tmp_path, monkeypatch):
+    from conftest import REPO
+    from test_resume import run_in_process, scalars
+
+    run_in_process(["fit", "--config", str(REPO / "configs" / "listwise_dpo.yaml"), "--data.init_args.train.limit",
+                    "64", "--data.init_args.val.val.limit", "16", "--data.init_args.batch_size", "8",
+                    "--model.init_args.reference.mode", "cache", "--trainer.max_steps", "4",
+                    "--trainer.val_check_interval", "2", "--trainer.log_every_n_steps", "1",
+                    "--export.enabled", "false"], tmp_path, monkeypatch)
+    run = tmp_path / "logs" / "listwise_dpo" / "version_0"
+    assert sorted(scalars(run, "train/loss")) == [0, 1, 2, 3]
+    assert len(scalars(run, "val/rewards/ranking_accuracy")) == 2

@@ -8,6 +8,8 @@ Every task has known right answers, so learning is measurable on a tiny model in
     steers  {prompt, prefix, chosen, rejected, partial: true}: a count whose partial answer (the shared
             prefix) is right so far; the rejected continuation goes wrong at the next item, the chosen one
             is the correction; no end token (partial generations)
+    ranked  {prompt, completions, scores}: the right answer of a count or sum and two wrong ones, scored by how
+            wrong they are (one item off vs three, off by 1 vs by 10 or more); k = 3, in a shuffled order
     ab      {question, answer_matching_behavior, answer_not_matching_behavior}: A/B questions whose
             matching answer is the correct one; split "id" compares numbers 0-49 ("Is a greater than b?"),
             split "ood" asks a different question about numbers 50-99 ("Which is smaller?")
@@ -24,7 +26,9 @@ import hashlib
 import random
 from typing import Callable
 
-TASKS = ("sft", "pairs", "steers", "ab")
+TASKS = ("sft", "pairs", "steers", "ranked", "ab")
+CORPUS_TASKS = ("sft", "pairs", "steers", "ab")
+"""The tasks the built-in tokenizer was trained on (`ranked` reuses their words: adding it changed no token)."""
 DEFAULT_SIZE = {"train": 2000, "val": 200, "id": 200, "ood": 200}
 
 FRUIT_COLOURS = {
@@ -80,6 +84,26 @@ def _pairs(rng: random.Random) -> dict:
     return {"prompt": prompt, "chosen": right, "rejected": wrong}
 
 
+def _ranked(rng: random.Random) -> dict:
+    if rng.random() < 0.5:
+        start = rng.randint(0, 300)
+        items = list(range(start, start + rng.randint(4, 8) + 1))
+        one, three = list(items), list(items)
+        one[rng.randint(1, len(items) - 1)] += rng.choice((-1, 1, 2))        # one item goes wrong
+        for k in rng.sample(range(1, len(items)), 3):                         # three items go wrong
+            three[k] += rng.choice((-1, 1, 2))
+        prompt = f"Count from {items[0]} to {items[-1]}."
+        answers = [(_count(items[0], items[-1]) + ".", 0.0), (", ".join(map(str, one)) + ".", -1.0),
+                   (", ".join(map(str, three)) + ".", -3.0)]
+    else:
+        a, b = rng.randint(0, 40), rng.randint(0, 40)
+        small, big = rng.choice((-1, 1)), rng.choice((-20, -10, 10, 20))
+        prompt = f"What is {a} plus {b}?"
+        answers = [(f"{a} plus {b} is {a + b + off}.", float(-abs(off))) for off in (0, small, big)]
+    rng.shuffle(answers)  # the order of a record says nothing; the scores rank it
+    return {"prompt": prompt, "completions": [t for t, _ in answers], "scores": [s for _, s in answers]}
+
+
 def _steers(rng: random.Random) -> dict:
     start = rng.randint(0, 300)
     stop = start + rng.randint(5, 10)
@@ -128,7 +152,7 @@ def builtin_records(task: str, split: str = "train", n: int | None = None, seed:
         raise ValueError(f"built-in task '{task}' has splits {', '.join(valid_splits)}, not '{split}'")
     n = DEFAULT_SIZE[split] if n is None else n
     make: Callable[[random.Random], dict] = {
-        "sft": _sft, "pairs": _pairs, "steers": _steers,
+        "sft": _sft, "pairs": _pairs, "steers": _steers, "ranked": _ranked,
         "ab": lambda r: _ab(r, ood=split == "ood"),
     }[task]
     want_held_out = split in ("val", "id")
@@ -144,7 +168,7 @@ def builtin_records(task: str, split: str = "train", n: int | None = None, seed:
 def corpus() -> list[str]:
     """Text the built-in tokenizer is trained on: a sample of every task, rendered as chat turns."""
     texts = []
-    for task in TASKS:
+    for task in CORPUS_TASKS:
         for split in ("train", "ood") if task == "ab" else ("train",):
             for r in builtin_records(task, split, n=300, seed=12345):
                 texts.append("\n".join(str(v) for v in r.values() if isinstance(v, str)))

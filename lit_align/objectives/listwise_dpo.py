@@ -1,0 +1,85 @@
+"""DPO on ranked lists: k >= 2 completions of one prompt, best first (records {prompt, completions, scores};
+data/records.py kind "ranked"; a pair is a ranking of two).
+
+With the implicit rewards r_j = β (log π_θ(y_j|x) - log π_ref(y_j|x)) of the k completions, y_0 the best:
+
+    plackett_luce:  l = -Σ_{j=0}^{k-2} log [ exp(r_j) / Σ_{m=j}^{k-1} exp(r_m) ]
+                    (the ranking's likelihood under the Plackett-Luce model; Rafailov et al. 2023, A.3)
+    all_pairs:      l = 1/C(k,2) Σ_{i<j} -log σ(r_i - r_j)      (DPO on every ordered pair, averaged)
+
+    L = Σ_x w_x · (l_x + α · nll(y_0 | x)) / Σ_x w_x    over the optimizer step's prompts (w = 1 without
+                                                          pair_weights; nll: a per-token mean, as DPO's)
+
+For k = 2 both are DPO's sigmoid loss. The k continuations run in ONE forward pass of the policy (collate.py's
+padded rows, continuation-major: [0:B] the best of each prompt, ..., [(k-1)B:kB] the worst); the reference is
+DPO's (a frozen copy, the LoRA base, or a cache). Metrics: the shared naming with chosen = the best and rejected
+= the worst completion ({split}/rewards/{chosen, rejected, margins, accuracy}, {split}/logps/*), plus
+{split}/rewards/ranking_accuracy: the share of the C(k,2) pairs whose rewards are in the ranking's order.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lit_align.errors import LitAlignError
+from lit_align.logprobs import SeqLogps, sequence_logps
+from lit_align.losses import RANKING_LOSSES, chosen_nll
+from lit_align.models import ModelSpec
+from lit_align.objectives.base import OptimSpec, Sums
+from lit_align.objectives.dpo import DPO
+from lit_align.reference import ReferenceSpec
+
+
+class ListwiseDPO(DPO):
+    def __init__(
+        self,
+        policy: ModelSpec | None = None,
+        optim: OptimSpec | None = None,
+        beta: float = 0.1,
+        loss: str = "plackett_luce",
+        nll_weight: float = 0.0,
+        reference: ReferenceSpec | None = None,
+        pair_weights: bool = False,
+    ):
+        """
+        Args:
+            policy: the model to train (hub name, local path, or builtin:tiny / builtin:small), dtype, LoRA.
+            optim: AdamW and the learning-rate schedule.
+            beta: β, the strength of the implicit KL penalty towards the reference.
+            loss: plackett_luce (the whole ranking) or all_pairs (DPO on its C(k,2) pairs, averaged).
+            nll_weight: α, weight of an NLL term on the best completion (0: none).
+            reference: where π_ref comes from (as DPO's).
+            pair_weights: scale each prompt's loss by its record's `weight` (objectives/pairs.py).
+        """
+        if loss not in RANKING_LOSSES:
+            raise LitAlignError(f"loss must be one of {', '.join(RANKING_LOSSES)}, not '{loss}'")
+        super().__init__(policy, optim, beta=beta, nll_weight=nll_weight, reference=reference,
+                         pair_weights=pair_weights)
+        self.loss_name = loss
+
+    @property
+    def kind(self) -> str:
+        return "ranked"
+
+    def logps_fn(self):
+        return sequence_logps  # (B, k) from the padded rows
+
+    def step(self, batch: dict) -> Sums:
+        policy: SeqLogps = self.policy_logps(batch)               # (B, k) fp32, with gradient
+        ref: SeqLogps = self.reference(batch, self.model)         # (B, k) fp32, constants
+        if not (ref.tokens == policy.tokens).all():
+            raise LitAlignError("the reference log-probs do not cover the same tokens as the policy's (a stale "
+                                "reference cache, or a reference with another tokenizer)")
+        losses = RANKING_LOSSES[self.loss_name](policy.logps, ref.logps, self.beta)     # (B,)
+        rewards = (self.beta * (policy.logps - ref.logps)).detach()                     # (B, k)
+        sums = {}
+        if self.nll_weight > 0:
+            nll = chosen_nll(policy.logps[:, 0], policy.tokens[:, 0])  # (B,) per-token mean of the best
+            losses = losses + self.nll_weight * nll
+            sums["nll"] = (nll.detach().sum(), losses.shape[0])
+        k = rewards.shape[1]
+        i, j = torch.triu_indices(k, k, offset=1, device=rewards.device)
+        ordered = (rewards[:, i] > rewards[:, j]).float().mean(-1)                      # (B,)
+        ends = policy.logps[:, [0, k - 1]]                                              # (B, 2) best, worst
+        return {**self.preference_sums(losses, rewards[:, 0], rewards[:, -1], ends, batch),
+                "rewards/ranking_accuracy": (ordered.sum(), losses.shape[0]), **sums}
