@@ -2,9 +2,10 @@ from lit_align.objectives.base import Objective, OptimSpec
 from lit_align.objectives.dpo import DPO
 from lit_align.objectives.iw_sft import IWSFT
 from lit_align.objectives.prefix_dpo import PrefixDPO
+from lit_align.objectives.reward_model import RewardModel
 from lit_align.objectives.sft import SFT
 
-__all__ = ["Objective", "OptimSpec", "SFT", "DPO", "PrefixDPO", "IWSFT"]
+__all__ = ["Objective", "OptimSpec", "SFT", "DPO", "PrefixDPO", "IWSFT", "RewardModel"]
 
 from lit_align.objectives.base import allow_in_checkpoints  # noqa: E402
 from lit_align.reference import ReferenceSpec  # noqa: E402
