@@ -109,23 +109,21 @@ def test_step_metrics_are_the_bradley_terry_loss_of_the_rewards(rm):
                                         "rewards/accuracy"}
 
 
-class GradRecorder(RewardModel):
-    def __init__(self, **kw):
-        super().__init__(**kw)
-        self.grads = []
-
-    def on_before_optimizer_step(self, optimizer):
-        super().on_before_optimizer_step(optimizer)
-        self.grads.append({n: p.grad.detach().clone() for n, p in self.named_parameters() if p.grad is not None})
-
-
 def _first_step_grads(n: int, batch_size: int, accumulate: int, tmp_path) -> dict:
-    model = GradRecorder(optim=OptimSpec(lr=1e-3))
+    """The gradients of the first optimizer step, as the optimizer gets them (after the base class's rescale)."""
+    model, grads = RewardModel(optim=OptimSpec(lr=1e-3)), []
+    rescale = model.on_before_optimizer_step
+
+    def record(optimizer):
+        rescale(optimizer)
+        grads.append({n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None})
+
+    model.on_before_optimizer_step = record
     dm = AlignDataModule(train={"path": "builtin:pairs", "limit": n}, batch_size=batch_size, max_length=64)
     dm.connect(model.tokenizer, model.kind)
     Trainer(max_steps=1, accumulate_grad_batches=accumulate, enable_checkpointing=False, default_root_dir=tmp_path,
             **QUIET).fit(model, datamodule=dm)
-    return model.grads[0]
+    return grads[0]
 
 
 @pytest.mark.parametrize("n, micro_batch", [(4, 2), (6, 4)])
