@@ -1,5 +1,6 @@
 """`lit_align fit|validate|test|predict --config X.yaml`: LightningCLI with lit_align's defaults.
-(`lit_align export ...` and `lit_align steer --config X.yaml` are dispatched to export.py / steering_cli.py.)
+(`lit_align export ...`, `lit_align steer --config X.yaml` and `lit_align score ...` are dispatched to export.py,
+steering_cli.py and score_cli.py.)
 
 The objective (`model:`) and the data module (`data:`) are chosen by `class_path` in the YAML. Run-time
 values are wired here, in code: the data module gets the objective's tokenizer (hence pad id and
@@ -364,6 +365,10 @@ def main(args=None) -> None:
         from lit_align.export import main as export_main
 
         return export_main(argv[1:])
+    if argv[:1] == ["score"]:  # `lit_align score --model M --data FILE --out OUT` (lit_align/score_cli.py)
+        from lit_align.score_cli import main as score_main
+
+        return score_main(argv[1:])
     if argv[:1] == ["steer"]:  # `lit_align steer --config X.yaml` (lit_align/steering_cli.py)
         from lit_align.steering_cli import main as steer_main
 

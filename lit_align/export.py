@@ -10,7 +10,9 @@ weights are read, never the optimizer state, and no process group is needed), or
 hyper-parameters (`policy`: name, dtype, LoRA), its weights loaded strictly (every key must match), and
 saved with the tokenizer: the full model, the LoRA adapter, or with --merge-lora (or the run's
 `policy.lora.merge_on_export`) the adapter merged into the base model. Frozen reference models and
-optimizer state are not exported.
+optimizer state are not exported. A reward model (objectives/reward_model.py; its checkpoint says
+`model_head: score`) is saved as an `AutoModelForSequenceClassification`, its LoRA adapter merged unless
+--no-merge-lora (so that the directory reloads with plain transformers).
 
 At the end of fit (callbacks/export.py), `export_module` does the same from the live module: under FSDP2
 and FSDP every rank takes part in gathering the full state dict, which rank 0 saves.
@@ -54,10 +56,15 @@ def policy_state_dict(state_dict: dict) -> dict:
     return {k[len(POLICY_PREFIX):]: v for k, v in state_dict.items() if k.startswith(POLICY_PREFIX)}
 
 
-def build_policy(spec: ModelSpec, state_dict: dict):
+def checkpoint_head(meta: dict) -> str:
+    """The head the checkpoint's model has (models.HEADS): "score" for a reward model, else "lm"."""
+    return meta.get("model_head", "lm")
+
+
+def build_policy(spec: ModelSpec, state_dict: dict, head: str = "lm"):
     """An unsharded policy on CPU with the given weights (every key must match)."""
     tokenizer = load_tokenizer(spec)
-    model = load_model(spec, tokenizer)
+    model = load_model(spec, tokenizer, head=head)
     missing, unexpected = model.load_state_dict(state_dict, strict=False)
     if missing or unexpected:
         raise LitAlignError(f"the checkpoint's weights do not fit the policy '{spec.name}': "
@@ -66,9 +73,9 @@ def build_policy(spec: ModelSpec, state_dict: dict):
     return model, tokenizer
 
 
-def _merge_flag(spec: ModelSpec, merge_lora: bool | None) -> bool:
-    if merge_lora is None:
-        return bool(spec.lora and spec.lora.merge_on_export)
+def _merge_flag(spec: ModelSpec, merge_lora: bool | None, head: str = "lm") -> bool:
+    if merge_lora is None:  # a reward model's adapter alone would not reload as a sequence classifier by name
+        return bool(spec.lora and (spec.lora.merge_on_export or head == "score"))
     if merge_lora and spec.lora is None:
         raise LitAlignError("--merge-lora: this policy has no LoRA adapter")
     return merge_lora
@@ -84,7 +91,7 @@ def _dcp_policy_weights(path: Path) -> tuple[dict, dict]:
 
     meta = torch.load(path / "meta.pt", map_location="cpu", weights_only=False)
     spec = policy_spec(meta.get("hyper_parameters", {}))
-    model = load_model(spec, load_tokenizer(spec))
+    model = load_model(spec, load_tokenizer(spec), head=checkpoint_head(meta))
     target = {POLICY_PREFIX + k: v for k, v in model.state_dict().items()}
     with warnings.catch_warnings():  # "torch.distributed is ... uninitialized": intended, no process group
         warnings.simplefilter("ignore", UserWarning)
@@ -129,8 +136,9 @@ def export_checkpoint(path: str | Path, out_dir: str | Path, merge_lora: bool | 
     """Write the policy of checkpoint `path` to `out_dir` in Hugging Face format."""
     weights, meta = load_checkpoint_weights(path)
     spec = policy_spec(meta.get("hyper_parameters", {}))
-    merge = _merge_flag(spec, merge_lora)
-    model, tokenizer = build_policy(spec, weights)
+    head = checkpoint_head(meta)
+    merge = _merge_flag(spec, merge_lora, head)
+    model, tokenizer = build_policy(spec, weights, head)
     return save_hf(model, tokenizer, out_dir, merge_lora=merge)
 
 
@@ -146,7 +154,7 @@ def _is_sharded(trainer) -> bool:
 def export_module(trainer, pl_module, out_dir: str | Path, merge_lora: bool | None = None) -> Path | None:
     """Save `pl_module`'s policy from a running trainer; call on every rank. Returns the path on rank 0."""
     spec = pl_module.policy_spec
-    merge = _merge_flag(spec, merge_lora)
+    merge = _merge_flag(spec, merge_lora, pl_module.head)
     from lightning.pytorch.strategies import DeepSpeedStrategy
 
     if isinstance(trainer.strategy, DeepSpeedStrategy) and getattr(trainer.strategy, "zero_stage_3", False):
@@ -165,7 +173,7 @@ def export_module(trainer, pl_module, out_dir: str | Path, merge_lora: bool | No
     full = get_model_state_dict(root, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     path = None
     if trainer.is_global_zero:
-        model, tokenizer = build_policy(spec, policy_state_dict(full))
+        model, tokenizer = build_policy(spec, policy_state_dict(full), pl_module.head)
         path = save_hf(model, tokenizer, out_dir, merge_lora=merge)
     return path
 
@@ -178,7 +186,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out_dir", help="the Hugging Face model directory to write")
     merge = parser.add_mutually_exclusive_group()
     merge.add_argument("--merge-lora", dest="merge_lora", action="store_true", default=None,
-                       help="merge the LoRA adapter into the base model (default: the run's merge_on_export)")
+                       help="merge the LoRA adapter into the base model (default: the run's merge_on_export; "
+                            "always for a reward model)")
     merge.add_argument("--no-merge-lora", dest="merge_lora", action="store_false",
                        help="save the LoRA adapter alone")
     args = parser.parse_args(argv)

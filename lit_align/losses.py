@@ -239,6 +239,31 @@ def weighted_nll(token_logps: Tensor, mask: Tensor, weights: Tensor) -> tuple[Te
     return weights.detach().to(loss_sum.dtype) * loss_sum, tokens
 
 
+# -- reward model ---------------------------------------------------------------------------------------------
+
+
+def ranked_margins(rewards: Tensor) -> Tensor:
+    """r_j - r_l for every pair j < l of each row's k completions ranked best first: rewards (B, k) -> (B, C(k,2)),
+    pairs in the order (0,1), (0,2), ..., (1,2), ... (k = 2: the one column r_chosen - r_rejected)."""
+    j, l = torch.triu_indices(rewards.shape[1], rewards.shape[1], offset=1, device=rewards.device)
+    return rewards[:, j] - rewards[:, l]
+
+
+def bradley_terry_loss(rewards: Tensor) -> Tensor:
+    """The Bradley-Terry loss of a reward model (InstructGPT, Ouyang et al. 2022, eq. 1), per prompt:
+
+        l = -1/C(k,2) Σ_{j<l} log σ(r_j - r_l)
+
+    over the C(k,2) pairs of the prompt's k >= 2 completions, ranked best first. rewards (B, k), column 0 the
+    best (k = 2: chosen, rejected; then l = -log σ(r_w - r_l)) -> (B,) losses, with gradient. The mean over the
+    prompt's pairs makes each prompt one unit, as InstructGPT does: a ranked list of 9 is not worth 36 pairs.
+    Equal rewards give log 2 for every k; the loss depends only on the differences of a row's rewards.
+    """
+    if rewards.ndim != 2 or rewards.shape[1] < 2:
+        raise ValueError(f"rewards must be (B, k) with k >= 2 completions ranked best first, got {tuple(rewards.shape)}")
+    return -F.logsigmoid(ranked_margins(rewards)).mean(-1)
+
+
 # -- ranked lists ---------------------------------------------------------------------------------------------
 # Rankings of k >= 2 continuations per prompt, best first: (B, k) sequence log-probs of the policy (with
 # gradient) and of the reference; the implicit rewards r = β (log π - log π_ref) (B, k).
@@ -262,9 +287,7 @@ def all_pairs_dpo_loss(policy_logps: Tensor, ref_logps: Tensor, beta: float = 0.
     """DPO over the k(k-1)/2 ordered pairs of a ranking, averaged (as InstructGPT's reward model does over its
     comparisons): l = 1/C(k,2) Σ_{i<j} -log σ(r_i - r_j), with r as in `plackett_luce_dpo_loss`.
     (B, k), (B, k) -> (B,); k = 2 is DPO; with the policy equal to the reference l = log 2."""
-    r = beta * (policy_logps - ref_logps)
-    i, j = torch.triu_indices(r.shape[-1], r.shape[-1], offset=1, device=r.device)
-    return -F.logsigmoid(r[:, i] - r[:, j]).mean(-1)
+    return bradley_terry_loss(beta * (policy_logps - ref_logps))
 
 
 RANKING_LOSSES: dict[str, Callable[..., Tensor]] = {"plackett_luce": plackett_luce_dpo_loss,

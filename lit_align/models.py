@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel,
+                          PreTrainedTokenizerBase)
 
 from lit_align.errors import LitAlignError
 from lit_align.logprobs import set_lm_head
@@ -198,23 +199,33 @@ def _dtype(name: str) -> torch.dtype:
         raise LitAlignError(f"Unknown dtype '{name}': use float32, bfloat16 or float16.") from None
 
 
-def load_model(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
-    """The causal LM of `spec` (LoRA applied if asked)."""
+HEADS = ("lm", "score")
+"""What sits on the decoder: "lm", the vocabulary projection of a causal LM (AutoModelForCausalLM); "score", a
+scalar per position (AutoModelForSequenceClassification with num_labels=1: a reward model, objectives/
+reward_model.py), read at the last token that is not padding."""
+
+
+def load_model(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase, head: str = "lm") -> PreTrainedModel:
+    """The model of `spec` with the given `head` (HEADS; LoRA applied if asked). A "score" head on a causal LM's
+    name is that LM's decoder with a new scalar head (transformers' sequence-classification class of the same
+    architecture); config.pad_token_id is the tokenizer's, which is how transformers finds the last real token."""
+    if head not in HEADS:
+        raise ValueError(f"head must be one of {HEADS}, not {head!r}")
     if spec.quantization is not None:
         check_quantization(spec)
     if is_random_builtin(spec.name):
-        from transformers import LlamaConfig, LlamaForCausalLM
+        from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
         config = LlamaConfig(
             vocab_size=len(tokenizer), max_position_embeddings=2048, pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id, bos_token_id=None, tie_word_embeddings=True,
-            **BUILTIN_MODELS[_builtin_key(spec.name)],
+            **BUILTIN_MODELS[_builtin_key(spec.name)], **({"num_labels": 1} if head == "score" else {}),
         )
         if spec.attn_implementation:
             config._attn_implementation = spec.attn_implementation
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(spec.init_seed)
-            model = LlamaForCausalLM(config)
+            model = (LlamaForCausalLM if head == "lm" else LlamaForSequenceClassification)(config)
         model = model.to(_dtype(spec.dtype))
     else:
         kwargs = dict(dtype=_dtype(spec.dtype), trust_remote_code=spec.trust_remote_code, **spec.extra)
@@ -222,8 +233,11 @@ def load_model(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase) -> PreTraine
             kwargs["attn_implementation"] = spec.attn_implementation
         if spec.quantization is not None:
             kwargs.update(quantization_kwargs(spec))
+        if head == "score":  # (a causal LM's checkpoint: its decoder loads, the score head starts random)
+            kwargs.update(num_labels=1, pad_token_id=tokenizer.pad_token_id)
+        auto = AutoModelForCausalLM if head == "lm" else AutoModelForSequenceClassification
         try:
-            model = AutoModelForCausalLM.from_pretrained(resolve_name(spec.name), **kwargs)
+            model = auto.from_pretrained(resolve_name(spec.name), **kwargs)
         except (OSError, ValueError) as e:
             raise LitAlignError(f"Could not load the model '{spec.name}': {_load_problem(spec.name, e)}.") from None
     if spec.quantization is not None:
@@ -237,14 +251,16 @@ def load_model(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase) -> PreTraine
     if spec.lora is not None:
         from peft import LoraConfig, get_peft_model
 
+        # SEQ_CLS: peft keeps the new score head fully trainable (modules_to_save=["score", "classifier"])
         model = get_peft_model(model, LoraConfig(
             r=spec.lora.r, lora_alpha=spec.lora.alpha, lora_dropout=spec.lora.dropout,
-            target_modules=spec.lora.target_modules, task_type="CAUSAL_LM",
+            target_modules=spec.lora.target_modules, task_type="CAUSAL_LM" if head == "lm" else "SEQ_CLS",
         ))
-    try:
-        set_lm_head(model, spec.lm_head, spec.logits_chunk)
-    except ValueError as e:
-        raise LitAlignError(f"policy: {e}") from None
+    if head == "lm":
+        try:
+            set_lm_head(model, spec.lm_head, spec.logits_chunk)
+        except ValueError as e:
+            raise LitAlignError(f"policy: {e}") from None
     return model
 
 

@@ -158,3 +158,19 @@ def test_listwise_dpo_trains_from_the_cli_with_a_cached_reference(tmp_path, monk
     run = tmp_path / "logs" / "listwise_dpo" / "version_0"
     assert sorted(scalars(run, "train/loss")) == [0, 1, 2, 3]
     assert len(scalars(run, "val/rewards/ranking_accuracy")) == 2
+
+
+def test_the_reward_model_reads_ranked_lists():
+    import torch
+
+    from lit_align.losses import bradley_terry_loss
+    from lit_align.objectives import RewardModel
+    from lit_align.objectives.reward_model import sequence_rewards
+
+    rm = RewardModel()
+    rm.configure_model()
+    batch = next(iter(_ranked_data(rm).train_dataloader()))
+    assert batch["num_continuations"] == 3
+    sums = rm.step(batch)
+    rewards = sequence_rewards(rm.model, batch).detach().view(3, -1).T               # (B, 3) best first
+    torch.testing.assert_close(sums["loss"][0] / sums["loss"][1], bradley_terry_loss(rewards).mean())

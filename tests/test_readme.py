@@ -45,6 +45,12 @@ def test_every_readme_command_parses(args, capsys, monkeypatch):
         spec, policy, data = read_config(parse_args(args[1:]))
         assert policy.name and data.val_sources
         return
+    if args[0] == "score":  # lit_align score (score_cli.py): its options parsed, nothing loaded or scored
+        from lit_align.score_cli import parse_args
+
+        parsed = parse_args(args[1:])
+        assert parsed.model and parsed.data and parsed.out
+        return
     assert args[0] in ("fit", "validate", "test", "predict"), f"a README command this test cannot check: {args}"
     with pytest.raises(SystemExit) as exit_info:
         LitAlignCLI(args=[a for a in args if a != "--print_config"] + ["--print_config"])

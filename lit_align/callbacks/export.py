@@ -1,7 +1,8 @@
 """Save the final model in Hugging Face format at the end of `fit`.
 
 The directory loads back with `AutoModelForCausalLM.from_pretrained` (with a LoRA policy: the adapter,
-loadable with peft, or the merged model when `policy.lora.merge_on_export` is set).
+loadable with peft, or the merged model when `policy.lora.merge_on_export` is set); a reward model's with
+`AutoModelForSequenceClassification.from_pretrained` (LoRA merged).
 """
 
 from __future__ import annotations

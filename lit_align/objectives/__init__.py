@@ -5,10 +5,12 @@ from lit_align.objectives.listwise_dpo import ListwiseDPO
 from lit_align.objectives.orpo import ORPO
 from lit_align.objectives.pairs import PairObjective
 from lit_align.objectives.prefix_dpo import PrefixDPO
+from lit_align.objectives.reward_model import RewardModel
 from lit_align.objectives.sft import SFT
 from lit_align.objectives.simpo import SimPO
 
-__all__ = ["Objective", "OptimSpec", "PairObjective", "SFT", "DPO", "PrefixDPO", "SimPO", "ORPO", "ListwiseDPO", "IWSFT"]
+__all__ = ["Objective", "OptimSpec", "PairObjective", "SFT", "DPO", "PrefixDPO", "SimPO", "ORPO", "ListwiseDPO", "IWSFT",
+           "RewardModel"]
 
 from lit_align.objectives.base import allow_in_checkpoints  # noqa: E402
 from lit_align.reference import ReferenceSpec  # noqa: E402

@@ -16,7 +16,7 @@ Every other entry is a metric, logged as `{split}/{name}` = global sum / global 
 per optimizer step for `train`, per epoch (torchmetrics, DDP-synchronised) for validation/test sets.
 
 Evaluation batches of pairs (k = 2 continuations: chosen / matching, rejected / not matching) also get the
-policy's own pair metrics, the same for every objective: {split}/logps/margins = mean of log π(y_w|x) -
+policy's own pair metrics, the same for every objective with an LM head (not the reward model's scalar head): {split}/logps/margins = mean of log π(y_w|x) -
 log π(y_l|x), and {split}/logps/accuracy = share of pairs with log π(y_w|x) > log π(y_l|x) (on A/B contrast
 sets: the behaviour-match rate). An objective that trains on one continuation (kind "sft") reads such a set
 when it says `kind: pair` (data/sources.py); its own metrics are then computed on the chosen continuation.
@@ -143,6 +143,8 @@ allow_in_checkpoints(ModelSpec, LoraSpec, OptimSpec)
 class Objective(LightningModule):
     kind = "sft"
     """What the data module must produce: "sft" (one continuation) or "pair" (chosen, rejected)."""
+    head = "lm"
+    """What the model puts on the decoder (models.HEADS): "lm", a causal LM; "score", a scalar (reward model)."""
 
     def __init__(self, policy: ModelSpec | None = None, optim: OptimSpec | None = None):
         super().__init__()
@@ -160,7 +162,7 @@ class Objective(LightningModule):
     # -- model ----------------------------------------------------------------------------------------
     def configure_model(self) -> None:
         if self.model is None:
-            self.model = load_model(self.policy_spec, self.tokenizer)
+            self.model = load_model(self.policy_spec, self.tokenizer, head=self.head)
             if self.device_mesh is not None:  # FSDP2 (ModelParallelStrategy): shard the decoder layers, then the model
                 shard_model(self.model, self.device_mesh)
 
@@ -244,7 +246,8 @@ class Objective(LightningModule):
         if batch.get("num_continuations", 1) != 2:
             return self.step(batch)
         sums = self.step(first_continuation(batch) if self.kind in ("sft", "packed_sft") else batch)
-        if "logps/accuracy" not in sums:  # pair objectives compute them in `step` from their own forward pass
+        # pair objectives compute them in `step` from their own forward pass; a model without an LM head has none
+        if "logps/accuracy" not in sums and self.head == "lm":
             logps = batch_logps(self.model, batch).logps                            # (B, 2), padded or packed
             sums = {**pair_sums(logps, batch.get("contrast", False)), **sums}
         return sums
