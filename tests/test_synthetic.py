@@ -10,7 +10,8 @@ from lit_align.data.synthetic import TASKS, builtin_records
 from lit_align.errors import DataError, LitAlignError
 
 # task -> the example kinds it feeds (an SFT record has no rejected answer for a preference objective)
-KINDS = {"sft": ("sft",), "pairs": ("sft", "pair"), "steers": ("sft", "pair"), "ab": ("sft", "pair")}
+KINDS = {"sft": ("sft",), "pairs": ("sft", "pair", "ranked"), "steers": ("sft", "pair"), "ab": ("sft", "pair"),
+         "ranked": ("sft", "pair", "ranked")}
 
 
 def prompt_of(record: dict) -> str:
@@ -64,7 +65,7 @@ def test_every_task_through_the_data_module(tokenizer, task, kind):
         summary = dm.summaries[name]
         assert summary.rows == n and summary.kept == n and not summary.dropped and not summary.invalid
     batch = next(iter(dm.train_dataloader()))
-    k = 2 if kind == "pair" else 1
+    k = {"pair": 2, "ranked": 3 if task == "ranked" else 2}.get(kind, 1)
     assert batch["num_continuations"] == k and batch["input_ids"].shape[0] == 8 * k
     assert (batch["labels"] != -100).any(dim=1).all()
     val = next(iter(dm.val_dataloader()[0]))
