@@ -124,7 +124,7 @@ def test_listwise_dpo_on_pairs_is_dpo_and_on_rankings_is_its_loss():
     from lit_align.objectives import DPO, ListwiseDPO
 
     for loss in ("plackett_luce", "all_pairs"):   # k = 2: both equal DPO (loss, rewards, logps metrics)
-        listwise, dpo = ListwiseDPO(beta=0.5, loss=loss), DPO(beta=0.5)
+        listwise, dpo = ListwiseDPO(beta=0.5, loss=loss, shared_context=False), DPO(beta=0.5)
         for obj in (listwise, dpo):
             obj.configure_model()
             _perturbed(obj)
@@ -174,3 +174,27 @@ def test_the_reward_model_reads_ranked_lists():
     sums = rm.step(batch)
     rewards = sequence_rewards(rm.model, batch).detach().view(3, -1).T               # (B, 3) best first
     torch.testing.assert_close(sums["loss"][0] / sums["loss"][1], bradley_terry_loss(rewards).mean())
+
+
+def test_listwise_dpo_runs_each_prompt_once_with_the_same_loss_and_gradients():
+    """shared_context (the default): each prompt once, its k completions on its key/value cache, equals the k
+    rows of prompt + completion (shared_context: false), loss, metrics and gradients."""
+    import torch
+
+    from lit_align.objectives import ListwiseDPO
+
+    objs = [ListwiseDPO(beta=0.5, shared_context=s, nll_weight=0.3) for s in (True, False)]
+    out = []
+    for obj in objs:
+        obj.configure_model()
+        _perturbed(obj)
+        batch = next(iter(_ranked_data(obj).train_dataloader()))
+        assert ("context_ids" in batch) == obj.shared_context
+        sums = obj.step(batch)
+        (sums["loss"][0] / sums["loss"][1]).backward()
+        out.append((sums, {n: p.grad.clone() for n, p in obj.model.named_parameters()}))
+    (a, ga), (b, gb) = out
+    for name in b:
+        torch.testing.assert_close(a[name][0] / a[name][1], b[name][0] / b[name][1], atol=1e-5, rtol=1e-5, msg=name)
+    for name in gb:
+        torch.testing.assert_close(ga[name], gb[name], atol=1e-5, rtol=1e-4, msg=name)

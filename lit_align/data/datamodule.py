@@ -395,10 +395,11 @@ class AlignDataModule(LightningDataModule):
 # kind -> collate function. "sft" and "pair" share the padded layout of collate.py; objectives with their
 # own batch layout (e.g. prefix-DPO's shared context) register theirs here.
 COLLATE_BY_KIND = {"sft": collate, "pair": collate, "prefix_pair": collate_prefix, "packed_pair": collate_packed,
-                   "packed_sft": collate_packed, "ranked": collate}
+                   "packed_sft": collate_packed, "ranked": collate,
+                   "shared_ranked": collate_prefix}
 # kind -> the record kind of records.py it reads (a kind with its own layout may read "pair" records).
 RECORD_KIND = {"sft": "sft", "pair": "pair", "prefix_pair": "pair", "packed_pair": "pair", "packed_sft": "sft",
-               "ranked": "ranked", "probe": "probe"}
+               "ranked": "ranked", "shared_ranked": "ranked", "probe": "probe"}
 # kinds whose collate packs several examples per row, up to `row_length` tokens (DPO's packed pairs: one per row)
 PACKED_ROWS = {"packed_sft"}
 

@@ -10,9 +10,11 @@ With the implicit rewards r_j = β (log π_θ(y_j|x) - log π_ref(y_j|x)) of the
     L = Σ_x w_x · (l_x + α · nll(y_0 | x)) / Σ_x w_x    over the optimizer step's prompts (w = 1 without
                                                           pair_weights; nll: a per-token mean, as DPO's)
 
-For k = 2 both are DPO's sigmoid loss. The k continuations run in ONE forward pass of the policy (collate.py's
-padded rows, continuation-major: [0:B] the best of each prompt, ..., [(k-1)B:kB] the worst); the reference is
-DPO's (a frozen copy, the LoRA base, or a cache). Metrics: the shared naming with chosen = the best and rejected
+For k = 2 both are DPO's sigmoid loss. Each prompt runs once and its k continuations on its key/value cache
+(`shared_context`, the layout of prefix-DPO: collate_prefix, logprobs.shared_context_logps; rows
+continuation-major: [0:B] the best of each prompt, ..., [(k-1)B:kB] the worst), or with `shared_context: false`
+prompt + continuation in each of the k·B rows of one forward pass (collate.py); the reference is DPO's (a frozen
+copy, the LoRA base, or a cache). Metrics: the shared naming with chosen = the best and rejected
 = the worst completion ({split}/rewards/{chosen, rejected, margins, accuracy}, {split}/logps/*), plus
 {split}/rewards/ranking_accuracy: the share of the C(k,2) pairs whose rewards are in the ranking's order.
 """
@@ -22,11 +24,12 @@ from __future__ import annotations
 import torch
 
 from lit_align.errors import LitAlignError
-from lit_align.logprobs import SeqLogps, sequence_logps
+from lit_align.logprobs import SeqLogps, sequence_logps, shared_context_logps
 from lit_align.losses import RANKING_LOSSES, chosen_nll
 from lit_align.models import ModelSpec
 from lit_align.objectives.base import OptimSpec, Sums
 from lit_align.objectives.dpo import DPO
+from lit_align.objectives.prefix_dpo import check_shared_context
 from lit_align.reference import ReferenceSpec
 
 
@@ -40,6 +43,7 @@ class ListwiseDPO(DPO):
         nll_weight: float = 0.0,
         reference: ReferenceSpec | None = None,
         pair_weights: bool = False,
+        shared_context: bool = True,
     ):
         """
         Args:
@@ -50,19 +54,24 @@ class ListwiseDPO(DPO):
             nll_weight: α, weight of an NLL term on the best completion (0: none).
             reference: where π_ref comes from (as DPO's).
             pair_weights: scale each prompt's loss by its record's `weight` (objectives/pairs.py).
+            shared_context: run each prompt once and its k completions on its key/value cache
+                (logprobs.shared_context_logps, the layout of prefix-DPO; false: prompt + completion in each of
+                the k rows, needed with gradient checkpointing). The same losses and gradients up to rounding.
         """
         if loss not in RANKING_LOSSES:
             raise LitAlignError(f"loss must be one of {', '.join(RANKING_LOSSES)}, not '{loss}'")
+        self.shared_context = shared_context  # the layout, before DPO builds the reference with `logps_fn`
         super().__init__(policy, optim, beta=beta, nll_weight=nll_weight, reference=reference,
                          pair_weights=pair_weights)
+        check_shared_context(self)
         self.loss_name = loss
 
     @property
     def kind(self) -> str:
-        return "ranked"
+        return "shared_ranked" if self.shared_context else "ranked"
 
     def logps_fn(self):
-        return sequence_logps  # (B, k) from the padded rows
+        return shared_context_logps if self.shared_context else sequence_logps  # (B, k)
 
     def step(self, batch: dict) -> Sums:
         policy: SeqLogps = self.policy_logps(batch)               # (B, k) fp32, with gradient

@@ -28,7 +28,13 @@ from lit_align.logprobs import LogpsFn, joined_context_logps, shared_context_log
 from lit_align.models import ModelSpec
 from lit_align.objectives.base import OptimSpec, Sums
 from lit_align.objectives.dpo import DPO
-from lit_align.reference import ReferenceSpec, build_reference
+from lit_align.reference import ReferenceSpec
+
+
+def check_shared_context(objective) -> None:
+    if objective.shared_context and objective.policy_spec.gradient_checkpointing:
+        raise LitAlignError(f"{type(objective).__name__}: gradient checkpointing turns the key/value cache off; "
+                            "set shared_context: false with it")
 
 
 class PrefixDPO(DPO):
@@ -64,16 +70,13 @@ class PrefixDPO(DPO):
                 cache off).
             pair_weights: scale each pair's loss by its record's `weight` (see DPO; objectives/pairs.py).
         """
+        self.shared_context = shared_context  # the layout, before DPO builds the reference with `logps_fn`
         super().__init__(policy, optim, beta, loss, label_smoothing, nll_weight, length_normalize, reference,
                          pair_weights=pair_weights)
-        self.shared_context = shared_context
-        if shared_context and self.policy_spec.gradient_checkpointing:
-            raise LitAlignError("PrefixDPO: gradient checkpointing turns the key/value cache off; "
-                             "set shared_context: false with it")
-        self.reference = build_reference(reference, self.logps_fn())  # now that the layout is known
+        check_shared_context(self)
 
     def logps_fn(self) -> LogpsFn:
-        return shared_context_logps if getattr(self, "shared_context", True) else joined_context_logps
+        return shared_context_logps if self.shared_context else joined_context_logps
 
     def step(self, batch: dict) -> Sums:
         sums = super().step(batch)
