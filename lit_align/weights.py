@@ -27,7 +27,6 @@ current policy: `policy_ratio_weights`.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -137,11 +136,6 @@ def effective_sample_size(w: Tensor) -> Tensor:
     """(Σw)² / (n Σw²): 1 when all weights are equal, 1/n when one example carries everything."""
     w = w.double()
     return (w.sum() ** 2 / (w.numel() * (w ** 2).sum()).clamp(min=1e-300)).float()
-
-
-def weights_digest(w: Tensor) -> str:
-    """A short hash of a weight vector (to tell whether a saved sampler state belongs to these weights)."""
-    return hashlib.sha256(w.detach().double().cpu().numpy().tobytes()).hexdigest()[:16]
 
 
 # -- the per-split table -----------------------------------------------------------------------------
