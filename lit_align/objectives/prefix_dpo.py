@@ -25,10 +25,8 @@ from __future__ import annotations
 
 from lit_align.errors import LitAlignError
 from lit_align.logprobs import LogpsFn, joined_context_logps, shared_context_logps
-from lit_align.models import ModelSpec
-from lit_align.objectives.base import OptimSpec, Sums
+from lit_align.objectives.base import Sums
 from lit_align.objectives.dpo import DPO
-from lit_align.reference import ReferenceSpec
 
 
 def check_shared_context(objective) -> None:
@@ -40,39 +38,20 @@ def check_shared_context(objective) -> None:
 class PrefixDPO(DPO):
     kind = "prefix_pair"
 
-    def __init__(
-        self,
-        policy: ModelSpec | None = None,
-        optim: OptimSpec | None = None,
-        beta: float = 0.1,
-        loss: str = "sigmoid",
-        label_smoothing: float = 0.0,
-        nll_weight: float = 0.0,
-        length_normalize: bool | None = None,
-        reference: ReferenceSpec | None = None,
-        shared_context: bool = True,
-        pair_weights: bool = False,
-    ):
-        """
+    def __init__(self, *args, shared_context: bool = True, **kwargs):
+        """DPO's options (objectives/dpo.py: policy, optim, beta, loss, label_smoothing, nll_weight,
+        length_normalize, reference, pair_weights), and:
+
         Args:
-            policy: the model to train (hub name, local path, or builtin:tiny / builtin:small), dtype, LoRA.
-            optim: AdamW and the learning-rate schedule.
-            beta: β, the strength of the implicit KL penalty towards the reference (IPO: its τ).
-            loss: sigmoid (DPO; with label_smoothing: cDPO), robust, ipo or hinge.
-            label_smoothing: ε, the assumed probability that a preference label is flipped (sigmoid, robust;
-                an error with ipo or hinge).
-            nll_weight: α, weight of an NLL term on the chosen continuation (0: none).
-            length_normalize: divide every sequence log-prob by its token count before the loss (see DPO).
-                None: true for ipo, else false.
-            reference: where π_ref comes from: mode copy, disable_adapter or cache (see DPO).
             shared_context: run each pair's context once and reuse its key/value cache (false: run the
                 context with each continuation; needed with gradient checkpointing, which turns the
                 cache off).
-            pair_weights: scale each pair's loss by its record's `weight` (see DPO; objectives/pairs.py).
         """
+        if kwargs.get("packed"):
+            raise LitAlignError("PrefixDPO has no packed layout: its shared context already runs each pair's "
+                                "prompt and prefix once (shared_context: true)")
         self.shared_context = shared_context  # the layout, before DPO builds the reference with `logps_fn`
-        super().__init__(policy, optim, beta, loss, label_smoothing, nll_weight, length_normalize, reference,
-                         pair_weights=pair_weights)
+        super().__init__(*args, **kwargs)
         check_shared_context(self)
 
     def logps_fn(self) -> LogpsFn:
