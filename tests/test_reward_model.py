@@ -211,3 +211,20 @@ def test_score_refuses_bad_input_in_one_sentence(tmp_path, capsys, rm):
         err = capsys.readouterr().err
         assert exit_info.value.code == 2 and words in err and "Traceback" not in err, err
         assert len(err.strip().splitlines()) == 1
+
+
+def test_lm_callbacks_refuse_a_reward_model_in_one_sentence(tmp_path, monkeypatch, capsys):
+    """Sample generations (and probes) need an LM head: with a RewardModel they stop at setup, one sentence."""
+    from conftest import REPO
+
+    from lit_align.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stopped:
+        main(["fit", "--config", str(REPO / "configs" / "reward_model.yaml"), "--trainer.max_steps", "1",
+              "--data.init_args.train.limit", "8", "--trainer.val_check_interval", "1",
+              "--trainer.callbacks+=lit_align.callbacks.SampleGenerations",
+              "--trainer.callbacks.sets", "{val: {path: builtin:pairs, split: val, limit: 2}}"])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and "Traceback" not in err, err[-2000:]
+    assert "SampleGenerations generates text with a language-model head; RewardModel has a score head" in err

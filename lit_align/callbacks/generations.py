@@ -182,6 +182,11 @@ class SampleGenerations(Callback):
             write_layout(trainer, set(metrics))  # val_<set>/gen/<scorer> on the custom-scalars charts
 
     # -- hooks --------------------------------------------------------------------------------------------
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if getattr(pl_module, "head", "lm") != "lm":  # e.g. RewardModel: a score head, no vocabulary
+            raise LitAlignError(f"SampleGenerations generates text with a language-model head; {type(pl_module).__name__} has a "
+                                f"{pl_module.head} head: remove the callback (a reward model's rewards: lit_align score)")
+
     def on_train_start(self, trainer, pl_module) -> None:
         self._fit_start = time.perf_counter()
         self.seconds, self.n_evals = 0.0, 0

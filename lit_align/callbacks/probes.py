@@ -359,6 +359,11 @@ class Probes(Callback):
             }
         return layout
 
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if getattr(pl_module, "head", "lm") != "lm":  # e.g. RewardModel: a score head, no vocabulary
+            raise LitAlignError(f"Probes scores responses with log-probs with a language-model head; {type(pl_module).__name__} has a "
+                                f"{pl_module.head} head: remove the callback (a reward model's rewards: lit_align score)")
+
     def on_train_start(self, trainer, pl_module) -> None:
         self._fit_start = time.perf_counter()
         self.probe_seconds, self.n_probes = 0.0, 0
