@@ -6,12 +6,15 @@
 - "Checkpoint directory ... exists and is not empty": one checkpoint directory per experiment, shared by its
   runs, is the design (callbacks/checkpoint.py);
 - "`isinstance(treespec, LeafSpec)` is deprecated" (Lightning's own use of a torch API, once per process);
-- "Loading `train_dataloader` to estimate number of stepping batches" (Lightning's note to itself).
+- "Loading `train_dataloader` to estimate number of stepping batches" (Lightning's note to itself);
+- transformers' "Writing model shards" bar when a model is saved (`no_save_bar`: it printed inside the run's
+  own progress display).
 Everything else Lightning, torch and transformers say is left as it is.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 
@@ -35,3 +38,17 @@ def silence() -> None:
         for handler in logger.handlers:
             if not any(isinstance(f, _DropLines) for f in handler.filters):
                 handler.addFilter(_DropLines())
+
+
+@contextlib.contextmanager
+def no_save_bar():
+    """transformers' progress bars off for the duration (then as they were)."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()

@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 
 from lit_align.errors import LitAlignError
+from lit_align.noise import no_save_bar
 
 RECIPE_VERSION = 1
 """Bump when the corpus generator or the training loop changes in a way the recipe fields do not show."""
@@ -213,8 +214,9 @@ def build(recipe: Recipe, out: Path, quiet: bool = False) -> None:
             optimizer.zero_grad(set_to_none=True)
             losses.append(loss.item())
             advance(loss.item())
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    with no_save_bar():
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
     (out / "recipe.json").write_text(json.dumps({
         "name_digest": recipe.digest(), "recipe": asdict(recipe), "seconds": round(time.time() - t0, 1),
         "final_loss": sum(losses[-50:]) / len(losses[-50:]), "torch": torch.__version__}, indent=1))

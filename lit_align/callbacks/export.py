@@ -13,6 +13,7 @@ from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
 from lit_align.export import export_module
+from lit_align.noise import no_save_bar
 
 
 class ExportHF(Callback):
@@ -29,15 +30,8 @@ class ExportHF(Callback):
         if not self.enabled or trainer.interrupted:
             return
         path = self.dirpath or os.path.join(trainer.log_dir or trainer.default_root_dir, "hf_model")
-        from transformers.utils import logging as hf_logging
-
-        bars = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()  # ("Writing model shards" would print inside the run's progress display)
-        try:
+        with no_save_bar():
             export_module(trainer, pl_module, path)  # every rank: FSDP/FSDP2 gather the full weights for rank 0
-        finally:
-            if bars:
-                hf_logging.enable_progress_bar()
         rank_zero_info(f"final model (Hugging Face format): {path}")
         self.saved_to = path
         trainer.strategy.barrier()
