@@ -52,6 +52,16 @@ def test_ddp_two_processes_equal_one_with_twice_the_batch(tmp_path, monkeypatch,
     assert_same_curves(logs / "one" / "version_0", logs / "ddp" / "version_0")
     assert_same_state(logs / "one" / "checkpoints" / "last.ckpt", logs / "ddp" / "checkpoints" / "last.ckpt",
                       atol=WTOL)
+    # the quickstart's sample generations (callbacks/generations.py) under DDP: the prompts split over the ranks,
+    # gathered, written once by rank 0: the same file as one process's (at step 0 the weights are the same)
+    import json
+
+    files = {name: sorted(p.name for p in (logs / name / "version_0" / "generations").glob("*.jsonl"))
+             for name in ("one", "ddp")}
+    assert files["one"] == files["ddp"] == ["step_000000.jsonl", "step_000004.jsonl"], files
+    rows = {name: [json.loads(line) for line in (logs / name / "version_0" / "generations" / "step_000000.jsonl")
+                   .read_text().splitlines()] for name in ("one", "ddp")}
+    assert len(rows["ddp"]) == 4 and rows["one"] == rows["ddp"]
 
 
 def test_deepspeed_is_refused_for_training():
