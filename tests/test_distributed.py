@@ -367,3 +367,23 @@ def test_a_checkpoint_that_fails_on_rank_0_stops_every_rank(tmp_path):
                       weights_only=False)
     assert ckpt["global_step"] == 2
     assert not list((tmp_path / "logs" / "fault" / "checkpoints").glob(".*.partial"))
+
+
+@pytest.mark.parametrize("config, tags", [
+    ("listwise_dpo.yaml", ("train/loss", "train/rewards/ranking_accuracy", "val/loss", "val/rewards/ranking_accuracy")),
+    ("reward_model.yaml", ("train/loss", "train/rewards/accuracy", "val/loss", "val/rewards/accuracy")),
+])
+def test_new_objectives_under_ddp_equal_one_process(tmp_path, monkeypatch, one_thread, config, tags):  # noqa: F811
+    """Listwise DPO on ranked lists (its shared-context layout) and the reward model (its score head) under DDP:
+    2 processes x batch 4 give one process x batch 8's per-step losses and metrics."""
+    args = ["fit", "--config", str(REPO / "configs" / config), "--data.init_args.train.limit", "64",
+            "--data.init_args.val.val.limit", "16", "--trainer.max_steps", "3", "--trainer.val_check_interval", "3",
+            "--trainer.log_every_n_steps", "1", "--trainer.accelerator", "cpu", "--export.enabled", "false",
+            "--trainer.enable_model_summary", "false"]
+    run_in_process([*args, "--data.init_args.batch_size", "8", "--trainer.logger.init_args.name", "one"], tmp_path,
+                   monkeypatch)
+    out = run_cli([*args, "--config", str(STRATEGIES / "ddp.yaml"), "--trainer.devices", "2",
+                   "--data.init_args.batch_size", "4", "--trainer.logger.init_args.name", "ddp"], cwd=tmp_path,
+                  env=ONE_THREAD, timeout=400)
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert_same_curves(tmp_path / "logs" / "one" / "version_0", tmp_path / "logs" / "ddp" / "version_0", tags)
