@@ -36,6 +36,8 @@ from lit_align.errors import LitAlignError
 
 SOURCES = ("reference", "data", "policy_ratio")
 SCOPES = ("dataset", "group", "batch", "none")
+MODES = ("loss", "resample")
+"""How IW-SFT uses the weights (objectives/iw_sft.py): scale each example's NLL, or draw examples ∝ weight."""
 
 
 # -- pure functions -----------------------------------------------------------------------------------
@@ -164,11 +166,44 @@ class WeightSpec:
     policy_ratio_max: float = 16.0
     """policy_ratio: the clamp W of exp(mean_t(log π_θ - log π_ref))."""
 
+    # -- what the options mean, decided once (objectives/iw_sft.py reads these, not the option strings) -----
     @property
     def scope(self) -> str:
-        return self.normalize or ("none" if self.source == "policy_ratio" else "dataset")
+        return self.normalize or ("none" if self.per_step else "dataset")
 
-    def check(self) -> None:
+    @property
+    def per_step(self) -> bool:
+        """Recomputed from the current policy at every step (policy_ratio): no per-split table."""
+        return self.source == "policy_ratio"
+
+    @property
+    def from_reference(self) -> bool:
+        """A per-split table from the reference's log-probs (source reference; else the records' `weight`)."""
+        return self.source == "reference"
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.source != "data"
+
+    @property
+    def per_batch(self) -> bool:
+        """Self-normalised within each micro-batch (the only scope that depends on how examples fall in batches)."""
+        return self.scope == "batch"
+
+    def check(self, mode: str = "loss") -> None:
+        """Every option, and every combination with IW-SFT's `mode`, valid; else one sentence."""
+        if mode not in MODES:
+            raise LitAlignError(f"mode must be one of {', '.join(MODES)}, not '{mode}'")
+        if mode == "resample":
+            if self.per_step:
+                raise LitAlignError("mode: resample draws each epoch's examples up front; weights.source: policy_ratio "
+                                    "changes with every step: use mode: loss")
+            if self.per_batch:
+                raise LitAlignError("mode: resample draws from the whole training set: weights.normalize must be "
+                                    "dataset, group or none, not batch")
+            if self.refresh_every:
+                raise LitAlignError("mode: resample draws each epoch's examples up front from fixed weights: "
+                                    "weights.refresh_every needs mode: loss")
         if self.source not in SOURCES:
             raise LitAlignError(f"weights.source must be one of {', '.join(SOURCES)}, not '{self.source}'")
         if self.scope not in SCOPES:
@@ -179,10 +214,10 @@ class WeightSpec:
             raise LitAlignError(f"weights.max_ratio must be >= 1 (the cap is a multiple of the mean), not {self.max_ratio}")
         if self.refresh_every < 0:
             raise LitAlignError(f"weights.refresh_every must be >= 0, not {self.refresh_every}")
-        if self.refresh_every and self.source != "reference":
+        if self.refresh_every and not self.from_reference:
             raise LitAlignError("weights.refresh_every recomputes π^(-α) from the current policy: it needs "
                                 "weights.source: reference")
-        if self.source == "policy_ratio" and self.scope in ("dataset", "group"):
+        if self.per_step and self.scope in ("dataset", "group"):
             raise LitAlignError("weights.source: policy_ratio is computed per batch from the current policy, so it "
                                 "cannot be normalised over the data set or a group: use normalize: none or batch")
         if self.policy_ratio_max <= 0:
@@ -225,7 +260,7 @@ class ImportanceWeights:
         if scope in ("dataset", "group"):
             table.weights, table.clipped = normalized_weights(log_w, groups if scope == "group" else None,
                                                               self.spec.max_ratio)
-        elif scope == "none" and self.spec.source != "policy_ratio":
+        elif scope == "none" and not self.spec.per_step:
             raw = log_w.exp()
             cap = float("inf") if self.spec.max_ratio is None else self.spec.max_ratio
             table.weights, table.clipped = raw.clamp(max=cap).float(), raw > cap
@@ -244,7 +279,7 @@ class ImportanceWeights:
         table = self.tables[split]
         idx = index.cpu()
         if table.weights is None:  # batch scope: normalise over this batch's examples
-            if self.spec.scope == "batch":
+            if self.spec.per_batch:
                 w, clipped = normalized_weights(table.log_w[idx], None, self.spec.max_ratio)
             else:
                 raise LitAlignError(f"split '{split}': weights are computed per batch (source {self.spec.source})")

@@ -79,7 +79,6 @@ from lit_align.reference import ReferenceSpec, build_reference, policy_split_log
 from lit_align.weights import (ImportanceWeights, WeightSpec, data_log_weights, group_ids, normalized_weights,
                                policy_ratio_weights)
 
-MODES = ("loss", "resample")
 
 
 class WeightStats(Metric):
@@ -138,26 +137,14 @@ class IWSFT(SFT):
         """
         super().__init__(policy, optim, packed)
         self.weight_spec = weights or WeightSpec()
-        self.weight_spec.check()
+        self.weight_spec.check(mode)  # every option and combination, once (weights.py)
         spec = self.weight_spec
-        if mode not in MODES:
-            raise LitAlignError(f"mode must be one of {', '.join(MODES)}, not '{mode}'")
-        if mode == "resample":
-            if spec.source == "policy_ratio":
-                raise LitAlignError("mode: resample draws each epoch's examples up front; weights.source: policy_ratio "
-                                    "changes with every step: use mode: loss")
-            if spec.scope == "batch":
-                raise LitAlignError("mode: resample draws from the whole training set: weights.normalize must be "
-                                    "dataset, group or none, not batch")
-            if spec.refresh_every:
-                raise LitAlignError("mode: resample draws each epoch's examples up front from fixed weights: "
-                                    "weights.refresh_every needs mode: loss")
-        self.mode = mode
+        self.mode, self.resample = mode, mode == "resample"
         self.importance = ImportanceWeights(spec)
         # packed: training and evaluation sets of one continuation come packed, pair sets padded (batch_logps
         # reads either); unpacked keeps sequence_logps, the name in its reference caches' keys
         self.seq_logps = batch_logps if packed else sequence_logps
-        self.reference = build_reference(reference, self.seq_logps) if spec.source != "data" else None
+        self.reference = build_reference(reference, self.seq_logps) if spec.needs_reference else None
         self.weight_metrics = torch.nn.ModuleDict()  # w_<split> -> WeightStats
 
     # -- reference and weights --------------------------------------------------------------------------
@@ -168,7 +155,7 @@ class IWSFT(SFT):
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
-        if self.mode == "resample" and stage == "fit":
+        if self.resample and stage == "fit":
             dm = self.trainer.datamodule
             if dm is None or not hasattr(dm, "train_weights"):
                 raise LitAlignError("mode: resample draws training examples through the data module's sampler: "
@@ -190,14 +177,14 @@ class IWSFT(SFT):
             raise LitAlignError("importance-reweighted SFT computes its weights over the data module's splits: "
                                 "use an AlignDataModule")
         splits = datamodule.splits
-        missing = [n for n in splits if n not in self.importance.tables] if spec.source != "policy_ratio" else []
-        if self.reference is not None and (missing or spec.source == "policy_ratio"):
+        missing = [n for n in splits if n not in self.importance.tables] if not spec.per_step else []
+        if self.reference is not None and (missing or spec.per_step):
             self.reference.prepare(self.model, datamodule, from_policy=from_policy, precision=precision,
                                    forward_context=forward_context)
         for name in missing:
             examples = splits[name].examples
             groups = group_ids([ex.group for ex in examples])
-            if spec.source == "reference":
+            if spec.from_reference:
                 logps, tokens = reference_split_logps(self.reference, self.model, datamodule, name, forward_context)
                 self.importance.build_from_reference(name, logps[:, 0], tokens[:, 0], groups)  # the first continuation
             else:
@@ -237,14 +224,14 @@ class IWSFT(SFT):
         """(B,) weights and clipped flags of a batch's examples (constants). policy_ratio needs the policy's
         (B,) sequence log-probs and token counts of the batch."""
         spec = self.weight_spec
-        if spec.source != "policy_ratio":
+        if not spec.per_step:
             return self.importance.lookup(batch.get("split", "train"), batch["index"])
         ref = self.reference(batch, self.model)                   # (B, k) constants
         if not (ref.tokens[:, 0] == tokens).all():
             raise LitAlignError("the reference log-probs do not cover the same tokens as the policy's (a stale "
                                 "reference cache, or a reference with another tokenizer)")
         w, clipped = policy_ratio_weights(policy_logps, ref.logps[:, 0], tokens, spec.policy_ratio_max)
-        if spec.scope == "batch":
+        if spec.per_batch:
             w, also = normalized_weights(w.double().log(), None, spec.max_ratio)
             clipped = clipped | also
         return w.to(policy_logps.device), clipped.to(policy_logps.device)
@@ -254,7 +241,7 @@ class IWSFT(SFT):
         out = batch_token_logps(self.model, batch, with_accuracy=True)   # (B, L) fp32, with gradient, either layout
         split = batch.get("split", "train")
         w, clipped = self.batch_weights(batch, out.sequence, out.tokens)   # (B,) constants
-        resampled = self.mode == "resample" and split == "train"    # drawn ∝ w already: weight 1 in the loss
+        resampled = self.resample and split == "train"    # drawn ∝ w already: weight 1 in the loss
         weighted, tokens = weighted_nll(out.logps, out.mask, torch.ones_like(w) if resampled else w)
         plain, _ = nll(out.logps.detach(), out.mask)
         if not resampled:
@@ -276,7 +263,7 @@ class IWSFT(SFT):
 
     def on_before_optimizer_step(self, optimizer) -> None:
         super().on_before_optimizer_step(optimizer)
-        if self.mode == "resample":
+        if self.resample:
             stats = self.importance.stats("train")
         else:
             metric = self._weight_metric("train")
