@@ -28,7 +28,7 @@ from lit_align.callbacks.progress import default_progress_bar  # noqa: E402
 from lit_align.callbacks.tensorboard import TensorBoardSetup, name_evaluation_run  # noqa: E402
 from lit_align.callbacks.requeue import Interrupted, Requeued  # noqa: E402
 from lit_align.data.datamodule import AlignDataModule  # noqa: E402
-from lit_align.errors import LitAlignError  # noqa: E402
+from lit_align.errors import LitAlignError, exception_chain  # noqa: E402
 from lit_align.noise import silence  # noqa: E402
 from lit_align.objectives.base import Objective  # noqa: E402
 
@@ -346,13 +346,7 @@ def check_checkpoint_file(path: str) -> None:
 def _lit_align_error(exc: BaseException) -> LitAlignError | None:
     """The LitAlignError behind `exc`, if any: jsonargparse wraps the errors of the classes it instantiates
     ("Does not validate against any of the Union subtypes ...") with the original as the cause."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, LitAlignError):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
+    return next((e for e in exception_chain(exc) if isinstance(e, LitAlignError)), None)
 
 
 def _one_paragraph(message: str) -> str:

@@ -12,3 +12,12 @@ class DataError(LitAlignError):
         self.where, self.field, self.reason = where, field, message
         field_part = f" field '{field}':" if field else ""
         super().__init__(f"{where}:{field_part} {message}")
+
+
+def exception_chain(exc: BaseException | None):
+    """`exc`, then the exceptions it came from (__cause__, else __context__), each once."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__

@@ -20,22 +20,16 @@ import torch
 from lightning.pytorch import Callback
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 
+from lit_align.errors import exception_chain
+
 _TIMED_OUT = re.compile(r"timed out|timeout", re.IGNORECASE)
 _WAITED_MS = re.compile(r"waiting (\d+)\s*ms", re.IGNORECASE)
-
-
-def _chain(exc: BaseException | None):
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        yield exc
-        exc = exc.__cause__ or exc.__context__
 
 
 def collective_timeout(exc: BaseException) -> str | None:
     """One sentence if `exc` (or an exception it came from) is a collective that timed out in this process, else
     None."""
-    for e in _chain(exc):
+    for e in exception_chain(exc):
         if isinstance(e, RuntimeError) and _TIMED_OUT.search(str(e)) and (
                 isinstance(e, getattr(torch.distributed, "DistError", ())) or "gloo" in str(e) or "c10d" in str(e).lower()
                 or "collective" in str(e).lower()):

@@ -49,7 +49,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from lit_align.callbacks.probes import shard_rows
+from lit_align.callbacks.probes import require_lm_head, shard_rows
 from lit_align.data.datamodule import AlignDataModule
 from lit_align.data.prompts import PromptRecord, prompt_text, read_prompts
 from lit_align.data.sources import Source, as_source
@@ -183,9 +183,7 @@ class SampleGenerations(Callback):
 
     # -- hooks --------------------------------------------------------------------------------------------
     def setup(self, trainer, pl_module, stage: str) -> None:
-        if getattr(pl_module, "head", "lm") != "lm":  # e.g. RewardModel: a score head, no vocabulary
-            raise LitAlignError(f"SampleGenerations generates text with a language-model head; {type(pl_module).__name__} has a "
-                                f"{pl_module.head} head: remove the callback (a reward model's rewards: lit_align score)")
+        require_lm_head(pl_module, "SampleGenerations generates text")
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._fit_start = time.perf_counter()

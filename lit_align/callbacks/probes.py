@@ -360,9 +360,7 @@ class Probes(Callback):
         return layout
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        if getattr(pl_module, "head", "lm") != "lm":  # e.g. RewardModel: a score head, no vocabulary
-            raise LitAlignError(f"Probes scores responses with log-probs with a language-model head; {type(pl_module).__name__} has a "
-                                f"{pl_module.head} head: remove the callback (a reward model's rewards: lit_align score)")
+        require_lm_head(pl_module, "Probes scores responses with log-probs")
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._fit_start = time.perf_counter()
@@ -389,6 +387,13 @@ class Probes(Callback):
         if fraction > self.warn_fraction:
             rank_zero_warn(f"probing took {100 * fraction:.0f}% of the run; raise probes.every_n_steps or set a "
                            "`limit` on the probe sets")
+
+
+def require_lm_head(pl_module, what: str) -> None:
+    """Refuse, in one sentence, an objective without a language-model head (RewardModel: a score head)."""
+    if getattr(pl_module, "head", "lm") != "lm":
+        raise LitAlignError(f"{what} with a language-model head; {type(pl_module).__name__} has a {pl_module.head} "
+                            "head: remove the callback (a reward model's rewards: lit_align score)")
 
 
 def shard_rows(rows: list, rank: int, world: int) -> list[tuple]:

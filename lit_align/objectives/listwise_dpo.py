@@ -21,11 +21,9 @@ copy, the LoRA base, or a cache). Metrics: the shared naming with chosen = the b
 
 from __future__ import annotations
 
-import torch
-
 from lit_align.errors import LitAlignError
 from lit_align.logprobs import SeqLogps, sequence_logps, shared_context_logps
-from lit_align.losses import RANKING_LOSSES, chosen_nll
+from lit_align.losses import RANKING_LOSSES, chosen_nll, ranked_margins
 from lit_align.models import ModelSpec
 from lit_align.objectives.base import OptimSpec, Sums
 from lit_align.objectives.dpo import DPO
@@ -86,9 +84,7 @@ class ListwiseDPO(DPO):
             nll = chosen_nll(policy.logps[:, 0], policy.tokens[:, 0])  # (B,) per-token mean of the best
             losses = losses + self.nll_weight * nll
             sums["nll"] = (nll.detach().sum(), losses.shape[0])
-        k = rewards.shape[1]
-        i, j = torch.triu_indices(k, k, offset=1, device=rewards.device)
-        ordered = (rewards[:, i] > rewards[:, j]).float().mean(-1)                      # (B,)
-        ends = policy.logps[:, [0, k - 1]]                                              # (B, 2) best, worst
+        ordered = (ranked_margins(rewards) > 0).float().mean(-1)                        # (B,) pairs in order
+        ends = policy.logps[:, [0, -1]]                                                 # (B, 2) best, worst
         return {**self.preference_sums(losses, rewards[:, 0], rewards[:, -1], ends, batch),
                 "rewards/ranking_accuracy": (ordered.sum(), losses.shape[0]), **sums}
