@@ -4,9 +4,9 @@ steering_cli.py and score_cli.py.)
 
 The objective (`model:`) and the data module (`data:`) are chosen by `class_path` in the YAML. Run-time
 values are wired here, in code: the data module gets the objective's tokenizer (hence pad id and
-vocabulary) and the kind of examples it consumes. Defaults: TensorBoard under logs/<experiment>/,
-checkpoints with last.ckpt under logs/<experiment>/checkpoints/, a rich progress bar, a learning-rate
-monitor, the final model exported in Hugging Face format, seed 0.
+vocabulary) and its batch layout (data/layouts.py). Defaults: TensorBoard under logs/<experiment>/,
+checkpoints with last.ckpt under logs/<experiment>/checkpoints/, a rich progress bar (plain lines without a
+terminal), the final model exported in Hugging Face format, seed 0.
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ class LitAlignCLI(LightningCLI):
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
-        self.datamodule.connect(self.model.tokenizer, self.model.kind)
+        self.datamodule.connect(self.model.tokenizer, self.model.layout)
         config = self.config.get(self.config.get("subcommand") or "", self.config)
         resolved = json.loads(json.dumps(config.as_dict(), default=str))  # (paths and the like as text)
         resolved.pop("config", None)

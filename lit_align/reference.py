@@ -3,8 +3,9 @@ objectives that compare the policy with a fixed reference (DPO, prefix-DPO, impo
 
 A `Reference` is objective-agnostic: given a batch it returns a `SeqLogps` (B, k) of sequence log-probs
 and target-token counts, constants (no gradient). The objective says how sequence log-probs are computed
-from its batch layout (`logps_fn`, e.g. logprobs.sequence_logps or logprobs.shared_context_logps), so
-policy and reference always agree on which tokens count. Three modes (`ReferenceSpec.mode`):
+from its batch layout (data/layouts.py: the objective's `layout`, handed over in `configure`; e.g. the
+padded pairs of logprobs.sequence_logps or prefix-DPO's shared context), so policy and reference always agree on
+which tokens count. Three modes (`ReferenceSpec.mode`):
 
     copy             a frozen copy of the starting policy (its spec without LoRA), or another model
                      (`model`: a hub name or a path). Eval mode, no grad, never trained, a submodule of
@@ -39,6 +40,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from lit_align.data.layouts import Layout
 from lit_align.errors import LitAlignError
 from lit_align.logprobs import LogpsFn, SeqLogps
 from lit_align.models import ModelSpec, load_model, shard_model
@@ -87,12 +89,20 @@ def _eval_no_grad(model: torch.nn.Module, batch: dict, logps_fn: LogpsFn, disabl
 class Reference(torch.nn.Module):
     """Per-example reference sequence log-probs. Subclasses: FrozenReference, AdapterReference, CachedReference."""
 
-    def __init__(self, spec: ReferenceSpec, logps_fn: LogpsFn):
+    def __init__(self, spec: ReferenceSpec):
         super().__init__()
-        self.spec, self.logps_fn = spec, logps_fn
+        self.spec = spec
+        self.layout: Layout | None = None
 
-    def configure(self, policy: torch.nn.Module, policy_spec: ModelSpec, tokenizer) -> None:
-        """Called once the policy is loaded (the objective's configure_model)."""
+    def configure(self, policy: torch.nn.Module, policy_spec: ModelSpec, tokenizer, layout: Layout) -> None:
+        """Called once the policy is loaded (the objective's configure_model), with the objective's batch layout."""
+        self.layout = layout
+
+    def _logps(self, model: torch.nn.Module, batch: dict, disable_adapter: bool = False) -> SeqLogps:
+        """`model`'s sequence log-probs of `batch` in the objective's layout, in eval mode, without gradient."""
+        if self.layout is None:
+            raise LitAlignError("the reference is not configured: call configure_model() first")
+        return _eval_no_grad(model, batch, self.layout.logps, disable_adapter)
 
     def prepare(self, policy: torch.nn.Module, datamodule, *, from_policy: bool, precision: str = "32-true",
                 forward_context: Callable = nullcontext) -> None:
@@ -102,20 +112,31 @@ class Reference(torch.nn.Module):
     def forward(self, batch: dict, policy: torch.nn.Module) -> SeqLogps:
         raise NotImplementedError
 
+    def matching(self, batch: dict, policy: torch.nn.Module, tokens: Tensor) -> SeqLogps:
+        """The reference's (B, k) log-probs of `batch`, checked to cover the policy's target tokens: `tokens` (B, j),
+        the policy's token counts of the batch's first j <= k continuations (IW-SFT reads the first only)."""
+        ref = self(batch, policy)
+        j = tokens.shape[1]
+        if ref.tokens.shape[0] != tokens.shape[0] or ref.tokens.shape[1] < j or not (ref.tokens[:, :j] == tokens).all():
+            raise LitAlignError("the reference log-probs do not cover the same tokens as the policy's (a stale "
+                                "reference cache, or a reference with another tokenizer)")
+        return ref
+
 
 # -- (a) a frozen model ---------------------------------------------------------------------------------
 
 
 class FrozenReference(Reference):
-    def __init__(self, spec: ReferenceSpec, logps_fn: LogpsFn):
-        super().__init__(spec, logps_fn)
+    def __init__(self, spec: ReferenceSpec):
+        super().__init__(spec)
         self.model: torch.nn.Module | None = None
         # The copy is rebuilt from its spec, so checkpoints need not carry it: drop its weights when saving
         # and, when loading, take the ones it already has (strict loading then still checks the policy's).
         self.register_state_dict_post_hook(_drop_state)
         self.register_load_state_dict_pre_hook(_keep_state)
 
-    def configure(self, policy: torch.nn.Module, policy_spec: ModelSpec, tokenizer) -> None:
+    def configure(self, policy: torch.nn.Module, policy_spec: ModelSpec, tokenizer, layout: Layout) -> None:
+        super().configure(policy, policy_spec, tokenizer, layout)
         if self.model is not None:
             return
         spec = self.spec.model or replace(policy_spec, lora=None, gradient_checkpointing=False)
@@ -139,7 +160,7 @@ class FrozenReference(Reference):
     def forward(self, batch: dict, policy: torch.nn.Module) -> SeqLogps:
         if self.model is None:
             raise LitAlignError("the reference model is not loaded: call configure_model() first")
-        return _eval_no_grad(self.model, batch, self.logps_fn)
+        return self._logps(self.model, batch)
 
 
 def _drop_state(module: torch.nn.Module, state_dict: dict, prefix: str, local_metadata) -> None:
@@ -157,7 +178,8 @@ def _keep_state(module: torch.nn.Module, state_dict: dict, prefix: str, *args) -
 
 
 class AdapterReference(Reference):
-    def configure(self, policy: torch.nn.Module, policy_spec: ModelSpec, tokenizer) -> None:
+    def configure(self, policy: torch.nn.Module, policy_spec: ModelSpec, tokenizer, layout: Layout) -> None:
+        super().configure(policy, policy_spec, tokenizer, layout)
         if not _is_peft(policy):
             raise LitAlignError("reference.mode: disable_adapter uses the policy with its LoRA adapter switched "
                                 "off, but the policy has no LoRA adapter: set policy.lora (e.g. {r: 8}), or use "
@@ -167,7 +189,7 @@ class AdapterReference(Reference):
                                 "is the policy's own base model); use mode: copy for another model")
 
     def forward(self, batch: dict, policy: torch.nn.Module) -> SeqLogps:
-        return _eval_no_grad(policy, batch, self.logps_fn, disable_adapter=True)
+        return self._logps(policy, batch, disable_adapter=True)
 
 
 # -- (c) a precomputed cache file ----------------------------------------------------------------------
@@ -222,14 +244,15 @@ def _key(meta: dict) -> str:
 
 
 class CachedReference(Reference):
-    def __init__(self, spec: ReferenceSpec, logps_fn: LogpsFn):
-        super().__init__(spec, logps_fn)
+    def __init__(self, spec: ReferenceSpec):
+        super().__init__(spec)
         self.tables: dict[str, tuple[Tensor, Tensor]] = {}   # split -> ((n, k) fp32 logps, (n, k) tokens), on CPU
         self.files: dict[str, Path] = {}
         self._policy_spec: ModelSpec | None = None
         self._tokenizer = None
 
-    def configure(self, policy: torch.nn.Module, policy_spec: ModelSpec, tokenizer) -> None:
+    def configure(self, policy: torch.nn.Module, policy_spec: ModelSpec, tokenizer, layout: Layout) -> None:
+        super().configure(policy, policy_spec, tokenizer, layout)
         self._policy_spec, self._tokenizer = policy_spec, tokenizer
 
     def _model_spec(self) -> ModelSpec:
@@ -254,7 +277,7 @@ class CachedReference(Reference):
             "model": weights_fingerprint(model),
             "tokenizer": tokenizer_fingerprint(self._tokenizer),
             "template": hashlib.sha256(str(self._tokenizer.chat_template).encode()).hexdigest(),
-            "layout": f"{datamodule.kind}/{getattr(self.logps_fn, '__name__', str(self.logps_fn))}",
+            "layout": self.layout.key,
             "precision": str(precision),
         }
         device = next(policy.parameters()).device
@@ -284,7 +307,7 @@ class CachedReference(Reference):
                       + (f"; {stale}" if stale else ""))
                 start = time.perf_counter()
                 disable = use_policy and _is_peft(policy)
-                table = split_logps(lambda batch: _eval_no_grad(model, batch, self.logps_fn, disable_adapter=disable),
+                table = split_logps(lambda batch: self._logps(model, batch, disable_adapter=disable),
                                     datamodule, name, device, self.spec.batch_size, forward_context,
                                     description=f"reference log-probs: {name}")
                 _save_table(path, meta, table)
@@ -476,9 +499,9 @@ def policy_split_logps(model: torch.nn.Module, logps_fn: LogpsFn, datamodule, na
                        forward_context, description=f"policy log-probs: {name}")
 
 
-def build_reference(spec: ReferenceSpec | None, logps_fn: LogpsFn) -> Reference:
+def build_reference(spec: ReferenceSpec | None) -> Reference:
     spec = spec or ReferenceSpec()
     classes = {"copy": FrozenReference, "disable_adapter": AdapterReference, "cache": CachedReference}
     if spec.mode not in classes:
         raise LitAlignError(f"reference.mode must be one of {', '.join(MODES)}, not '{spec.mode}'")
-    return classes[spec.mode](spec, logps_fn)
+    return classes[spec.mode](spec)

@@ -3,7 +3,7 @@ Activation Addition"): extract from A/B contrast pairs, add to the residual stre
 
 Extraction. For contrast pairs (x_i, m_i, n_i) of a question and its matching / not-matching answer (records
 {question, answer_matching_behavior, answer_not_matching_behavior}, read, tokenized and padded by the same data
-module as training: data/datamodule.py, kind "pair", rows [0:B] matching, [B:2B] not matching), and a decoder
+module as training: data/datamodule.py, layout "pair", rows [0:B] matching, [B:2B] not matching), and a decoder
 block l (0-based, `decoder_layers(model)[l]`), let h_l(x, y) (H,) be the block's output (the residual stream
 after block l) at the read position of the sequence x + y. Then
 
@@ -458,7 +458,7 @@ def contrast_activations(model: torch.nn.Module, batch: dict, layers: list[int],
 def extract(model: torch.nn.Module, batches: Iterable[dict], layers: "list[int] | str" = "all",
             read: str = "answer", method: str = "mean_diff", max_pairs: int | None = None, tokenizer=None,
             chat_template: bool | None = None, source: str = "") -> SteeringVector:
-    """A SteeringVector from contrast-pair batches (collate.py's padded layout, kind "pair": e.g.
+    """A SteeringVector from contrast-pair batches (collate.py's padded layout "pair": e.g.
     `datamodule.eval_loader("train")`), over at most `max_pairs` pairs in order (module docstring)."""
     if method not in METHODS:
         raise LitAlignError(f"steering: method must be one of {', '.join(METHODS)}, not '{method}'")
@@ -495,7 +495,7 @@ def extract(model: torch.nn.Module, batches: Iterable[dict], layers: "list[int] 
 
 
 def extract_from_data(model: torch.nn.Module, datamodule, split: str = "train", **options) -> SteeringVector:
-    """`extract` over a set-up AlignDataModule's split (connected with kind "pair"), in file order, recording its
+    """`extract` over a set-up AlignDataModule's split (connected with layout "pair"), in file order, recording its
     tokenizer, whether prompts were rendered with the chat template, and the source. `options`: those of
     `extract` (layers, read, method, max_pairs)."""
     from lit_align.data.tokenize import Tokenizer

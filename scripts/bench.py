@@ -259,7 +259,7 @@ def run_lit_align(case: Case, args, model_dir: Path, data: Path, cache_dir: str)
                   reference=ReferenceSpec(mode=case.reference, cache_dir=cache_dir), **case.extra)
     dm = AlignDataModule(train=str(data), batch_size=args.batch, max_length=args.max_length, shuffle=False,
                          group_by_length=case.group_by_length, pack_length=case.pack_length)
-    dm.connect(obj.tokenizer, obj.kind)
+    dm.connect(obj.tokenizer, obj.layout)
     obj.configure_model()  # the policy (and a reference copy) load before the memory baseline, as TRL's do
 
     class Timer(L.Callback):

@@ -31,7 +31,7 @@ def bench(cls, task: str, mode: str, lora: bool, args, cache_dir: str) -> tuple[
     obj.configure_model()
     dm = AlignDataModule(train={"path": task, "limit": args.batch * (args.steps + 2)}, batch_size=args.batch,
                          max_length=args.max_length)
-    dm.connect(obj.tokenizer, obj.kind)
+    dm.connect(obj.tokenizer, obj.layout)
     dm.setup("fit")
     build = None
     if mode == "cache":

@@ -419,7 +419,7 @@ def _batch(obj, data: Path, n: int, max_length: int, device: str) -> dict:
     from lit_align.data import AlignDataModule
 
     dm = AlignDataModule(train=str(data), batch_size=n, max_length=max_length, shuffle=False)
-    dm.connect(obj.tokenizer, obj.kind)
+    dm.connect(obj.tokenizer, obj.layout)
     dm.setup("fit")
     return _to(next(iter(dm.eval_loader("train", n))), device)
 
@@ -574,7 +574,7 @@ def strategy_losses(settings: Settings, strategy: str, batch: int, accumulate: i
               optim=OptimSpec(lr=STRATEGY_LR * lr_scale, eps=STRATEGY_EPS, schedule="constant"))
     dm = AlignDataModule(train={"path": "builtin:sft", "limit": 8 * settings.strategy_steps}, batch_size=batch,
                          max_length=64, shuffle=False)
-    dm.connect(obj.tokenizer, obj.kind)
+    dm.connect(obj.tokenizer, obj.layout)
     trainer = L.Trainer(accelerator=settings.device, devices=1, strategy=strat, precision="32-true",
                         max_steps=settings.strategy_steps, accumulate_grad_batches=accumulate,
                         logger=CSVLogger(work, name="run"), log_every_n_steps=1, enable_checkpointing=False,
@@ -679,7 +679,7 @@ def lora_train_export_reload(settings: Settings, model_dir: Path, data: Path, qu
                      lora=LoraSpec(r=16, alpha=32, dropout=0.0))
     obj = SFT(policy=spec, optim=OptimSpec(lr=1e-3, schedule="constant"))
     dm = AlignDataModule(train=str(data), batch_size=4, max_length=settings.max_length, shuffle=False)
-    dm.connect(obj.tokenizer, obj.kind)
+    dm.connect(obj.tokenizer, obj.layout)
     out = Path(work) / "adapter"
     steps = 4 if settings.cuda else 2
     autocast = dict(device_type=settings.device, dtype=torch.bfloat16, enabled=settings.cuda)

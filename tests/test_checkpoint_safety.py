@@ -114,7 +114,7 @@ def test_resume_skips_an_incomplete_newer_checkpoint(tmp_path, one_thread):  # n
     def fit(max_steps, ckpt_path=None):
         model = SFT(policy=ModelSpec(name="builtin:tiny"), optim=OptimSpec(lr=1e-2))
         data = AlignDataModule(train={"path": "builtin:sft", "limit": 32}, batch_size=4, max_length=64)
-        data.connect(model.tokenizer, model.kind)
+        data.connect(model.tokenizer, model.layout)
         trainer = Trainer(max_steps=max_steps, accelerator="cpu", logger=False, enable_progress_bar=False,
                           enable_model_summary=False,
                           callbacks=[RunCheckpoint(dirpath=str(tmp_path), every_n_train_steps=1)])

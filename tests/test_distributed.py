@@ -224,7 +224,7 @@ def test_export_command_on_a_lora_checkpoint(tmp_path, one_thread):  # noqa: F81
 
     model = SFT(policy=ModelSpec(name="builtin:tiny", lora=LoraSpec(r=4)), optim=OptimSpec(lr=1e-2))
     data = AlignDataModule(train={"path": "builtin:sft", "limit": 16}, batch_size=4, max_length=64)
-    data.connect(model.tokenizer, model.kind)
+    data.connect(model.tokenizer, model.layout)
     Trainer(max_steps=2, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
             callbacks=[RunCheckpoint(dirpath=str(tmp_path / "ckpt"))]).fit(model, datamodule=data)
     ckpt = str(tmp_path / "ckpt" / "last.ckpt")
@@ -369,21 +369,43 @@ def test_a_checkpoint_that_fails_on_rank_0_stops_every_rank(tmp_path):
     assert not list((tmp_path / "logs" / "fault" / "checkpoints").glob(".*.partial"))
 
 
-@pytest.mark.parametrize("config, tags", [
-    ("listwise_dpo.yaml", ("train/loss", "train/rewards/ranking_accuracy", "val/loss", "val/rewards/ranking_accuracy")),
-    ("reward_model.yaml", ("train/loss", "train/rewards/accuracy", "val/loss", "val/rewards/accuracy")),
-])
-def test_new_objectives_under_ddp_equal_one_process(tmp_path, monkeypatch, one_thread, config, tags):  # noqa: F811
-    """Listwise DPO on ranked lists (its shared-context layout) and the reward model (its score head) under DDP:
-    2 processes x batch 4 give one process x batch 8's per-step losses and metrics."""
+WEIGHTED_PAIRS = [0.5, 3.0, 1.0, 2.0, 0.25, 1.5, 4.0, 1.0]   # unequal: the ranks' halves of a batch weigh unlike
+NEW_OBJECTIVES = {   # config -> strategy, extra options, the curves compared
+    "listwise_dpo.yaml": ("fsdp2.yaml", [], ("train/loss", "train/rewards/ranking_accuracy", "val/loss",
+                                             "val/rewards/ranking_accuracy")),
+    "reward_model.yaml": ("fsdp2.yaml", [], ("train/loss", "train/rewards/accuracy", "val/loss",
+                                             "val/rewards/accuracy")),
+    "simpo.yaml": ("ddp.yaml", ["--model.init_args.pair_weights", "true"], ("train/loss", "train/rewards/margins",
+                                                                             "val/loss", "val/logps/accuracy")),
+    "orpo.yaml": ("fsdp2.yaml", ["--model.init_args.packed", "true"], ("train/loss", "train/nll",
+                                                                       "train/log_odds_ratio", "val/loss")),
+}
+
+
+@pytest.mark.parametrize("config", NEW_OBJECTIVES)
+def test_new_objectives_under_two_processes_equal_one(tmp_path, monkeypatch, one_thread, config):  # noqa: F811
+    """2 processes x batch 4 give one process x batch 8's per-step losses and metrics: listwise DPO on ranked lists
+    (its shared-context layout and a frozen reference copy, sharded), the reward model (its score head, sharded),
+    ORPO packed, all three under FSDP2; SimPO with unequal per-pair weights under DDP (Σ w·ℓ / Σ w over both
+    ranks' pairs, not a mean of the ranks' weighted means)."""
+    import json
+
+    from lit_align.data.synthetic import builtin_records
+
+    strategy, extra, tags = NEW_OBJECTIVES[config]
     args = ["fit", "--config", str(REPO / "configs" / config), "--data.init_args.train.limit", "64",
             "--data.init_args.val.val.limit", "16", "--trainer.max_steps", "3", "--trainer.val_check_interval", "3",
             "--trainer.log_every_n_steps", "1", "--trainer.accelerator", "cpu", "--export.enabled", "false",
-            "--trainer.enable_model_summary", "false"]
+            "--trainer.enable_model_summary", "false", *extra]
+    if "pair_weights" in " ".join(extra):
+        weighted = tmp_path / "weighted.jsonl"
+        weighted.write_text("".join(json.dumps({**r, "weight": WEIGHTED_PAIRS[i % 8]}) + "\n"
+                                    for i, r in enumerate(builtin_records("pairs", n=64))))
+        args += ["--data.init_args.train.path", str(weighted)]
     run_in_process([*args, "--data.init_args.batch_size", "8", "--trainer.logger.init_args.name", "one"], tmp_path,
                    monkeypatch)
-    out = run_cli([*args, "--config", str(STRATEGIES / "ddp.yaml"), "--trainer.devices", "2",
-                   "--data.init_args.batch_size", "4", "--trainer.logger.init_args.name", "ddp"], cwd=tmp_path,
+    out = run_cli([*args, "--config", str(STRATEGIES / strategy), "--trainer.devices", "2",
+                   "--data.init_args.batch_size", "4", "--trainer.logger.init_args.name", "two"], cwd=tmp_path,
                   env=ONE_THREAD, timeout=400)
     assert out.returncode == 0, out.stderr[-4000:]
-    assert_same_curves(tmp_path / "logs" / "one" / "version_0", tmp_path / "logs" / "ddp" / "version_0", tags)
+    assert_same_curves(tmp_path / "logs" / "one" / "version_0", tmp_path / "logs" / "two" / "version_0", tags)

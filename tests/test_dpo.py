@@ -21,7 +21,7 @@ METRICS = {"loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rew
 def _data(obj, task="builtin:pairs", n=16, batch_size=4, **kwargs):
     dm = AlignDataModule(train={"path": task, "limit": n}, val={"val": {"path": task, "split": "val", "limit": n}},
                          batch_size=batch_size, max_length=96, **kwargs)
-    dm.connect(obj.tokenizer, obj.kind)
+    dm.connect(obj.tokenizer, obj.layout)
     dm.setup("fit")
     return dm
 
@@ -215,7 +215,7 @@ def test_short_dpo_run_lifts_heldout_reward_accuracy(tmp_path):
               nll_weight=0.5, reference=ReferenceSpec(mode="cache", cache_dir=str(tmp_path)))
     dm = AlignDataModule(train="builtin:pairs", val={"val": {"path": "builtin:pairs", "split": "val", "limit": 200}},
                          batch_size=32, eval_batch_size=100, max_length=64)
-    dm.connect(obj.tokenizer, obj.kind)
+    dm.connect(obj.tokenizer, obj.layout)
 
     def trainer(**kwargs):
         return L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,

@@ -14,7 +14,7 @@ def _setup(objective, **data_kwargs):
 
     objective.configure_model()
     data = AlignDataModule(**data_kwargs)
-    data.connect(objective.tokenizer, objective.kind)
+    data.connect(objective.tokenizer, objective.layout)
     data.setup("fit")
     return data
 
@@ -34,7 +34,8 @@ def test_sft_on_a_pair_set_gets_pair_metrics_and_its_own_on_the_chosen_answer():
     data = _setup(sft, train={"path": "builtin:ab", "limit": 16}, batch_size=4, eval_batch_size=6, val={
         "id": {"path": "builtin:ab", "split": "id", "limit": 6, "kind": "pair"},
         "ood_sft": {"path": "builtin:ab", "split": "ood", "limit": 6}})
-    assert data.split_kinds == {"train": "sft", "val_id": "pair", "val_ood_sft": "sft"}
+    assert {name: layout.name for name, layout in data.split_layouts.items()} == {
+        "train": "sft", "val_id": "pair", "val_ood_sft": "sft"}
     assert next(iter(data.train_dataloader()))["num_continuations"] == 1
     pairs, singles = (next(iter(dl)) for dl in data.val_dataloader())
     assert (pairs["split"], pairs["num_continuations"], singles["num_continuations"]) == ("val_id", 2, 1)
@@ -93,7 +94,7 @@ def test_model_written_evals_human_vs_lm_read_as_pairs():
         "human": {"path": str(human), "limit": 8, "kind": "pair"},
         "lm": {"path": str(lm), "limit": 8, "kind": "pair"}})
     for name in ("val_human", "val_lm"):
-        assert data.split_kinds[name] == "pair" and data.summaries[name].kept == 8
+        assert data.split_layouts[name].name == "pair" and data.summaries[name].kept == 8
         assert all(len(ex.continuations) == 2 for ex in data.splits[name].examples)
     train_lines = {int(ex.where.rsplit(":", 1)[1]) for ex in data.splits["train"].examples}
     val_lines = {int(ex.where.rsplit(":", 1)[1]) for ex in data.splits["val_lm"].examples}

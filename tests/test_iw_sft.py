@@ -25,7 +25,7 @@ TINY = ModelSpec("builtin:tiny")
 def _data(obj, train=None, batch_size=4, seed=0, val=None):
     dm = AlignDataModule(train=train or {"path": "builtin:ab", "limit": 16}, val=val, batch_size=batch_size,
                          max_length=96, seed=seed)
-    dm.connect(obj.tokenizer, obj.kind)
+    dm.connect(obj.tokenizer, obj.layout)
     dm.setup("fit")
     return dm
 
@@ -50,7 +50,7 @@ def test_alpha_zero_is_exactly_sft():
     iw = _iw(alpha=0.0, max_ratio=None)
     iw.model.load_state_dict(sft.model.state_dict())
     dm = _data(iw)
-    iw.prepare_weights(dm)
+    iw.prepare(dm)
     batch = next(iter(dm.train_dataloader()))
     a, b = sft.step(batch), iw.step(batch)
     assert torch.equal(a["loss"][0], b["loss"][0]) and torch.equal(a["loss"][1], b["loss"][1])
@@ -64,7 +64,7 @@ def test_alpha_zero_is_exactly_sft():
 def test_loss_matches_hand_computed_weights(tmp_path):
     obj = _iw(tmp_path, alpha=0.7, max_ratio=None)
     dm = _data(obj)
-    obj.prepare_weights(dm)                      # weights from the starting model (cached), then the policy moves
+    obj.prepare(dm)                      # weights from the starting model (cached), then the policy moves
     _perturb(obj.model)
     fresh = _iw(alpha=0.7)                       # an independent starting model: the frozen copy
     ref = reference_split_logps(fresh.reference, fresh.model, dm, "train")
@@ -95,7 +95,7 @@ def _first_step_grads(batch_size, accumulate):
     obj.configure_model()
     _perturb(obj.reference.model, scale=0.2)     # a reference with clear preferences: weights far from 1
     dm = AlignDataModule(train={"path": "builtin:sft", "limit": 32}, batch_size=batch_size, max_length=64)
-    dm.connect(obj.tokenizer, obj.kind)
+    dm.connect(obj.tokenizer, obj.layout)
     trainer = pl.Trainer(max_steps=1, accumulate_grad_batches=accumulate, accelerator="cpu", logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(obj, datamodule=dm)
@@ -145,7 +145,7 @@ def test_weights_do_not_depend_on_batching(tmp_path, scope):
     for batch_size, seed in ((4, 0), (5, 7)):
         dm = _data(obj, train=_group_file(tmp_path), batch_size=batch_size, seed=seed)
         obj.importance.tables.clear()
-        obj.prepare_weights(dm)
+        obj.prepare(dm)
         weights, batches_of_group = {}, {}
         for b, batch in enumerate(dm.train_dataloader()):
             w, _ = obj.batch_weights(batch)
@@ -172,7 +172,7 @@ def test_weights_from_the_data(tmp_path):
     assert obj.reference is None                 # no reference model for record weights
     obj.configure_model()
     dm = _data(obj, train=str(path), batch_size=4)
-    obj.prepare_weights(dm)
+    obj.prepare(dm)
     assert obj.importance.tables["train"].weights.tolist() == pytest.approx([4 / 7, 4 / 7, 8 / 7, 12 / 7])
 
 
@@ -180,7 +180,7 @@ def test_policy_ratio_variant():
     obj = IWSFT(policy=TINY, weights=WeightSpec(source="policy_ratio"))
     obj.configure_model()
     dm = _data(obj)
-    obj.prepare_weights(dm)
+    obj.prepare(dm)
     batch = next(iter(dm.train_dataloader()))
     with torch.no_grad():
         start = obj.step(batch)
@@ -228,7 +228,7 @@ def _fit(tmp_path, mode, max_steps, ckpt_path=None, save_every=None, **weights):
                    reference=ReferenceSpec(mode="cache", cache_dir=str(tmp_path / "cache")))
     dm = AlignDataModule(train={"path": "builtin:ab", "limit": 24}, batch_size=3, max_length=96,
                          val={"val": {"path": "builtin:ab", "split": "id", "limit": 3, "kind": "pair"}})
-    dm.connect(obj.tokenizer, obj.kind)
+    dm.connect(obj.tokenizer, obj.layout)
     # a checkpoint written while training (as a run stopped there would leave it), not after fit returns
     saver = [ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=save_every)] if save_every else []
     trainer = pl.Trainer(max_steps=max_steps, accelerator="cpu", logger=False, callbacks=saver,

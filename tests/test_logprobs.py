@@ -199,7 +199,7 @@ def test_packed_dpo_equals_dpo_losses_gradients_and_metrics(attention):
                   packed=packed)
         obj.configure_model()
         _perturb(obj.model)
-        sums = obj.step(_ordered_batch(obj.tokenizer, obj.kind))
+        sums = obj.step(_ordered_batch(obj.tokenizer, obj.layout))
         loss = sums["loss"][0] / sums["loss"][1]
         loss.backward()
         grads = {n: p.grad.clone() for n, p in obj.model.named_parameters() if p.grad is not None}

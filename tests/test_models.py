@@ -16,7 +16,7 @@ IDS = torch.tensor([[3, 50, 120, 7, 200, 11]])
 
 def _fit(model, tmp_path, steps=2):
     dm = AlignDataModule(train={"path": "builtin:sft", "limit": 16}, batch_size=4, max_length=64)
-    dm.connect(model.tokenizer, model.kind)
+    dm.connect(model.tokenizer, model.layout)
     export = ExportHF(dirpath=str(tmp_path / "export"))
     trainer = pl.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, callbacks=[export],

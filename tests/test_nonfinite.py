@@ -74,7 +74,7 @@ class CorruptWeightsAt(Callback):
 def fit(tmp_path, *callbacks, max_steps=5, **objective):
     model = NaNLossAt(policy=ModelSpec(name="builtin:tiny"), optim=OptimSpec(lr=1e-2), **objective)
     data = AlignDataModule(train={"path": "builtin:sft", "limit": 32}, batch_size=4, max_length=64)
-    data.connect(model.tokenizer, model.kind)
+    data.connect(model.tokenizer, model.layout)
     ckpt = RunCheckpoint(dirpath=str(tmp_path / "checkpoints"), every_n_train_steps=1)
     trainer = Trainer(max_steps=max_steps, accelerator="cpu", logger=False, enable_progress_bar=False,
                       enable_model_summary=False, callbacks=[*callbacks, ckpt])

@@ -23,7 +23,7 @@ def _train(implementation: str, steps: int = 4) -> list[torch.Tensor]:
     obj._trainer = _Trainer()
     optimizer = obj.configure_optimizers()["optimizer"]
     dm = AlignDataModule(train={"path": "builtin:sft", "limit": 4 * steps}, batch_size=4, max_length=64, shuffle=False)
-    dm.connect(obj.tokenizer, obj.kind)
+    dm.connect(obj.tokenizer, obj.layout)
     dm.setup("fit")
     for batch in dm.train_dataloader():
         sums = obj.step(batch)

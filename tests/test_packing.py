@@ -12,6 +12,7 @@ from test_resume import assert_same_state, run_in_process, scalars
 
 from lit_align.data import AlignDataModule
 from lit_align.data.collate import collate_packed, pack_rows, padding_fraction
+from lit_align.data.layouts import LAYOUTS
 from lit_align.data.tokenize import Tokenized
 from lit_align.logprobs import forward_logps, packed_token_logps
 from lit_align.models import ModelSpec, load_model, load_tokenizer
@@ -104,12 +105,12 @@ def test_packed_equals_padded_losses_gradients_and_metrics(objective, attention)
             obj = IWSFT(policy=policy, packed=packed, weights=WeightSpec(alpha=1.0, max_ratio=100.0))
         obj.configure_model()
         _perturb(obj.model)
-        dm = _data(obj.tokenizer, obj.kind)
+        dm = _data(obj.tokenizer, obj.layout)
         batch = next(iter(dm.train_dataloader()))
         if packed:
             assert batch["input_ids"].shape[0] < 12 and padding_fraction(batch) < 0.1   # several per row
         if objective == "IW-SFT":
-            obj.prepare_weights(dm)
+            obj.prepare(dm)
             weights.append(obj.importance.tables["train"].weights)
         results.append(_step(obj, batch))
     _assert_same(results[0][0], results[1][0], atol=1e-6)
@@ -166,8 +167,8 @@ def test_packing_cuts_the_padding_of_sft_on_hh_rlhf():
     dm.connect(tok, "sft")
     dm.setup("fit")
 
-    def padding(kind: str, pack_length: int | None = None) -> float:
-        dm.split_kinds["train"], dm.pack_length = kind, pack_length   # the same tokenized split, another layout
+    def padding(layout: str, pack_length: int | None = None) -> float:
+        dm.split_layouts["train"], dm.pack_length = LAYOUTS[layout], pack_length   # the same split, another layout
         batches = list(dm.train_dataloader())
         assert sorted(i for b in batches for i in b["index"].tolist()) == list(range(len(dm.splits["train"])))
         sizes = [b["input_ids"].numel() for b in batches]

@@ -32,7 +32,7 @@ def _weighted(task="pairs", weights=WEIGHTS):
 
 def _batch(obj, path, n):
     dm = AlignDataModule(train=path, batch_size=n, max_length=96, shuffle=False)
-    dm.connect(obj.tokenizer, obj.kind)
+    dm.connect(obj.tokenizer, obj.layout)
     dm.setup("fit")
     return next(iter(dm.train_dataloader()))
 
@@ -106,7 +106,7 @@ def _first_step_grads(path, batch_size, accumulate):
     obj = GradRecorder(policy=ModelSpec("builtin:tiny"), optim=OptimSpec(lr=1e-3), beta=0.3, nll_weight=0.5,
                        pair_weights=True)
     dm = AlignDataModule(train=path, batch_size=batch_size, max_length=96, shuffle=False)
-    dm.connect(obj.tokenizer, obj.kind)
+    dm.connect(obj.tokenizer, obj.layout)
     trainer = pl.Trainer(max_steps=1, accumulate_grad_batches=accumulate, accelerator="cpu", logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(obj, datamodule=dm)
@@ -128,7 +128,7 @@ def test_prefix_dpo_weights_its_pairs(tmp_path):
     plain = _perturbed(PrefixDPO, beta=0.3)
     unweighted = plain.step(batch)
     assert torch.equal(unweighted["rewards/margins"][0], sums["rewards/margins"][0])   # the same pairs, same model
-    pol = obj.logps_fn()(obj.model, batch)
+    pol = obj.layout.logps(obj.model, batch)
     ref = obj.reference(batch, obj.model)
     per_pair = preference_loss("sigmoid", pol.logps, ref.logps, pol.tokens, beta=0.3).losses
     w = torch.tensor(WEIGHTS[:4])
@@ -143,7 +143,7 @@ def test_a_weight_of_zero_names_file_line_and_field(tmp_path):
     path = _file(tmp_path, records)
     obj = DPO(pair_weights=True)
     dm = AlignDataModule(train=path, batch_size=2, max_length=96)
-    dm.connect(obj.tokenizer, obj.kind)
+    dm.connect(obj.tokenizer, obj.layout)
     trainer = pl.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False)
     with pytest.raises(DataError, match="pair_weights: true needs a weight > 0") as e:

@@ -32,7 +32,7 @@ def _one_thread():
 
 def _loader(obj, task="builtin:steers", n=12, batch_size=6, path=None):
     dm = AlignDataModule(train=path or {"path": task, "limit": n}, batch_size=batch_size, max_length=96)
-    dm.connect(obj.tokenizer, obj.kind)
+    dm.connect(obj.tokenizer, obj.layout)
     dm.setup("fit")
     return dm.train_dataloader()
 
@@ -179,7 +179,7 @@ def test_very_different_context_lengths(tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     obj = _perturbed(PrefixDPO)
     dm = AlignDataModule(train=str(path), batch_size=2, max_length=512)
-    dm.connect(obj.tokenizer, obj.kind)
+    dm.connect(obj.tokenizer, obj.layout)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     lengths = batch["context_mask"].sum(-1).sort().values
@@ -249,7 +249,7 @@ def test_short_prefix_dpo_run_prefers_the_heldout_correction():
     obj = PrefixDPO(policy=ModelSpec(name="builtin:tiny"), optim=OptimSpec(lr=3e-3, schedule="constant"), beta=0.1)
     dm = AlignDataModule(train="builtin:steers", val={"val": {"path": "builtin:steers", "split": "val", "limit": 200}},
                          batch_size=16, eval_batch_size=100, max_length=64)
-    dm.connect(obj.tokenizer, obj.kind)
+    dm.connect(obj.tokenizer, obj.layout)
 
     def trainer(**kwargs):
         return L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,

@@ -54,7 +54,7 @@ def probed_run(tmp_path_factory):
     objective.configure_model()
     start_model = copy.deepcopy(objective.model).eval()
     data = AlignDataModule(train={"path": "builtin:sft", "limit": 24}, batch_size=8, max_length=64)
-    data.connect(objective.tokenizer, objective.kind)
+    data.connect(objective.tokenizer, objective.layout)
     probes = Probes(sets={"toy": str(path)}, every_n_steps=1, batch_size=4, greedy=2, max_new_tokens=5)
     trainer = Trainer(max_steps=3, accelerator="cpu", logger=TensorBoardLogger(tmp, name="run"), callbacks=[probes],
                       enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
@@ -209,7 +209,7 @@ def test_steered_probes_equal_a_steered_independent_computation(tmp_path):
     vector = extract_from_data(start_model, pairs, "train")
     file = vector.save(tmp_path / "v.safetensors")
     data = AlignDataModule(train={"path": "builtin:sft", "limit": 8}, batch_size=8, max_length=64)
-    data.connect(objective.tokenizer, objective.kind)
+    data.connect(objective.tokenizer, objective.layout)
     probes = Probes(sets={"toy": str(path)}, every_n_steps=1, batch_size=4, greedy=1, max_new_tokens=4,
                     steering={"vector": str(file), "multiplier": 300.0, "layers": [1]})
     trainer = Trainer(max_steps=1, accelerator="cpu", logger=False, callbacks=[probes], enable_checkpointing=False,

@@ -101,7 +101,7 @@ def test_listwise_losses_by_hand():
 def _ranked_data(obj, task="builtin:ranked", n=16, batch_size=4):
     dm = AlignDataModule(train={"path": task, "limit": n}, val={"val": {"path": task, "split": "val", "limit": n}},
                          batch_size=batch_size, max_length=96)
-    dm.connect(obj.tokenizer, obj.kind)
+    dm.connect(obj.tokenizer, obj.layout)
     dm.setup("fit")
     return dm
 

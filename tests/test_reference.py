@@ -17,7 +17,7 @@ LORA = ModelSpec(name="builtin:tiny", lora=LoraSpec(r=4, alpha=8))
 def _data(obj, task="builtin:pairs", n=12, **kwargs):
     dm = AlignDataModule(train={"path": task, "limit": n}, val={"val": {"path": task, "split": "val", "limit": n}},
                          batch_size=4, max_length=96, **kwargs)
-    dm.connect(obj.tokenizer, obj.kind)
+    dm.connect(obj.tokenizer, obj.layout)
     dm.setup("fit")
     return dm
 
@@ -192,7 +192,7 @@ def test_cache_through_trainer_fit(tmp_path):
               reference=ReferenceSpec(mode="cache", cache_dir=str(tmp_path / "cache")))
     dm = AlignDataModule(train={"path": "builtin:pairs", "limit": 8},
                          val={"val": {"path": "builtin:pairs", "split": "val", "limit": 8}}, batch_size=4)
-    dm.connect(obj.tokenizer, obj.kind)
+    dm.connect(obj.tokenizer, obj.layout)
     trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(obj, datamodule=dm)
@@ -210,7 +210,7 @@ def test_resume_from_checkpoint(tmp_path, mode, monkeypatch):
         obj = DPO(policy=ModelSpec(name="builtin:tiny"), optim=OptimSpec(lr=1e-2),
                   reference=ReferenceSpec(mode=mode, cache_dir=str(tmp_path / "cache")))
         dm = AlignDataModule(train={"path": "builtin:pairs", "limit": 16}, batch_size=4)
-        dm.connect(obj.tokenizer, obj.kind)
+        dm.connect(obj.tokenizer, obj.layout)
         trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_progress_bar=False,
                             enable_model_summary=False, default_root_dir=tmp_path, limit_val_batches=0)
         trainer.fit(obj, datamodule=dm, ckpt_path=ckpt_path, weights_only=False)  # hparams hold dataclasses

@@ -60,7 +60,7 @@ def _data(obj, n=8, batch_size=4, **kwargs):
     dm = AlignDataModule(train={"path": "builtin:pairs", "limit": n},
                          val={"val": {"path": "builtin:pairs", "split": "val", "limit": n}},
                          batch_size=batch_size, max_length=64, shuffle=False, **kwargs)
-    dm.connect(obj.tokenizer, obj.kind)
+    dm.connect(obj.tokenizer, obj.layout)
     dm.setup("fit")
     return dm
 
@@ -120,7 +120,7 @@ def _first_step_grads(n: int, batch_size: int, accumulate: int, tmp_path) -> dic
 
     model.on_before_optimizer_step = record
     dm = AlignDataModule(train={"path": "builtin:pairs", "limit": n}, batch_size=batch_size, max_length=64)
-    dm.connect(model.tokenizer, model.kind)
+    dm.connect(model.tokenizer, model.layout)
     Trainer(max_steps=1, accumulate_grad_batches=accumulate, enable_checkpointing=False, default_root_dir=tmp_path,
             **QUIET).fit(model, datamodule=dm)
     return grads[0]

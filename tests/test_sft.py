@@ -66,7 +66,7 @@ def _first_step_grads(batch_size: int, accumulate: int, tmp_path):
     torch.manual_seed(0)
     model = GradRecorder(policy=ModelSpec("builtin:tiny"), optim=OptimSpec(lr=1e-3))
     dm = AlignDataModule(train={"path": "builtin:sft", "limit": 64}, batch_size=batch_size, max_length=64)
-    dm.connect(model.tokenizer, model.kind)
+    dm.connect(model.tokenizer, model.layout)
     trainer = pl.Trainer(max_steps=1, accumulate_grad_batches=accumulate, accelerator="cpu", logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          default_root_dir=tmp_path)
@@ -95,7 +95,7 @@ def test_named_validation_sets_are_logged_separately(tmp_path):
                          val={"id": {"path": "builtin:ab", "split": "id", "limit": 8},
                               "ood": {"path": "builtin:ab", "split": "ood", "limit": 8}},
                          batch_size=4, max_length=96)
-    dm.connect(model.tokenizer, model.kind)
+    dm.connect(model.tokenizer, model.layout)
     trainer = pl.Trainer(max_steps=2, accelerator="cpu", logger=TensorBoardLogger(tmp_path), enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, val_check_interval=2)
     trainer.fit(model, datamodule=dm)
@@ -119,7 +119,7 @@ def test_in_process_resume_from_a_checkpoint(tmp_path):
     def fit(steps, ckpt=None):
         model = SFT(policy=ModelSpec("builtin:tiny"), optim=OptimSpec(lr=1e-3))
         dm = AlignDataModule(train={"path": "builtin:sft", "limit": 32}, batch_size=4, max_length=64)
-        dm.connect(model.tokenizer, model.kind)
+        dm.connect(model.tokenizer, model.layout)
         trainer = pl.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_progress_bar=False,
                              enable_model_summary=False, default_root_dir=tmp_path)
         trainer.fit(model, datamodule=dm, ckpt_path=ckpt)

@@ -118,7 +118,7 @@ def test_log_odds_is_stable_near_certainty_and_far_from_it():
 
 def _batch(obj, n=4):
     dm = AlignDataModule(train={"path": "builtin:pairs", "limit": n}, batch_size=n, max_length=96, shuffle=False)
-    dm.connect(obj.tokenizer, obj.kind)
+    dm.connect(obj.tokenizer, obj.layout)
     dm.setup("fit")
     return next(iter(dm.train_dataloader()))
 
@@ -186,7 +186,7 @@ def test_packed_equals_padded_losses_gradients_and_metrics(cls):
         obj.configure_model()
         perturb(obj.model)
         batch = _batch(obj, n=6)
-        assert ("target_pos" in batch) == packed and obj.kind == ("packed_pair" if packed else "pair")
+        assert ("target_pos" in batch) == packed and obj.layout.name == ("packed_pair" if packed else "pair")
         sums = obj.step(batch)
         loss = sums["loss"][0] / sums["loss"][1]
         loss.backward()

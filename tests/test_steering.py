@@ -322,7 +322,7 @@ def test_p_match_equals_a_hand_computation_and_is_logged_on_contrast_sets_only(t
         obj = cls(ModelSpec("builtin:tiny"))
         obj.configure_model()
         dm = AlignDataModule(train={"path": "builtin:ab", "limit": 4}, val=val, eval_batch_size=6, max_length=96)
-        dm.connect(obj.tokenizer, obj.kind)
+        dm.connect(obj.tokenizer, obj.layout)
         dm.setup("fit")
         obj.eval()
         with torch.no_grad():
@@ -369,7 +369,7 @@ def test_steer_during_eval_callback_in_a_validation_run(tokenizer, tmp_path):
                           callbacks=list(callbacks), default_root_dir=tmp_path)
         data = AlignDataModule(train={"path": "builtin:ab", "limit": 8}, eval_batch_size=8, max_length=96,
                                val={"id": {"path": "builtin:ab", "split": "id", "limit": 8, "kind": "pair"}})
-        data.connect(obj.tokenizer, obj.kind)
+        data.connect(obj.tokenizer, obj.layout)
         return trainer.validate(obj, datamodule=data, verbose=False)[0]["val_id/ab/p_match"]
 
     plain = validate()

@@ -96,7 +96,7 @@ def collate(items: list[tuple[int, Tokenized]], pad_id: int, pad_to_multiple_of:
 
 
 def collate_prefix(items: list[tuple[int, Tokenized]], pad_id: int, pad_to_multiple_of: int = 1) -> dict:
-    """Shared-context layout (kind "prefix_pair"): each example's context once, its continuations apart.
+    """Shared-context layout (layouts "prefix_pair", "prefix_pair_joined", "shared_ranked"): each example's context once, its continuations apart.
 
         context_ids     (B, C) long   prompt + shared prefix, LEFT-padded (so every context ends at C-1
                                       and continuations follow it directly)
@@ -177,9 +177,9 @@ def collate_packed(items: list[tuple[int, Tokenized]], pad_id: int, pad_to_multi
     to itself (a 4D attention mask), and it takes the positions right after the context, so it is computed
     exactly as if it followed the context alone, in a row of its own.
 
-    row_length None (kind "packed_pair", DPO(packed=true)): ONE row per example (a pair: the prompt once, then
+    row_length None (layout "packed_pair", DPO(packed=true)): ONE row per example (a pair: the prompt once, then
         chosen and rejected; a pair's answers need no padding to a common length).
-    row_length L (kind "packed_sft", SFT / IW-SFT(packed=true)): as many examples per row as `pack_rows` puts
+    row_length L (layout "packed_sft", SFT / IW-SFT(packed=true)): as many examples per row as `pack_rows` puts
         there, rows of at most L tokens (or the longest example, if longer). The batch still holds the B
         examples the sampler drew (so the examples per optimizer step and the resume position are those of
         the padded layout); only their arrangement into R <= B rows changes. Positions restart at 0 for each

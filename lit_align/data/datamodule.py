@@ -1,9 +1,10 @@
 """AlignDataModule: one data module for every objective.
 
 It reads sources (files, built-in tasks, `datasets` names), validates records, tokenizes them under the
-token-level contract and pads batches. It never knows the loss: the objective tells it, through
-`connect(tokenizer, kind)`, which tokenizer to use and whether it wants one continuation per example
-(`sft`) or two (`pair`). The CLI makes that call; so does anyone wiring the two by hand.
+token-level contract and collates batches. It never knows the loss: the objective tells it, through
+`connect(tokenizer, layout)`, which tokenizer to use and its batch layout (data/layouts.py: the record kind to read,
+e.g. one continuation per example or two, and the collate function). The CLI makes that call; so does anyone
+wiring the two by hand.
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
-from lit_align.data.collate import collate, collate_packed, collate_prefix, packed_length, padded_length
 from lit_align.data.prompts import PromptRecord, read_prompts
 from lit_align.data.records import MAX_RECORD_CHARS, SkipRecord, detect_format, to_examples
 from lit_align.data.samplers import ResumableSampler, WeightedResampler
 from lit_align.data.sources import Source, as_source, read_rows
 from lit_align.data.tokenize import Tokenized, Tokenizer, TokenizeSpec
 from lit_align.errors import DataError, LitAlignError
+from lit_align.data.layouts import LAYOUTS, Layout, layout_named
 
 
 @dataclass
@@ -215,16 +216,15 @@ class AlignDataModule(LightningDataModule):
         self.group_by_length = group_by_length
         self.shuffle = shuffle
         self.tokenizer = None
-        self.kind: str | None = None
+        self.layout: Layout | None = None
         self.splits: dict[str, TokenizedSplit] = {}
         self.summaries: dict[str, SplitSummary] = {}
-        self.split_kinds: dict[str, str] = {}  # split -> the kind its batches have (Source.kind, else self.kind)
+        self.split_layouts: dict[str, Layout] = {}  # split -> its batches' layout (Source.kind's, else self.layout)
 
-    def connect(self, tokenizer, kind: str) -> None:
-        """Wire in run-time values: the model's tokenizer and the example kind the objective consumes."""
-        if kind not in RECORD_KIND:
-            raise LitAlignError(f"unknown example kind '{kind}': one of {', '.join(RECORD_KIND)}")
-        self.tokenizer, self.kind = tokenizer, kind
+    def connect(self, tokenizer, layout: Layout | str) -> None:
+        """Wire in run-time values: the model's tokenizer and the objective's batch layout (`objective.layout`,
+        or a layout's name: data/layouts.py LAYOUTS)."""
+        self.tokenizer, self.layout = tokenizer, layout_named(layout)
 
     def _sources(self, stage: str | None) -> dict[str, Source]:
         val = {self.log_prefix("val", n): s for n, s in self.val_sources.items()}
@@ -242,9 +242,9 @@ class AlignDataModule(LightningDataModule):
         return stage if name == stage else f"{stage}_{name}"
 
     def setup(self, stage: str | None = None) -> None:
-        if self.tokenizer is None or self.kind is None:
+        if self.tokenizer is None or self.layout is None:
             raise LitAlignError("AlignDataModule has no tokenizer: call datamodule.connect(objective.tokenizer, "
-                                "objective.kind) before fitting (the lit_align CLI does this for you).")
+                                "objective.layout) before fitting (the lit_align CLI does this for you).")
         tokenizer = Tokenizer(self.tokenizer, self.spec)
         if stage == "predict":
             self._setup_predict(tokenizer)
@@ -252,10 +252,10 @@ class AlignDataModule(LightningDataModule):
         for name, source in self._sources(stage).items():
             if name in self.splits:
                 continue
-            kind = self.split_kind(name, source)
-            split, summary = build_split(name, source, RECORD_KIND[kind], tokenizer, self.skip_invalid,
+            layout = self.split_layout(name, source)
+            split, summary = build_split(name, source, layout.records, tokenizer, self.skip_invalid,
                                          self.max_record_chars)
-            self.splits[name], self.summaries[name], self.split_kinds[name] = split, summary, kind
+            self.splits[name], self.summaries[name], self.split_layouts[name] = split, summary, layout
             rank_zero_info(f"data {summary.line()}")
             if summary.skipped:
                 rank_zero_warn(f"{name}: skipped {sum(summary.skipped.values())} records ({summary.first_problem})")
@@ -291,28 +291,29 @@ class AlignDataModule(LightningDataModule):
                 f"only {batches}: set --trainer.val_check_interval to at most {batches}, or to 1.0 (validate "
                 "once per epoch), or check_val_every_n_epoch: null (count batches across epochs)")
 
-    def split_kind(self, name: str, source: Source) -> str:
-        """The kind of example a split yields: the objective's, unless an evaluation set asks for another
-        (`Source.kind`: e.g. pairs, to measure preference accuracy of an objective trained on one continuation)."""
-        if source.kind is None or source.kind == RECORD_KIND[self.kind]:
-            return self.kind
+    def split_layout(self, name: str, source: Source) -> Layout:
+        """The layout of a split's batches: the objective's, unless an evaluation set asks for another record kind
+        (`Source.kind`: e.g. pairs, to measure preference accuracy of an objective trained on one continuation),
+        which it gets in that kind's padded layout."""
+        if source.kind is None or source.kind == self.layout.records:
+            return self.layout
         if name == "train":
             raise LitAlignError(f"train: `kind: {source.kind}` is for evaluation sets only; the training set is read "
-                                f"as the objective consumes it ({RECORD_KIND[self.kind]})")
+                                f"as the objective consumes it ({self.layout.records})")
         if source.kind not in ("sft", "pair"):
             raise LitAlignError(f"{name}: kind must be sft or pair, not '{source.kind}'")
-        return source.kind
+        return LAYOUTS[source.kind]
 
     # -- loaders ------------------------------------------------------------------------------------
     def _loader(self, name: str, batch_size: int, shuffle: bool, sampler=None) -> DataLoader:
         summary = self.summaries.get(name)
-        kind = self.split_kinds.get(name, self.kind)
+        layout = self.split_layouts.get(name, self.layout)
         # layouts that pack several examples per row are told the longest row
-        rows = {"row_length": self.pack_length or self.spec.max_length} if kind in PACKED_ROWS else {}
+        rows = {"row_length": self.pack_length or self.spec.max_length} if layout.packs_rows else {}
         return DataLoader(
             self.splits[name], batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
             num_workers=self.num_workers,
-            collate_fn=functools.partial(_collate_named, name=name, kind=kind, pad_id=self.tokenizer.pad_token_id,
+            collate_fn=functools.partial(_collate_named, name=name, collate=layout.collate, pad_id=self.tokenizer.pad_token_id,
                                          pad_to_multiple_of=self.pad_to_multiple_of,
                                          contrast=summary is not None and summary.contrast, **rows),
             generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
@@ -337,7 +338,7 @@ class AlignDataModule(LightningDataModule):
                                                     num_replicas=dist.get("num_replicas", 1), rank=dist.get("rank", 0),
                                                     seed=self.seed)
         else:
-            length = packed_length if self.split_kinds.get("train") in ("packed_pair", "packed_sft") else padded_length
+            length = self.split_layouts.get("train", self.layout).length
             lengths = [length(ex) for ex in self.splits["train"].examples] if self.group_by_length else None
             self._train_sampler = ResumableSampler(self.splits["train"], num_replicas=dist.get("num_replicas", 1),
                                                    rank=dist.get("rank", 0), shuffle=self.shuffle, seed=self.seed,
@@ -392,25 +393,13 @@ class AlignDataModule(LightningDataModule):
                           collate_fn=functools.partial(_prompt_batch, end_id=self._end_id))
 
 
-# kind -> collate function. "sft" and "pair" share the padded layout of collate.py; objectives with their
-# own batch layout (e.g. prefix-DPO's shared context) register theirs here.
-COLLATE_BY_KIND = {"sft": collate, "pair": collate, "prefix_pair": collate_prefix, "packed_pair": collate_packed,
-                   "packed_sft": collate_packed, "ranked": collate,
-                   "shared_ranked": collate_prefix}
-# kind -> the record kind of records.py it reads (a kind with its own layout may read "pair" records).
-RECORD_KIND = {"sft": "sft", "pair": "pair", "prefix_pair": "pair", "packed_pair": "pair", "packed_sft": "sft",
-               "ranked": "ranked", "shared_ranked": "ranked", "probe": "probe"}
-# kinds whose collate packs several examples per row, up to `row_length` tokens (DPO's packed pairs: one per row)
-PACKED_ROWS = {"packed_sft"}
-
-
 def _prompt_batch(items: list, end_id: int | None) -> dict:
     return {"records": items, "end_id": end_id, "split": "predict"}
 
 
-def _collate_named(items, name: str, kind: str, pad_id: int, pad_to_multiple_of: int, contrast: bool = False,
+def _collate_named(items, name: str, collate, pad_id: int, pad_to_multiple_of: int, contrast: bool = False,
                    **rows) -> dict:
-    batch = COLLATE_BY_KIND[kind](items, pad_id, pad_to_multiple_of, **rows)
+    batch = collate(items, pad_id, pad_to_multiple_of, **rows)
     batch["split"] = name  # the metric prefix: train, val, val_<name>, test, ...
     batch["contrast"] = contrast  # an A/B contrast set: its pair metrics include ab/p_match (objectives/base.py)
     return batch

@@ -56,7 +56,7 @@ def caa_metrics(model: torch.nn.Module, datamodule, opts: CAAOptions, generate_s
                 max_new_tokens: int = 16) -> dict[str, float]:
     """Extract from the data module's `train` split, select on its `val_caa_select` split, evaluate every other
     evaluation split (and `generate_sets`: {name: (data source, scorers)}, see generation_metrics). The data
-    module is connected with kind "pair" and set up, its val sets including SELECT_SPLIT."""
+    module is connected with layout "pair" and set up, its val sets including SELECT_SPLIT."""
     select = datamodule.log_prefix("val", SELECT_SPLIT)
     vector = extract_from_data(model, datamodule, "train", layers=opts.layers, read=opts.read, method=opts.method)
     candidates = [(0.0, vector.layers[0])] + [(m, layer) for layer in vector.layers for m in opts.multipliers if m != 0]

@@ -18,7 +18,7 @@ per optimizer step for `train`, per epoch (torchmetrics, DDP-synchronised) for v
 Evaluation batches of pairs (k = 2 continuations: chosen / matching, rejected / not matching) also get the
 policy's own pair metrics, the same for every objective with an LM head (not the reward model's scalar head): {split}/logps/margins = mean of log π(y_w|x) -
 log π(y_l|x), and {split}/logps/accuracy = share of pairs with log π(y_w|x) > log π(y_l|x) (on A/B contrast
-sets: the behaviour-match rate). An objective that trains on one continuation (kind "sft") reads such a set
+sets: the behaviour-match rate). An objective that trains on one continuation (layout records "sft") reads such a set
 when it says `kind: pair` (data/sources.py); its own metrics are then computed on the chosen continuation.
 On A/B contrast sets (every record {question, answer_matching_behavior, answer_not_matching_behavior}: the data
 module marks their batches `contrast`) they include CAA's metric (Rimsky et al. 2024), the same number that
@@ -32,13 +32,16 @@ with π(m|x), π(nm|x) the probabilities of the whole matching / not-matching co
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor
 from torchmetrics import MeanMetric
 
+from lit_align.data.layouts import LAYOUTS, Layout
 from lit_align.errors import LitAlignError
 from lit_align.logprobs import batch_logps
 from lit_align.models import LoraSpec, ModelSpec, check_model_spec, load_model, load_tokenizer, shard_model
@@ -141,8 +144,6 @@ allow_in_checkpoints(ModelSpec, LoraSpec, OptimSpec)
 
 
 class Objective(LightningModule):
-    kind = "sft"
-    """What the data module must produce: "sft" (one continuation) or "pair" (chosen, rejected)."""
     head = "lm"
     """What the model puts on the decoder (models.HEADS): "lm", a causal LM; "score", a scalar (reward model)."""
 
@@ -154,6 +155,10 @@ class Objective(LightningModule):
         check_optim(self.optim_spec)
         check_model_spec(self.policy_spec, "policy")
         self.tokenizer = load_tokenizer(self.policy_spec)
+        # The batch layout (data/layouts.py): what the data module collates and how log-probs come out of its
+        # batches. Chosen once in the constructor, from the objective's own options (a subclass assigns its own);
+        # the CLI hands it to the data module, and an objective with a reference hands it to the reference.
+        self.layout: Layout = LAYOUTS["sft"]
         self.model: torch.nn.Module | None = None
         self.eval_metrics = torch.nn.ModuleDict()  # "{split}/{name}" -> MeanMetric, created on first use
         self._step_sums: dict[str, Tensor] = {}
@@ -168,6 +173,26 @@ class Objective(LightningModule):
 
     def step(self, batch: dict) -> Sums:
         raise NotImplementedError
+
+    # -- what must be computed over the data before any batch (a reference cache, importance weights) ----------
+    def prepare(self, datamodule, *, from_policy: bool = True, precision: str = "32-true",
+                forward_context: Callable = nullcontext) -> None:
+        """Called before fitting, validating or testing, once the data is set up (a no-op here). `from_policy`:
+        the policy still holds its starting weights (not resumed, not yet trained). A no-op once prepared."""
+
+    def _prepare(self) -> None:
+        trainer = self.trainer
+        self.prepare(trainer.datamodule, from_policy=trainer.global_step == 0 and trainer.ckpt_path is None,
+                     precision=str(trainer.precision), forward_context=trainer.precision_plugin.forward_context)
+
+    def on_fit_start(self) -> None:
+        self._prepare()
+
+    def on_validation_start(self) -> None:
+        self._prepare()  # lit_align validate runs no fit
+
+    def on_test_start(self) -> None:
+        self._prepare()
 
     # -- training: exact normalisation over the optimizer step --------------------------------------
     def setup(self, stage: str) -> None:
@@ -245,7 +270,7 @@ class Objective(LightningModule):
         """The metrics of one evaluation batch: the objective's own, plus the policy's pair metrics on pairs."""
         if batch.get("num_continuations", 1) != 2:
             return self.step(batch)
-        sums = self.step(first_continuation(batch) if self.kind in ("sft", "packed_sft") else batch)
+        sums = self.step(first_continuation(batch) if self.layout.records == "sft" else batch)
         # pair objectives compute them in `step` from their own forward pass; a model without an LM head has none
         if "logps/accuracy" not in sums and self.head == "lm":
             logps = batch_logps(self.model, batch).logps                            # (B, 2), padded or packed

@@ -41,6 +41,9 @@ nll_weight > 0. Only the loss is weighted (pair_weights); the other metrics are 
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+from typing import Callable
+
 from lit_align.errors import LitAlignError
 from lit_align.logprobs import SeqLogps
 from lit_align.losses import PREFERENCE_LOSSES, SMOOTHED_LOSSES, chosen_nll, preference_loss
@@ -98,36 +101,23 @@ class DPO(PairObjective):
         self.beta, self.loss_name, self.label_smoothing = beta, loss, label_smoothing
         self.nll_weight = nll_weight
         self.length_normalize = loss == "ipo" if length_normalize is None else length_normalize
-        self.reference = build_reference(reference, self.logps_fn())
+        self.reference = build_reference(reference)
 
     # -- reference ------------------------------------------------------------------------------------
     def configure_model(self) -> None:
         super().configure_model()
-        self.reference.configure(self.model, self.policy_spec, self.tokenizer)
+        self.reference.configure(self.model, self.policy_spec, self.tokenizer, self.layout)
 
-    def _prepare_reference(self) -> None:
-        trainer = self.trainer
-        self.reference.prepare(
-            self.model, trainer.datamodule,
-            from_policy=trainer.global_step == 0 and trainer.ckpt_path is None,
-            precision=str(trainer.precision), forward_context=trainer.precision_plugin.forward_context)
-
-    def on_fit_start(self) -> None:
-        self._prepare_reference()
-
-    def on_validation_start(self) -> None:
-        self._prepare_reference()  # a no-op once prepared (lit_align validate runs no fit)
-
-    def on_test_start(self) -> None:
-        self._prepare_reference()
+    def prepare(self, datamodule, *, from_policy: bool = True, precision: str = "32-true",
+                forward_context: Callable = nullcontext) -> None:
+        # a cache is computed here, once; the other references have nothing to prepare
+        self.reference.prepare(self.model, datamodule, from_policy=from_policy, precision=precision,
+                               forward_context=forward_context)
 
     # -- loss -----------------------------------------------------------------------------------------
     def step(self, batch: dict) -> Sums:
         policy: SeqLogps = self.policy_logps(batch)                 # (B, 2) fp32, with gradient
-        ref: SeqLogps = self.reference(batch, self.model)         # (B, 2) fp32, constants
-        if not (ref.tokens == policy.tokens).all():
-            raise LitAlignError("the reference log-probs do not cover the same tokens as the policy's (a stale "
-                                "reference cache, or a reference with another tokenizer)")
+        ref: SeqLogps = self.reference.matching(batch, self.model, policy.tokens)   # (B, 2) fp32, constants
         out = preference_loss(self.loss_name, policy.logps, ref.logps, policy.tokens, self.beta, self.label_smoothing,
                               self.length_normalize)                  # rewards: of the sequences
         losses = out.losses                                          # (B,)

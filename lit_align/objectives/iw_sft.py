@@ -70,7 +70,7 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from lit_align.errors import LitAlignError
-from lit_align.logprobs import batch_logps, batch_token_logps, sequence_logps
+from lit_align.logprobs import batch_token_logps
 from lit_align.losses import nll, weighted_nll
 from lit_align.models import ModelSpec
 from lit_align.objectives.base import OptimSpec, Sums
@@ -110,8 +110,6 @@ class WeightStats(Metric):
 
 
 class IWSFT(SFT):
-    kind = "sft"
-
     def __init__(
         self,
         policy: ModelSpec | None = None,
@@ -141,17 +139,15 @@ class IWSFT(SFT):
         spec = self.weight_spec
         self.mode, self.resample = mode, mode == "resample"
         self.importance = ImportanceWeights(spec)
-        # packed: training and evaluation sets of one continuation come packed, pair sets padded (batch_logps
-        # reads either); unpacked keeps sequence_logps, the name in its reference caches' keys
-        self.seq_logps = batch_logps if packed else sequence_logps
-        self.reference = build_reference(reference, self.seq_logps) if spec.needs_reference else None
+        # the reference reads SFT's layout (packed_sft: packed rows, or padded pair evaluation sets)
+        self.reference = build_reference(reference) if spec.needs_reference else None
         self.weight_metrics = torch.nn.ModuleDict()  # w_<split> -> WeightStats
 
     # -- reference and weights --------------------------------------------------------------------------
     def configure_model(self) -> None:
         super().configure_model()
         if self.reference is not None:
-            self.reference.configure(self.model, self.policy_spec, self.tokenizer)
+            self.reference.configure(self.model, self.policy_spec, self.tokenizer, self.layout)
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
@@ -168,8 +164,8 @@ class IWSFT(SFT):
             raise LitAlignError("mode: resample: the training weights are not computed yet (on_fit_start does it)")
         return table.weights
 
-    def prepare_weights(self, datamodule, *, from_policy: bool = True, precision: str = "32-true",
-                        forward_context: Callable = nullcontext) -> None:
+    def prepare(self, datamodule, *, from_policy: bool = True, precision: str = "32-true",
+                forward_context: Callable = nullcontext) -> None:
         """Weight tables for every split of `datamodule` that has none yet (restored ones are kept).
         `from_policy`: the policy still holds its starting weights (a reference cache may then use it)."""
         spec = self.weight_spec
@@ -197,25 +193,11 @@ class IWSFT(SFT):
         for name in sorted(splits):  # the same metrics on every rank (their compute() is a collective)
             self._weight_metric(name)
 
-    def _prepare_weights(self) -> None:
-        trainer = self.trainer
-        self.prepare_weights(trainer.datamodule, from_policy=trainer.global_step == 0 and trainer.ckpt_path is None,
-                             precision=str(trainer.precision), forward_context=trainer.precision_plugin.forward_context)
-
-    def on_fit_start(self) -> None:
-        self._prepare_weights()
-
-    def on_validation_start(self) -> None:
-        self._prepare_weights()  # a no-op once prepared (lit_align validate runs no fit)
-
-    def on_test_start(self) -> None:
-        self._prepare_weights()
-
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
         n, step = self.weight_spec.refresh_every, self.trainer.global_step
         table = self.importance.tables.get("train")
         if n and step and step % n == 0 and table is not None and table.computed_at != step:
-            logps, tokens = policy_split_logps(self.model, self.seq_logps, self.trainer.datamodule, "train",
+            logps, tokens = policy_split_logps(self.model, self.layout.logps, self.trainer.datamodule, "train",
                                                self.trainer.precision_plugin.forward_context)
             self.importance.build_from_reference("train", logps[:, 0], tokens[:, 0], table.groups, computed_at=step)
 
@@ -226,10 +208,7 @@ class IWSFT(SFT):
         spec = self.weight_spec
         if not spec.per_step:
             return self.importance.lookup(batch.get("split", "train"), batch["index"])
-        ref = self.reference(batch, self.model)                   # (B, k) constants
-        if not (ref.tokens[:, 0] == tokens).all():
-            raise LitAlignError("the reference log-probs do not cover the same tokens as the policy's (a stale "
-                                "reference cache, or a reference with another tokenizer)")
+        ref = self.reference.matching(batch, self.model, tokens[:, None])   # (B, k) constants; the first is read
         w, clipped = policy_ratio_weights(policy_logps, ref.logps[:, 0], tokens, spec.policy_ratio_max)
         if spec.per_batch:
             w, also = normalized_weights(w.double().log(), None, spec.max_ratio)

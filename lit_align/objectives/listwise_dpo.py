@@ -21,8 +21,9 @@ copy, the LoRA base, or a cache). Metrics: the shared naming with chosen = the b
 
 from __future__ import annotations
 
+from lit_align.data.layouts import LAYOUTS
 from lit_align.errors import LitAlignError
-from lit_align.logprobs import SeqLogps, sequence_logps, shared_context_logps
+from lit_align.logprobs import SeqLogps
 from lit_align.losses import RANKING_LOSSES, chosen_nll, ranked_margins
 from lit_align.models import ModelSpec
 from lit_align.objectives.base import OptimSpec, Sums
@@ -58,25 +59,16 @@ class ListwiseDPO(DPO):
         """
         if loss not in RANKING_LOSSES:
             raise LitAlignError(f"loss must be one of {', '.join(RANKING_LOSSES)}, not '{loss}'")
-        self.shared_context = shared_context  # the layout, before DPO builds the reference with `logps_fn`
         super().__init__(policy, optim, beta=beta, nll_weight=nll_weight, reference=reference,
                          pair_weights=pair_weights)
+        self.shared_context = shared_context
+        self.layout = LAYOUTS["shared_ranked" if shared_context else "ranked"]   # (B, k) log-probs
         check_shared_context(self)
         self.loss_name = loss
 
-    @property
-    def kind(self) -> str:
-        return "shared_ranked" if self.shared_context else "ranked"
-
-    def logps_fn(self):
-        return shared_context_logps if self.shared_context else sequence_logps  # (B, k)
-
     def step(self, batch: dict) -> Sums:
         policy: SeqLogps = self.policy_logps(batch)               # (B, k) fp32, with gradient
-        ref: SeqLogps = self.reference(batch, self.model)         # (B, k) fp32, constants
-        if not (ref.tokens == policy.tokens).all():
-            raise LitAlignError("the reference log-probs do not cover the same tokens as the policy's (a stale "
-                                "reference cache, or a reference with another tokenizer)")
+        ref: SeqLogps = self.reference.matching(batch, self.model, policy.tokens)   # (B, k) fp32, constants
         losses = RANKING_LOSSES[self.loss_name](policy.logps, ref.logps, self.beta)     # (B,)
         rewards = (self.beta * (policy.logps - ref.logps)).detach()                     # (B, k)
         sums = {}

@@ -1,11 +1,10 @@
 """What every preference objective on pairs (x, y_w, y_l) shares: DPO, prefix-DPO, SimPO and ORPO.
 
 `PairObjective` holds, in one place:
-- the batch layout and how sequence log-probs come out of it (`kind`, `logps_fn`): padded rows, chosen and
-  rejected in ONE forward pass (collate.py, kind "pair"), or with `packed` one row per pair holding the prompt
-  once (collate_packed, kind "packed_pair"; logprobs.packed_logps). Prefix-DPO overrides both (its shared
-  context). A subclass asks `policy_logps(batch)` for (B, 2) fp32 log-probs [chosen, rejected] and never looks
-  at the layout itself;
+- the batch layout (data/layouts.py): padded rows, chosen and rejected in ONE forward pass (collate.py, layout
+  "pair"), or with `packed` one row per pair holding the prompt once (collate_packed, layout "packed_pair";
+  logprobs.packed_logps). Prefix-DPO and listwise DPO choose theirs (a shared context, ranked lists). A subclass
+  asks `policy_logps(batch)` for (B, 2) fp32 log-probs [chosen, rejected] and never looks at the layout itself;
 - per-pair weights (`pair_weights`): the record `weight` of pair i scales its loss, and the loss of an
   optimizer step is
 
@@ -28,8 +27,9 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from lit_align.data.layouts import LAYOUTS
 from lit_align.errors import DataError, LitAlignError
-from lit_align.logprobs import LogpsFn, SeqLogps, packed_logps, sequence_logps
+from lit_align.logprobs import SeqLogps
 from lit_align.losses import weighted_pair_sum
 from lit_align.models import ModelSpec
 from lit_align.objectives.base import Objective, OptimSpec, Sums, pair_sums
@@ -41,27 +41,19 @@ class PairObjective(Objective):
     def __init__(self, policy: ModelSpec | None = None, optim: OptimSpec | None = None, packed: bool = False,
                  pair_weights: bool = False):
         super().__init__(policy, optim)
-        self.packed = packed
+        self.layout = LAYOUTS["packed_pair" if packed else "pair"]
         self.pair_weights = pair_weights
 
     # -- layout ---------------------------------------------------------------------------------------
-    @property
-    def kind(self) -> str:
-        """What the data module must produce (data/datamodule.py COLLATE_BY_KIND)."""
-        return "packed_pair" if self.packed else "pair"
-
-    def logps_fn(self) -> LogpsFn:
-        """How per-continuation log-probs are computed from this objective's batches (policy and reference)."""
-        return packed_logps if self.packed else sequence_logps
-
     def policy_logps(self, batch: dict) -> SeqLogps:
-        """(B, 2) fp32 sequence log-probs [chosen, rejected] of the policy, with gradient, and their token counts."""
-        return self.logps_fn()(self.model, batch)
+        """(B, k) fp32 sequence log-probs of the policy (pairs: [chosen, rejected]), with gradient, and their
+        token counts, in the objective's layout."""
+        return self.layout.logps(self.model, batch)
 
     def configure_model(self) -> None:
         super().configure_model()
         attention = getattr(self.model.config, "_attn_implementation", None) or ""
-        if self.packed and attention.startswith("flash"):
+        if self.layout.name == "packed_pair" and attention.startswith("flash"):
             raise LitAlignError(f"{type(self).__name__}(packed=true) needs a 4D attention mask, which {attention} "
                                 "does not take; use policy.attn_implementation: sdpa, or packed: false")
 

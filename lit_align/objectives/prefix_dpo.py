@@ -23,8 +23,8 @@ continuation, over chosen and rejected) that were the shared prefix.
 
 from __future__ import annotations
 
+from lit_align.data.layouts import LAYOUTS
 from lit_align.errors import LitAlignError
-from lit_align.logprobs import LogpsFn, joined_context_logps, shared_context_logps
 from lit_align.objectives.base import Sums
 from lit_align.objectives.dpo import DPO
 
@@ -36,8 +36,6 @@ def check_shared_context(objective) -> None:
 
 
 class PrefixDPO(DPO):
-    kind = "prefix_pair"
-
     def __init__(self, *args, shared_context: bool = True, **kwargs):
         """DPO's options (objectives/dpo.py: policy, optim, beta, loss, label_smoothing, nll_weight,
         length_normalize, reference, pair_weights), and:
@@ -50,12 +48,10 @@ class PrefixDPO(DPO):
         if kwargs.get("packed"):
             raise LitAlignError("PrefixDPO has no packed layout: its shared context already runs each pair's "
                                 "prompt and prefix once (shared_context: true)")
-        self.shared_context = shared_context  # the layout, before DPO builds the reference with `logps_fn`
         super().__init__(*args, **kwargs)
+        self.shared_context = shared_context
+        self.layout = LAYOUTS["prefix_pair" if shared_context else "prefix_pair_joined"]
         check_shared_context(self)
-
-    def logps_fn(self) -> LogpsFn:
-        return shared_context_logps if self.shared_context else joined_context_logps
 
     def step(self, batch: dict) -> Sums:
         sums = super().step(batch)

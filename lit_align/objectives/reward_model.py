@@ -37,6 +37,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from lit_align.data.layouts import LAYOUTS
 from lit_align.errors import LitAlignError
 from lit_align.losses import bradley_terry_loss, ranked_margins
 from lit_align.models import ModelSpec
@@ -51,7 +52,6 @@ def sequence_rewards(model: torch.nn.Module, batch: dict) -> Tensor:
 
 
 class RewardModel(Objective):
-    kind = "ranked"  # pairs are rankings of two (data/records.py); {prompt, completions, scores}: k best first
     head = "score"
 
     def __init__(self, policy: ModelSpec | None = None, optim: OptimSpec | None = None):
@@ -62,6 +62,9 @@ class RewardModel(Objective):
             optim: AdamW and the learning-rate schedule.
         """
         super().__init__(policy, optim)
+        # padded rows, k ranked continuations (pairs are rankings of two: data/records.py); its rewards come from
+        # the score head (sequence_rewards), not from the layout's log-probs
+        self.layout = LAYOUTS["ranked"]
 
     def configure_model(self) -> None:
         super().configure_model()

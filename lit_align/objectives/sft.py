@@ -21,6 +21,7 @@ Metrics: {split}/loss (mean NLL per target token), {split}/token_accuracy (greed
 
 from __future__ import annotations
 
+from lit_align.data.layouts import LAYOUTS
 from lit_align.logprobs import batch_token_logps
 from lit_align.losses import nll
 from lit_align.models import ModelSpec
@@ -28,8 +29,6 @@ from lit_align.objectives.base import Objective, OptimSpec, Sums
 
 
 class SFT(Objective):
-    kind = "sft"
-
     def __init__(self, policy: ModelSpec | None = None, optim: OptimSpec | None = None, packed: bool = False):
         """
         Args:
@@ -39,9 +38,7 @@ class SFT(Objective):
                 losses and gradients with little padding. Rows of at most data.pack_length tokens.
         """
         super().__init__(policy, optim)
-        self.packed = packed
-        if packed:
-            self.kind = "packed_sft"
+        self.layout = LAYOUTS["packed_sft" if packed else "sft"]
 
     def step(self, batch: dict) -> Sums:
         out = batch_token_logps(self.model, batch, with_accuracy=True)   # (B, L) one row per example, either layout
