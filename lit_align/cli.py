@@ -23,14 +23,17 @@ from lightning.pytorch.callbacks import ProgressBar  # noqa: E402
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa: E402
 
 from lit_align.callbacks import ExportHF, GenerationWriter, NonFiniteGuard, RunCheckpoint, SlurmRequeue  # noqa: E402
+from lit_align.callbacks.final_validation import FinalValidation  # noqa: E402
 from lit_align.callbacks.collective_timeout import CollectiveTimeout, collective_timeout  # noqa: E402
 from lit_align.callbacks.progress import default_progress_bar  # noqa: E402
 from lit_align.callbacks.tensorboard import TensorBoardSetup, name_evaluation_run  # noqa: E402
 from lit_align.callbacks.requeue import Interrupted, Requeued  # noqa: E402
 from lit_align.data.datamodule import AlignDataModule  # noqa: E402
-from lit_align.errors import LitAlignError, exception_chain  # noqa: E402
+from lit_align.errors import LitAlignError, exception_chain, write_error, write_error_sentence  # noqa: E402
 from lit_align.noise import silence  # noqa: E402
 from lit_align.objectives.base import Objective  # noqa: E402
+from lit_align.resume import (FORCE, RUN_SETTINGS, changed_run_settings, changed_settings,  # noqa: E402, F401
+                              checkpoint_meta, finished_run, occupied, run_settings)
 
 
 DATA_SUFFIXES = {".jsonl", ".json", ".csv", ".parquet", ".txt", ".tsv", ".gz"}
@@ -119,7 +122,7 @@ class LitAlignCLI(LightningCLI):
             trainer_defaults={
                 "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                            "init_args": {"save_dir": "logs", "name": "default", "default_hp_metric": False}},
-                "callbacks": [default_progress_bar(), TensorBoardSetup(), CollectiveTimeout()],
+                "callbacks": [default_progress_bar(), TensorBoardSetup(), CollectiveTimeout(), FinalValidation()],
                 "log_every_n_steps": 10,
             },
             seed_everything_default=0,
@@ -161,6 +164,8 @@ class LitAlignCLI(LightningCLI):
         for cb in self.trainer.callbacks:
             if isinstance(cb, TensorBoardSetup):
                 cb.config = resolved  # the HParams tab and the Text tab show it
+            if isinstance(cb, RunCheckpoint):
+                cb.run_settings = run_settings(resolved, self.trainer)  # in each checkpoint, compared on resume
 
     def _instantiate_trainer(self, config: dict, callbacks: list):
         """The default callbacks, less the progress bar with `enable_progress_bar: false` or when the config brings
@@ -184,17 +189,34 @@ class LitAlignCLI(LightningCLI):
         except (TypeError, ValueError) as e:  # Lightning's word on an option's value (devices, precision, ...)
             raise LitAlignError(f"trainer options: {e}") from e
 
+    def _run_checkpoint(self) -> RunCheckpoint | None:
+        return next((cb for cb in self.trainer.checkpoint_callbacks if isinstance(cb, RunCheckpoint)), None)
+
     def before_fit(self) -> None:
-        """`--ckpt_path last` with no checkpoint starts from scratch (one line, not Lightning's warning). Resuming
-        with model settings (objective, model, optimizer) other than the checkpoint's is refused with the list of
-        changes (compute-only ones, `COMPUTE_ONLY`, are applied and said). A checkpoint whose run is finished (its
-        step or epoch limit reached) is not trained again: say so and how to train further, rewriting nothing."""
+        """Which checkpoint this fit continues, and whether it may (lit_align/resume.py has the rules).
+        A fresh fit into an experiment folder holding another run's checkpoints is refused. `--ckpt_path last`
+        takes the newest complete checkpoint, or starts from scratch where there is none (one line). Resuming with
+        settings other than the checkpoint's (model, data, trainer) is refused with the list of changes (those that
+        only change how the numbers are computed are applied and said), unless forced. A checkpoint whose run is
+        finished (its step or epoch limit reached) is not trained again: say so and how to train further, rewriting
+        nothing."""
         config = self.config_init[self.subcommand]
         ckpt_path = config.get("ckpt_path")
-        if ckpt_path in (None, "best", "hpc", "registry"):
+        callback = self._run_checkpoint()
+        if ckpt_path in ("best", "hpc", "registry"):
+            return
+        if callback is not None:
+            callback._default_dirpath(self.trainer)
+            own = callback.complete_checkpoints()
+            outside = ckpt_path not in (None, "last") and os.path.abspath(os.path.dirname(str(ckpt_path))) != \
+                os.path.abspath(str(callback.dirpath))
+            if own and (ckpt_path is None or outside) and not callback.force_resume:
+                ckpt = checkpoint_meta(own[-1]) or {}
+                raise LitAlignError(occupied(str(callback.dirpath), own[-1], ckpt.get("global_step"),
+                                             str(ckpt_path) if ckpt_path else None))
+        if ckpt_path is None:
             return
         if ckpt_path == "last":
-            callback = next((cb for cb in self.trainer.checkpoint_callbacks if isinstance(cb, RunCheckpoint)), None)
             if callback is None:
                 return
             found = callback._find_last_checkpoints(self.trainer)
@@ -203,21 +225,30 @@ class LitAlignCLI(LightningCLI):
                 config["ckpt_path"] = None
                 return
             ckpt_path = max(found, key=os.path.getmtime)
-        given = str(config.get("ckpt_path"))
-        ckpt = _checkpoint_meta(str(ckpt_path))
+            config["ckpt_path"] = ckpt_path  # Lightning loads this one (not its own pick among last*.ckpt)
+        given = str(self.config[self.subcommand].get("ckpt_path"))  # as written: "last", or the file
+        ckpt = checkpoint_meta(str(ckpt_path))
         if ckpt is None:
             return
+        uses_total = self.model.optim_spec.uses_total_steps()
         applied, refused = changed_settings(ckpt.get("hyper_parameters") or {}, dict(self.model.hparams))
-        if refused:
+        if callback is not None and callback.run_settings is not None and RUN_SETTINGS in ckpt:
+            more_applied, more_refused = changed_run_settings(ckpt[RUN_SETTINGS], callback.run_settings, uses_total)
+            applied, refused = applied + more_applied, refused + more_refused
+        forced = callback is not None and callback.force_resume
+        if refused and not forced:
             raise LitAlignError(
                 f"--ckpt_path {given}: this command line changes settings the checkpoint {ckpt_path} was trained with: "
-                f"{'; '.join(refused)}. Resuming continues that run (its model, optimizer state and schedule), so "
-                "resume with its settings; for a run with the new ones, give it another experiment name "
+                f"{'; '.join(refused)}. Resuming continues that run (its model, optimizer state, schedule and data "
+                "order), so resume with its settings; for a run with the new ones, give it another experiment name "
                 "(--trainer.logger.init_args.name NAME), starting from the run's exported model if wanted "
-                "(--model.init_args.policy.name <its version dir>/hf_model).")
+                f"(--model.init_args.policy.name <its version dir>/hf_model); or resume anyway with {FORCE}.")
+        if refused:
+            _say(self.trainer, f"--ckpt_path {given}: {FORCE}: resuming with changed settings: {'; '.join(refused)}")
         if applied:
             _say(self.trainer, f"--ckpt_path {given}: applying compute-only changes: {'; '.join(applied)}")
-        finished = finished_run(ckpt, str(ckpt_path), self.trainer, given=given)
+        finished = finished_run(ckpt, str(ckpt_path), self.trainer, given=given,
+                                schedule_uses_total=uses_total and not forced)
         if finished:
             raise NothingToDo(finished)
 
@@ -243,78 +274,6 @@ class NothingToDo(Exception):
 def _say(trainer, message: str) -> None:
     if trainer.is_global_zero and os.environ.get("LOCAL_RANK", "0") == "0":
         print(f"lit_align: {message}", file=sys.stderr, flush=True)
-
-
-def _checkpoint_meta(path: str) -> dict | None:
-    """The checkpoint `path` (memory-mapped: its tensors are not read), or None for a layout without Lightning's
-    keys (DeepSpeed): then Lightning decides alone."""
-    import torch
-
-    try:
-        meta = os.path.join(path, "meta.pt") if os.path.isdir(path) else path
-        ckpt = torch.load(meta, map_location="cpu", weights_only=False, mmap=True)
-        int(ckpt["global_step"]), int(ckpt["epoch"])
-    except Exception:
-        return None
-    return ckpt
-
-
-COMPUTE_ONLY = {"gradient_checkpointing", "lm_head", "logits_chunk", "attn_implementation", "implementation"}
-"""Model settings that change how the numbers are computed, not the numbers: a resume may change them."""
-
-ADDED_SETTINGS = {"packed": False, "pair_weights": False}
-"""Settings added after checkpoints were written -> the value that means what their absence meant (SFT and IW-SFT
-gained `packed`, DPO and prefix-DPO `pair_weights`): a checkpoint without the key resumes under that value."""
-
-
-def _flat(value, prefix: str = "") -> dict:
-    import dataclasses
-
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        value = dataclasses.asdict(value)
-    if isinstance(value, dict):
-        out = {}
-        for k, v in value.items():
-            if k != "_instantiator":
-                out.update(_flat(v, f"{prefix}{'class_path' if k == '_class_path' else k}."))
-        return out
-    return {prefix[:-1]: list(value) if isinstance(value, tuple) else value}
-
-
-def changed_settings(saved: dict, now: dict) -> tuple[list[str], list[str]]:
-    """The model settings (hyperparameters) that differ between a checkpoint and this run, as `key: old -> new`:
-    (compute-only ones, the others)."""
-    old, new = _flat(saved), _flat(now)
-    if old.get("class_path") != new.get("class_path"):  # another objective: its settings are not comparable
-        return [], [f"model.class_path (the objective): {old.get('class_path')!r} in the checkpoint, "
-                    f"{new.get('class_path')!r} now"]
-    missing = object()
-    applied, refused = [], []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key, missing), new.get(key, missing)
-        if a is missing and key in ADDED_SETTINGS:
-            a = ADDED_SETTINGS[key]
-        if a != b:
-            line = (f"model.{'' if key == 'class_path' else 'init_args.'}{key}: "
-                    f"{'(absent)' if a is missing else repr(a)} in the checkpoint, {'(absent)' if b is missing else repr(b)} now")
-            (applied if key.rsplit(".", 1)[-1] in COMPUTE_ONLY else refused).append(line)
-    return applied, refused
-
-
-def finished_run(ckpt: dict, path: str, trainer, given: str = "last") -> str | None:
-    """Why resuming the checkpoint `ckpt` (from `path`) with `trainer`'s limits would train nothing (None: it
-    would train)."""
-    step, epoch = int(ckpt["global_step"]), int(ckpt["epoch"])
-    max_steps, max_epochs = trainer.max_steps, trainer.max_epochs
-    if max_steps is not None and max_steps >= 0 and step >= max_steps:
-        done, further = f"step {step}; trainer.max_steps {max_steps}", f"--trainer.max_steps {max(2 * step, step + 1)}"
-    elif max_epochs is not None and max_epochs >= 0 and epoch >= max_epochs and (max_steps is None or max_steps < 0):
-        done, further = f"epoch {epoch}; trainer.max_epochs {max_epochs}", f"--trainer.max_epochs {max(2 * epoch, 2)}"
-    else:
-        return None
-    return (f"the run in {path} is finished ({done}): nothing to train, and nothing is rewritten (checkpoint, "
-            f"exported model). To train it further, raise the limit and resume: --ckpt_path {given} {further}. To start "
-            "a new run, give it another experiment name (--trainer.logger.init_args.name NAME).")
 
 
 def check_trainer_options(trainer: dict) -> None:
@@ -385,6 +344,9 @@ def main(args=None) -> None:
             print(f"\nlit_align: error: {timed_out}", file=sys.stderr, flush=True)
             sys.exit(1)
         error = _lit_align_error(e)
+        disk = write_error(e) if error is None else None
+        if disk is not None:  # a read-only or full disk, no permission: where, and what to do
+            error = LitAlignError(write_error_sentence(disk))
         if error is None:
             from lightning.fabric.utilities.exceptions import MisconfigurationException
 

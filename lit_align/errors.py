@@ -21,3 +21,28 @@ def exception_chain(exc: BaseException | None):
         seen.add(id(exc))
         yield exc
         exc = exc.__cause__ or exc.__context__
+
+
+# errno names that mean "this place cannot be written": the user chooses another folder or frees space
+_WRITE_ERRNOS = ("EROFS", "EACCES", "EPERM", "ENOSPC", "EDQUOT")
+
+
+def write_error(exc: BaseException | None) -> OSError | None:
+    """The OSError behind `exc` (itself, its cause or its context) that says a file could not be written: a
+    read-only file system, no permission, a full disk. torch.save on a full disk raises a RuntimeError ("unexpected
+    pos") while handling the OSError, so the whole chain is searched."""
+    import errno as errnos
+
+    codes = {getattr(errnos, name) for name in _WRITE_ERRNOS if hasattr(errnos, name)}
+    return next((e for e in exception_chain(exc) if isinstance(e, OSError) and e.errno in codes), None)
+
+
+def write_error_sentence(e: OSError) -> str:
+    """One paragraph for a write that failed: what, where, why, and what to do."""
+    import errno as errnos
+
+    full = errnos.errorcode.get(e.errno) in ("ENOSPC", "EDQUOT")
+    return (f"could not write{f' {e.filename}' if e.filename else ''}: {e.strerror} (errno {e.errno}). "
+            + ("Free space there" if full else "Choose a writable folder")
+            + " (logs: --trainer.logger.init_args.save_dir DIR; checkpoints: --checkpoint.dirpath DIR; the final model:"
+              " --export.dirpath DIR), then run again (or resume with --ckpt_path last).")

@@ -80,11 +80,12 @@ def test_kill_during_save_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, 
 def test_one_run_per_experiment_and_one_last_checkpoint(tmp_path, monkeypatch, capsys, one_thread):  # noqa: F811
     """A second run of an experiment whose lock is held stops in one sentence naming the holder (exit 2) and
     touches nothing; a lock left by a process that is gone is taken over with a warning; a new run in an
-    experiment that has a last.ckpt replaces it (no last-v1.ckpt)."""
+    experiment that holds another run's checkpoints is refused; the resumed run replaces its last.ckpt (no
+    last-v1.ckpt)."""
     from lit_align.cli import main
 
     ckpts = tmp_path / "logs" / "safety" / "checkpoints"
-    short = [*RUN, "--trainer.max_steps", "2"]
+    short = [*RUN, "--trainer.max_steps", "2", "--model.init_args.optim.schedule", "constant"]
     ckpts.mkdir(parents=True)
     (ckpts / ".last.ckpt.partial").write_bytes(b"the holder's save in progress")
     monkeypatch.chdir(tmp_path)
@@ -102,10 +103,14 @@ def test_one_run_per_experiment_and_one_last_checkpoint(tmp_path, monkeypatch, c
                                              "command": "lit_align fit"}))
     with pytest.warns(UserWarning, match=f"pid {gone.pid} .* no longer running"):
         run_in_process(short, tmp_path, monkeypatch)
-    first = torch.load(ckpts / "last.ckpt", weights_only=False)["global_step"]
-    run_in_process([*short, "--seed_everything", "1"], tmp_path, monkeypatch)  # a new run, same experiment
-    assert sorted(p.name for p in ckpts.glob("last*")) == ["last.ckpt"]
-    assert first == torch.load(ckpts / "last.ckpt", weights_only=False)["global_step"] == 2
+    assert torch.load(ckpts / "last.ckpt", weights_only=False)["global_step"] == 2
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as refused:  # a new run, same experiment: it would overwrite the first one's
+        main([*short, "--seed_everything", "1"])
+    assert refused.value.code == 2 and "holds the checkpoints of an earlier run" in capsys.readouterr().err
+    run_in_process([*short, "--trainer.max_steps", "4", "--ckpt_path", "last"], tmp_path, monkeypatch)  # continued
+    assert sorted(p.name for p in ckpts.glob("last*")) == ["last.ckpt"]  # one last.ckpt, replaced
+    assert torch.load(ckpts / "last.ckpt", weights_only=False)["global_step"] == 4
     assert (ckpts / ".lock").read_text() == ""  # released
     assert not list(ckpts.glob("*.partial"))
 
@@ -158,3 +163,58 @@ def test_directory_checkpoints_commit_and_recover(tmp_path):
     data = (tmp_path / "f.ckpt").read_bytes()
     (tmp_path / "g.ckpt").write_bytes(data[:-30])
     assert is_complete(str(tmp_path / "f.ckpt")) and not is_complete(str(tmp_path / "g.ckpt"))
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """mount(path, options): a tmpfs at `path` (e.g. "size=2M", "ro"), unmounted after the test; the test is skipped
+    where mounting is not allowed (not root, no CAP_SYS_ADMIN)."""
+    mounted = []
+
+    def mount(path: Path, options: str) -> Path:
+        path.mkdir(parents=True, exist_ok=True)
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True)
+        if result.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
+        mounted.append(path)
+        return path
+
+    yield mount
+    for path in mounted:
+        subprocess.run(["umount", str(path)], capture_output=True)
+
+
+def test_a_full_disk_during_a_save_is_one_sentence_and_leaves_no_partial_file(tmp_path, monkeypatch, capsys,
+                                                                             small_disk, one_thread):  # noqa: F811
+    """A checkpoint folder on a 2 MB disk (a checkpoint of builtin:tiny is 1.5 MB): the second save fills it. The run
+    stops with one sentence (exit 2, no traceback), the partial file is removed, the first checkpoint stays."""
+    from lit_align.cli import main
+
+    disk = small_disk(tmp_path / "disk", "size=2M")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stopped:
+        main([*RUN, "--checkpoint.dirpath", str(disk)])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2, err
+    [sentence] = [line for line in err.splitlines() if line.startswith("lit_align: error:")]
+    assert f"could not write the checkpoint {disk}" in sentence and "No space left on device" in sentence, sentence
+    assert "then resume with --ckpt_path last" in sentence
+    names = sorted(p.name for p in disk.iterdir())
+    assert not [n for n in names if n.endswith(".partial")], names
+    [kept] = [n for n in names if n.endswith(".ckpt")]
+    assert is_complete(str(disk / kept))
+
+
+def test_a_read_only_logs_folder_is_one_sentence(tmp_path, monkeypatch, capsys, small_disk, one_thread):  # noqa: F811
+    from lit_align.cli import main
+
+    small_disk(tmp_path / "logs", "ro,size=1M")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stopped:
+        main(RUN)
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2, err
+    [sentence] = [line for line in err.splitlines() if line.startswith("lit_align: error:")]
+    assert f"could not write {tmp_path / 'logs'}" in sentence and "Read-only file system (errno 30)" in sentence, \
+        sentence
+    assert "--trainer.logger.init_args.save_dir DIR" in sentence

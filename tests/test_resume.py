@@ -289,7 +289,7 @@ def test_resume_from_nothing_starts_from_scratch_and_a_finished_run_is_left_alon
     from lit_align.cli import main
 
     monkeypatch.chdir(tmp_path)
-    run = [*RUN, "--trainer.max_steps", "2", "--ckpt_path", "last"]
+    run = [*RUN, "--model.init_args.optim.schedule", "constant", "--trainer.max_steps", "2", "--ckpt_path", "last"]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         main(run)
@@ -337,3 +337,127 @@ def test_resume_from_nothing_starts_from_scratch_and_a_finished_run_is_left_alon
     assert finished.value.code == 0
     assert "is finished (epoch 1; trainer.max_epochs 1)" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "logs" / "epochs").iterdir()) == ["checkpoints", "version_0"]
+
+
+# -- which run a checkpoint belongs to, and what a resume may change (lit_align/resume.py) ------------------------
+
+
+def test_a_fresh_fit_never_overwrites_another_runs_checkpoints(tmp_path, monkeypatch, capsys, one_thread):
+    """The README's fifth command (a short run with another batch size) after a run of the same experiment: refused
+    in one sentence, the first run's checkpoints untouched; under another name it runs. An explicit --ckpt_path from
+    another folder is refused in the same way (its run would overwrite this folder's)."""
+    from lit_align.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    first = [*RUN, "--trainer.max_steps", "4"]
+    main(first)
+    ckpts = tmp_path / "logs" / "resume" / "checkpoints"
+    before = {p.name: p.stat().st_mtime_ns for p in ckpts.iterdir()}
+    capsys.readouterr()
+    for extra in (["--trainer.max_steps", "2", "--data.init_args.batch_size", "2"],
+                  ["--ckpt_path", str(tmp_path / "elsewhere.ckpt")]):
+        if "--ckpt_path" in extra:
+            (tmp_path / "elsewhere.ckpt").write_bytes((ckpts / "last.ckpt").read_bytes())
+        with pytest.raises(SystemExit) as refused:
+            main([*RUN, *extra])
+        err = capsys.readouterr().err
+        assert refused.value.code == 2 and "Traceback" not in err
+        assert (f"{Path('logs', 'resume', 'checkpoints')} holds the checkpoints of an earlier run of this experiment "
+                "(newest: last.ckpt, step 4), which a new run would overwrite. Resume that run with --ckpt_path last, "
+                "start this one under another name (--trainer.logger.init_args.name NAME)") in err, err
+        assert {p.name: p.stat().st_mtime_ns for p in ckpts.iterdir()} == before
+    assert sorted(p.name for p in (tmp_path / "logs" / "resume").iterdir()) == ["checkpoints", "version_0"]
+    # its cosine schedule ran to step 4: a longer run is another schedule (refused); the same one is finished
+    with pytest.raises(SystemExit) as refused:
+        main([*first, "--trainer.max_steps", "8", "--ckpt_path", "last"])
+    assert refused.value.code == 2 and "trainer.max_steps: 4 in the checkpoint, 8 now (the learning-rate schedule runs " \
+        "to the last step)" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as finished:
+        main([*first, "--ckpt_path", "last"])
+    err = capsys.readouterr().err
+    assert finished.value.code == 0 and "is finished (step 4; trainer.max_steps 4)" in err
+    assert "its learning-rate schedule ran to this last step, so it is not trained further as the same run" in err
+    main([*RUN, "--trainer.max_steps", "2", "--trainer.logger.init_args.name", "short"])
+    assert torch.load(tmp_path / "logs" / "short" / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 2
+    assert torch.load(ckpts / "last.ckpt", weights_only=False)["global_step"] == 4
+
+
+@pytest.mark.parametrize("damage", ["truncated", "zeroed", "empty"])
+def test_resume_falls_back_to_the_newest_complete_checkpoint(tmp_path, monkeypatch, capsys, one_thread, damage):
+    """A damaged last.ckpt beside a complete epoch=...-step=N.ckpt: --ckpt_path last resumes from the complete one
+    and says so (never from scratch)."""
+    import warnings
+
+    from lit_align.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    run = [*RUN, "--model.init_args.optim.schedule", "constant", "--model.init_args.optim.warmup_steps", "0"]
+    main([*run, "--trainer.max_steps", "4"])  # checkpoints every 3 steps: epoch=...-step=3.ckpt, and last.ckpt (4)
+    ckpts = tmp_path / "logs" / "resume" / "checkpoints"
+    [kept] = ckpts.glob("epoch=*-step=3.ckpt")
+    last = ckpts / "last.ckpt"
+    data = last.read_bytes()
+    last.write_bytes({"truncated": data[: len(data) // 2], "zeroed": bytes(len(data)), "empty": b""}[damage])
+    capsys.readouterr()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        main([*run, "--trainer.max_steps", "5", "--ckpt_path", "last"])
+    said = " ".join(str(w.message) for w in caught)
+    assert f"resuming from the newest complete checkpoint in {Path('logs', 'resume', 'checkpoints')}, {kept.name}" in \
+        said, said
+    assert "from scratch" not in capsys.readouterr().err
+    resumed = scalars(tmp_path / "logs" / "resume" / "version_1", "train/loss")
+    assert sorted(resumed) == [3, 4]  # from step 3, not 0
+    assert torch.load(last, weights_only=False)["global_step"] == 5
+
+
+def test_resume_refuses_changes_to_data_and_trainer_settings(tmp_path, monkeypatch, capsys, one_thread):
+    """Every change that alters what the resumed steps compute is refused, listed, with the option that forces it;
+    evaluation-only changes, and devices/batch/accumulation changed together at the same global batch, pass; a
+    longer max_steps passes where the schedule is constant."""
+    from lit_align.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    run = [*RUN, "--model.init_args.optim.schedule", "constant", "--model.init_args.optim.warmup_steps", "0"]
+    main([*run, "--trainer.max_steps", "2"])
+    last = tmp_path / "logs" / "resume" / "checkpoints" / "last.ckpt"
+    written = last.stat().st_mtime_ns
+    resume = [*run, "--trainer.max_steps", "4", "--ckpt_path", "last"]
+    (tmp_path / "other.jsonl").write_text('{"prompt": "a", "completion": "b"}\n' * 40)
+    for changed, said in [
+        (["--data.init_args.batch_size", "2"], "the global batch (batch_size x accumulate_grad_batches x world_size): "
+                                               "8 (4 x 2 x 1) in the checkpoint, 4 (2 x 2 x 1) now"),
+        (["--data.init_args.train", str(tmp_path / "other.jsonl")], "data.init_args.train"),
+        (["--data.init_args.train.limit", "24"], "data.init_args.train.limit: 32 in the checkpoint, 24 now"),
+        (["--data.init_args.max_length", "100"], "data.init_args.max_length"),
+        (["--seed_everything", "3"], "seed_everything: 0 in the checkpoint, 3 now"),
+        (["--data.init_args.seed", "3"], "data.init_args.seed: 0 in the checkpoint, 3 now"),
+        (["--trainer.gradient_clip_val", "0.5"], "trainer.gradient_clip_val: None in the checkpoint, 0.5 now"),
+    ]:
+        with pytest.raises(SystemExit) as refused:
+            main([*resume, *changed])
+        err = capsys.readouterr().err
+        assert refused.value.code == 2 and "changes settings the checkpoint" in err and said in err, (changed, err)
+        assert "--checkpoint.force_resume true" in err and "Traceback" not in err
+    assert last.stat().st_mtime_ns == written
+    # passes: another val set size and eval batch size; batch 2 x accumulation 4 = the same global batch of 8
+    main([*resume, "--data.init_args.val.val.limit", "4", "--data.init_args.eval_batch_size", "2",
+          "--data.init_args.batch_size", "2", "--trainer.accumulate_grad_batches", "4"])
+    assert "the global batch (batch_size x accumulate_grad_batches x world_size): 8 (4 x 2 x 1) in the checkpoint, 8 " \
+           "(2 x 4 x 1) now" in capsys.readouterr().err
+    assert torch.load(last, weights_only=False)["global_step"] == 4
+    # forced: resumed with the change said
+    main([*run, "--trainer.max_steps", "5", "--ckpt_path", "last", "--seed_everything", "3",
+          "--checkpoint.force_resume", "true"])
+    assert "resuming with changed settings: seed_everything: 0 in the checkpoint, 3 now" in capsys.readouterr().err
+    assert torch.load(last, weights_only=False)["global_step"] == 5
+
+
+def test_a_short_run_ends_with_a_validation_of_its_last_step(tmp_path, monkeypatch, one_thread):
+    """max_steps between two validations: the val curves still end at the last step (once: a run whose last step
+    is a validation step validates once)."""
+    monkeypatch.chdir(tmp_path)
+    run_in_process([*RUN, "--trainer.max_steps", "3"], tmp_path, monkeypatch)  # validations every 2 steps
+    assert sorted(scalars(tmp_path / "logs" / "resume" / "version_0", "val/loss")) == [1, 2]
+    run_in_process([*RUN, "--trainer.max_steps", "4", "--trainer.logger.init_args.name", "even"], tmp_path, monkeypatch)
+    assert sorted(scalars(tmp_path / "logs" / "even" / "version_0", "val/loss")) == [1, 3]

@@ -45,7 +45,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lit_align.callbacks.lock import ExperimentLock
-from lit_align.errors import LitAlignError
+from lit_align.errors import LitAlignError, write_error
+from lit_align.resume import RUN_SETTINGS
 
 RNG_KEY = "lit_align_rng"
 PARTIAL, OLD = ".partial", ".old"
@@ -189,8 +190,17 @@ def nonfinite_parameters(module: torch.nn.Module) -> list[str]:
 
 
 class RunCheckpoint(ModelCheckpoint):
-    def __init__(self, save_last: bool = True, every_n_train_steps: int | None = None, **kwargs):
+    def __init__(self, save_last: bool = True, every_n_train_steps: int | None = None, force_resume: bool = False,
+                 **kwargs):
+        """
+        Args:
+            force_resume: resume (`--ckpt_path`) even where this run's data, trainer or model settings differ from
+                the checkpoint's (lit_align/resume.py: refused otherwise); the changes are listed, and the resumed
+                steps then differ from an uninterrupted run.
+        """
         super().__init__(save_last=save_last, every_n_train_steps=every_n_train_steps, **kwargs)
+        self.force_resume = force_resume
+        self.run_settings: dict | None = None  # resume.run_settings, set by the CLI; stored in every checkpoint
         self._rng_train: dict | None = None
         self._rng_to_restore: dict | None = None
         self._lock: ExperimentLock | None = None
@@ -254,6 +264,8 @@ class RunCheckpoint(ModelCheckpoint):
 
     # -- which checkpoint `--ckpt_path last` resumes ------------------------------------------------
     def _find_last_checkpoints(self, trainer) -> set[str]:
+        """The newest complete last*.ckpt; when every one is incomplete or corrupt, the newest complete checkpoint
+        of any name in the folder (said), rather than starting from scratch."""
         self._default_dirpath(trainer)
         found = set(super()._find_last_checkpoints(trainer))
         if self.dirpath and os.path.isdir(self.dirpath):  # a directory commit interrupted between its renames
@@ -264,7 +276,23 @@ class RunCheckpoint(ModelCheckpoint):
         problems = {p: checkpoint_problem(p) for p in found}
         for p in sorted(p for p, problem in problems.items() if problem):
             rank_zero_warn(f"ignoring the checkpoint {p}: {problems[p]}")
-        return {p for p, problem in problems.items() if not problem}
+        good = {p for p, problem in problems.items() if not problem}
+        if problems and not good:
+            others = self.complete_checkpoints()
+            if others:
+                rank_zero_warn(f"no complete last checkpoint: resuming from the newest complete checkpoint in "
+                               f"{self.dirpath}, {os.path.basename(others[-1])}")
+                good = {others[-1]}
+        return good
+
+    def complete_checkpoints(self) -> list[str]:
+        """The complete checkpoints in this callback's folder (files and checkpoint directories, not the hidden
+        partial or set-aside ones), oldest first."""
+        if not self.dirpath or "://" in str(self.dirpath) or not os.path.isdir(self.dirpath):
+            return []
+        paths = [e.path for e in os.scandir(self.dirpath) if not e.name.startswith(".")
+                 and e.name.endswith(self.FILE_EXTENSION)]
+        return sorted((p for p in paths if checkpoint_problem(p) is None), key=os.path.getmtime)
 
     # -- writing ----------------------------------------------------------------------------------------
     def _save_checkpoint(self, trainer, filepath: str) -> None:
@@ -275,8 +303,10 @@ class RunCheckpoint(ModelCheckpoint):
             with trainer.profiler.profile("save_checkpoint"):
                 checkpoint = trainer._checkpoint_connector.dump_checkpoint(self.save_weights_only)
                 trainer.strategy.save_checkpoint(checkpoint, partial)  # rank 0 (sharded: every rank)
-        except OSError as e:  # a full disk, no permission, ...
-            error = e
+        except Exception as e:  # a full disk, no permission, ... (torch.save: a RuntimeError raised over the OSError)
+            error = write_error(e) or (e if isinstance(e, OSError) else None)
+            if error is None:
+                raise
         self._stop_if_any_failed(trainer, filepath, partial, error)
         try:
             if trainer.is_global_zero:
@@ -383,6 +413,8 @@ class RunCheckpoint(ModelCheckpoint):
         else:
             states = [state]
         checkpoint[RNG_KEY] = states
+        if self.run_settings is not None:
+            checkpoint[RUN_SETTINGS] = self.run_settings
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         states = checkpoint.get(RNG_KEY)

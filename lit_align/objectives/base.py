@@ -87,6 +87,11 @@ class OptimSpec:
     """How torch's AdamW runs its step (`OPTIMIZER_IMPLEMENTATIONS`): foreach (default: the same numbers, bit
     for bit, as for_loop), fused (fewer passes and no temporaries; differs in the last bits), for_loop."""
 
+    def uses_total_steps(self) -> bool:
+        """Whether the learning rate at a step depends on the run's total number of steps (a decay to the end,
+        or a warmup given as a ratio): then a resumed run with another max_steps follows another schedule."""
+        return self.schedule != "constant" or (not self.warmup_steps and self.warmup_ratio > 0)
+
 
 # OptimSpec.implementation -> torch.optim.AdamW keywords. Measured on CPU (torch 2.13, fp32, tests/test_packing.py and
 # the README's Performance section): foreach equals for_loop bit for bit, also on FSDP2's DTensor parameters, and
