@@ -153,6 +153,8 @@ class LitAlignCLI(LightningCLI):
                 check_checkpoint_file(str(ckpt_path))
             if self.config.subcommand == "fit":
                 return  # the checkpoint's model does not silently replace the command line's (before_fit compares)
+            if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry"):
+                log_beside_checkpoint(config, str(ckpt_path))
         super()._parse_ckpt_path()
 
     def instantiate_classes(self) -> None:
@@ -252,6 +254,17 @@ class LitAlignCLI(LightningCLI):
         if finished:
             raise NothingToDo(finished)
 
+    def _say_where_logged(self) -> None:
+        log_dir = self.trainer.log_dir  # (a collective under DDP: every rank asks)
+        if self.trainer.is_global_zero and log_dir:
+            print(f"TensorBoard logs: {log_dir}   (view: tensorboard --logdir {self.trainer.logger.save_dir})", flush=True)
+
+    def after_validate(self) -> None:
+        self._say_where_logged()
+
+    def after_test(self) -> None:
+        self._say_where_logged()
+
     def after_fit(self) -> None:
         trainer = self.trainer
         log_dir = trainer.log_dir  # a collective under DDP/FSDP: every rank asks
@@ -265,6 +278,47 @@ class LitAlignCLI(LightningCLI):
             if isinstance(cb, ExportHF) and cb.saved_to:
                 lines.append(f"final model:      {cb.saved_to}")
         print("\n".join(lines), flush=True)
+
+
+def log_beside_checkpoint(config, ckpt_path: str) -> None:
+    """`validate / test / predict --ckpt_path <save_dir>/<experiment>/checkpoints/X.ckpt` with the default logger
+    (no --config naming the experiment): log under the checkpoint's experiment, not under logs/default/, so the
+    evaluation lands beside the run (and Lightning does not warn that the checkpoint folder changed)."""
+    path = Path(ckpt_path)
+    logger = (config.get("trainer") or {}).get("logger")
+    init_args = logger.get("init_args") if hasattr(logger, "get") else None
+    if path.parent.name != "checkpoints" or init_args is None or init_args.get("name") != "default" or \
+            not str(logger.get("class_path", "")).endswith("TensorBoardLogger"):
+        return
+    init_args["save_dir"] = str(path.parent.parent.parent)
+    init_args["name"] = path.parent.parent.name
+
+
+def checkpoint_data_config(argv: list[str]):
+    """`validate / test / predict --ckpt_path FILE` without --config: the run's data settings (its validation sets,
+    tokenization) come from the checkpoint (RunCheckpoint stores them), as a config file read before the command
+    line's options, which override it. Returns that temporary file (None: nothing to add)."""
+    import tempfile
+
+    import yaml
+
+    if argv[:1] not in (["validate"], ["test"], ["predict"]) or any(a in ("-c", "--config") or a.startswith("--config=")
+                                                                    for a in argv):
+        return None
+    given = [a.split("=", 1)[1] if "=" in a else nxt for a, nxt in zip(argv, [*argv[1:], ""])
+             if a == "--ckpt_path" or a.startswith("--ckpt_path=")]
+    if not given or not os.path.isfile(given[-1]):
+        return None
+    ckpt = checkpoint_meta(given[-1]) or {}
+    data = (ckpt.get(RUN_SETTINGS) or {}).get("data")
+    if not data:
+        return None
+    out = tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="lit_align-checkpoint-data-", delete=False)
+    with out:
+        yaml.safe_dump({"data": data}, out)
+    print(f"lit_align: the data settings of the checkpoint's run ({data.get('class_path', 'data')}: its validation "
+          "sets and tokenization); --data.init_args.* options override them", file=sys.stderr, flush=True)
+    return out
 
 
 class NothingToDo(Exception):
@@ -326,6 +380,9 @@ def main(args=None) -> None:
         from lit_align.steering_cli import main as steer_main
 
         return steer_main(argv[1:])
+    settings = checkpoint_data_config(argv)
+    if settings is not None:
+        args = [argv[0], "--config", settings.name, *argv[1:]]
     try:
         LitAlignCLI(args=args)
     except Requeued as e:  # SLURM preemption (callbacks/requeue.py): checkpoint written, job requeued
@@ -355,6 +412,9 @@ def main(args=None) -> None:
             error = e  # Lightning's word on a trainer option the checks above do not cover
         print(f"\nlit_align: error: {_one_paragraph(str(error))}", file=sys.stderr, flush=True)
         sys.exit(2)
+    finally:
+        if settings is not None:
+            os.unlink(settings.name)
 
 
 if __name__ == "__main__":

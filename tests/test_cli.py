@@ -13,7 +13,8 @@ from conftest import REPO, run_cli
 # configs with a `steer:` section are for `lit_align steer`: tests/test_steering.py parses them
 CONFIGS = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").rglob("*.yaml")
                  if "sweeps" not in p.parts and "steer" not in (yaml.safe_load(p.read_text()) or {}))
-TINY = ["--model.init_args.policy.name", "builtin:tiny", "--data.init_args.train.limit", "64",
+TINY = ["--model.init_args.policy.name", "builtin:tiny", "--model.init_args.optim.schedule", "constant",
+        "--data.init_args.train.limit", "64",
         "--data.init_args.val.val.limit", "16", "--data.init_args.batch_size", "4",
         "--trainer.val_check_interval", "3", "--trainer.logger.init_args.name", "cli_test"]
 
@@ -56,6 +57,33 @@ def test_fit_then_resume_then_reload(tmp_path):
     assert torch.load(ckpt, weights_only=False)["global_step"] == 10
     resumed = _scalars(run / "version_1")
     assert [s for s, _ in resumed["train/loss"]] == list(range(6, 10))  # the step count continues
+
+
+def test_evaluating_a_checkpoint_uses_its_run_folder_and_data(tmp_path, monkeypatch, capsys):
+    """`validate` / `predict --ckpt_path` without --config: they log beside the checkpoint's run (not under
+    logs/default/, no "dirpath has changed" warning), validate the run's own validation set (its data settings are
+    stored in the checkpoint), and say where they logged."""
+    import warnings
+
+    from lit_align.cli import main
+
+    torch.set_num_threads(1)
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "--config", str(REPO / "configs" / "quickstart.yaml"), *TINY, "--trainer.max_steps", "3",
+          "--export.enabled", "false", "--trainer.enable_model_summary", "false"])
+    capsys.readouterr()
+    ckpt = str(Path("logs", "cli_test", "checkpoints", "last.ckpt"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        main(["validate", "--ckpt_path", ckpt])
+        out = capsys.readouterr()
+        assert f"TensorBoard logs: {Path('logs', 'cli_test', 'validate_0')}" in out.out
+        assert "validation of the checkpoint: val/loss" in out.out  # builtin:sft's val split, as in the run
+        main(["predict", "--ckpt_path", ckpt, "--data.init_args.predict", "{path: builtin:sft, split: val, limit: 3}"])
+    assert not [w for w in caught if "dirpath has changed" in str(w.message)]
+    assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == ["cli_test"]
+    rows = (tmp_path / "logs" / "cli_test" / "predict_0" / "predictions.jsonl").read_text().splitlines()
+    assert len(rows) == 3
 
 
 @pytest.mark.parametrize("config", CONFIGS)

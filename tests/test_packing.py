@@ -196,7 +196,8 @@ def test_cli_trains_packed_iw_sft_with_a_padded_pair_set(tmp_path):
 
 def test_packed_run_resumes_exactly(tmp_path, monkeypatch):
     run = ["fit", "--config", str(REPO / "configs" / "quickstart.yaml"), "--model.init_args.policy.name", "builtin:tiny",
-           "--model.init_args.packed", "true", "--model.init_args.optim.lr", "0.01", "--data.init_args.train.limit",
+           "--model.init_args.packed", "true", "--model.init_args.optim.lr", "0.01",
+           "--model.init_args.optim.schedule", "constant", "--data.init_args.train.limit",
            "24", "--data.init_args.val.val.limit", "8", "--data.init_args.batch_size", "4",
            "--trainer.accumulate_grad_batches", "2", "--trainer.max_epochs", "-1", "--trainer.log_every_n_steps", "1",
            "--trainer.val_check_interval", "3", "--trainer.logger.init_args.name", "resume",

@@ -129,3 +129,23 @@ def test_sweep_array_task_runs_its_line(tmp_path, task, expected):
     missing = subprocess.run(["bash", str(SWEEP), "configs/dpo.yaml", str(sweep)], cwd=tmp_path, text=True,
                              env={**env, "SLURM_ARRAY_TASK_ID": "5"}, capture_output=True, timeout=60)
     assert missing.returncode == 2 and "no line 6" in missing.stderr
+
+
+def test_a_second_stop_signal_stops_at_once_only_before_the_checkpoint_is_written():
+    """The README's promise: a second SIGTERM / Ctrl-C before the first one's checkpoint is written stops at once
+    without it; once it is written, a second signal changes nothing (the run ends as after one, checkpoint kept)."""
+    from lit_align.callbacks.requeue import SlurmRequeue
+
+    callback = SlurmRequeue()
+    callback._previous = {signal.SIGTERM: signal.SIG_DFL}  # as if installed (the handler restores these)
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        callback._on_stop_signal(signal.SIGTERM, None)
+        assert callback.stop_signal == signal.SIGTERM
+        with pytest.raises(KeyboardInterrupt, match="SIGTERM received twice: stopping without a checkpoint"):
+            callback._on_stop_signal(signal.SIGTERM, None)
+        callback._previous = {signal.SIGTERM: before}
+        callback.stop_checkpoint = "logs/x/checkpoints/last.ckpt"  # written: the run is ending with it
+        callback._on_stop_signal(signal.SIGINT, None)               # no KeyboardInterrupt
+    finally:
+        signal.signal(signal.SIGTERM, before)

@@ -2,7 +2,8 @@
 
 Where. Lightning's default puts checkpoints under the logger's versioned directory (logs/<exp>/version_N/),
 so a new run (version N+1) cannot find the last checkpoint of the run it should resume. Here the default
-directory is logs/<exp>/checkpoints/, shared by all versions of the experiment. Lightning writes last.ckpt
+directory is logs/<exp>/checkpoints/, shared by the versions of one run (its resumes); a fresh fit into a folder
+holding another run's checkpoints is refused by the CLI (lit_align/resume.py). Lightning writes last.ckpt
 after validation or at an epoch's end; a run that stops on max_steps mid-epoch would leave its final steps
 unsaved, so last.ckpt is also written when training ends.
 
@@ -15,7 +16,8 @@ checkpoint is instead written by torch.save straight into the `.partial` file (P
 A save that fails (a full disk, no permission) removes its partial file and stops the run with one sentence;
 the previous checkpoint is untouched.
 `--ckpt_path last` takes the newest *complete* last*.ckpt: an incomplete file (a truncated copy) or a
-corrupt one (a stored checksum that does not match) is skipped with a warning; an explicit `--ckpt_path FILE`
+corrupt one (a stored checksum that does not match) is skipped with a warning, and where no last*.ckpt is complete
+the newest complete checkpoint of any name is taken (said); an explicit `--ckpt_path FILE`
 that is missing, incomplete or corrupt is refused in one sentence (`checkpoint_problem`). A checkpoint whose weights hold NaN or inf is never written: the run stops with
 an error instead, and the last good checkpoint stays the newest.
 There is one last.ckpt per experiment, replaced atomically (never Lightning's last-v1.ckpt), and one run at a

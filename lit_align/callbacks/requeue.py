@@ -23,7 +23,9 @@ SIGTERM (`kill`, `scancel`, a container stop) and SIGINT (Ctrl-C) take the same 
 `requeue.interrupt: true`, the default): the handler sets a flag, the current optimizer step is finished,
 last.ckpt is written atomically, and the run stops with `Interrupted` (the CLI prints "interrupted at step N;
 resume with --ckpt_path last" and exits 130 for SIGINT, 143 for SIGTERM). The resumed run continues exactly.
-A second signal of either kind stops at once, without a checkpoint (KeyboardInterrupt). Lightning's own SIGTERM
+A second signal of either kind that arrives before that checkpoint is written stops at once, without it
+(KeyboardInterrupt, exit status 1; the previous checkpoint stays the newest, and the partial file of an interrupted
+write is removed by the next run); once it is written, a second signal changes nothing (the run ends as after one). Lightning's own SIGTERM
 handler is not installed: it ends the run at the end of any batch (inside gradient accumulation too) with exit
 status 0 and no checkpoint, and under DDP broadcasts from inside the signal handler.
 """
@@ -83,6 +85,7 @@ class SlurmRequeue(Callback):
         self.enabled, self.signal_name, self.requeue, self.interrupt = enabled, signal, requeue, interrupt
         self.requested = False
         self.stop_signal: int | None = None
+        self.stop_checkpoint: str | None = None  # written for the stop signal: a second signal then changes nothing
         self._previous: dict[int, object] = {}
         self._rank_zero = True
 
@@ -111,7 +114,8 @@ class SlurmRequeue(Callback):
         if threading.current_thread() is not threading.main_thread():
             rank_zero_warn("not in the main thread, cannot install signal handlers (SIGTERM/SIGINT/SLURM requeue)")
             return
-        self.requested, self.stop_signal, self._rank_zero = False, None, trainer.is_global_zero
+        self.requested, self.stop_signal, self.stop_checkpoint = False, None, None
+        self._rank_zero = trainer.is_global_zero
         if self.interrupt:
             for signum in STOP_SIGNALS:
                 self._install(signum, self._on_stop_signal)
@@ -127,7 +131,9 @@ class SlurmRequeue(Callback):
 
     def _on_stop_signal(self, signum, frame) -> None:
         name = signal.Signals(signum).name
-        if self.stop_signal is not None:  # the second one: stop now
+        if self.stop_signal is not None and self.stop_checkpoint is not None:
+            return  # the first one's checkpoint is written: the run is already ending with it
+        if self.stop_signal is not None:  # the second one, before the checkpoint is written: stop now, without it
             self._restore()
             raise KeyboardInterrupt(f"{name} received twice: stopping without a checkpoint")
         self.stop_signal = signum
@@ -177,7 +183,7 @@ class SlurmRequeue(Callback):
         if not requested:
             if not in_validation and trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps:
                 return  # the last step: the run ends normally (final checkpoint and export)
-            path = self._checkpoint(trainer)
+            path = self.stop_checkpoint = self._checkpoint(trainer)
             if not in_validation:
                 self._log_this_step(trainer)
             trainer.strategy.barrier("SlurmRequeue.interrupt")
