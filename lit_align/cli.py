@@ -27,6 +27,7 @@ from lit_align.callbacks.final_validation import FinalValidation  # noqa: E402
 from lit_align.callbacks.collective_timeout import CollectiveTimeout, collective_timeout  # noqa: E402
 from lit_align.callbacks.progress import default_progress_bar  # noqa: E402
 from lit_align.callbacks.tensorboard import TensorBoardSetup, name_evaluation_run  # noqa: E402
+from lit_align import config_yaml  # noqa: E402
 from lit_align.callbacks.requeue import Interrupted, Requeued  # noqa: E402
 from lit_align.data.datamodule import AlignDataModule  # noqa: E402
 from lit_align.errors import LitAlignError, exception_chain, write_error, write_error_sentence  # noqa: E402
@@ -68,6 +69,7 @@ def _data_files_are_paths() -> None:
 
 
 _data_files_are_paths()
+config_yaml.install()  # a key given twice is refused; YAML errors name the config file and line
 silence()
 
 

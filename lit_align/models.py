@@ -99,14 +99,33 @@ def _looks_like_a_path(name: str) -> bool:
             or Path(name).expanduser().parent.is_dir() and Path(name).expanduser().parent != Path("."))
 
 
+def missing_model(name: str) -> str | None:
+    """Why `name` cannot be loaded, known before any attempt, or None (try it): a local path (_looks_like_a_path)
+    that does not exist. Said at once, since from_pretrained would first try the hub with it, five times over a
+    minute when the hub cannot be reached. (With HF_HUB_OFFLINE set a hub name not in the cache fails at once.)"""
+    if name.startswith(BUILTIN_PREFIX) or Path(name).expanduser().exists() or not _looks_like_a_path(name):
+        return None
+    return (f"the local directory {name} does not exist. Give an existing directory (saved with "
+            "save_pretrained), a hub name, or builtin:tiny / builtin:small")
+
+
+def _from_pretrained(load, name: str, what: str, **kwargs):
+    """`load(name, **kwargs)` (a from_pretrained; a built-in pretrained model's directory for its name), or a
+    LitAlignError "Could not load <what>: why", at once for a path that does not exist."""
+    problem = missing_model(name)
+    if problem is None:
+        try:
+            return load(resolve_name(name), **kwargs)
+        except (OSError, ValueError) as e:
+            problem = _load_problem(name, e)
+    raise LitAlignError(f"Could not load {what}: {problem}.") from None
+
+
 def _load_problem(name: str, e: Exception) -> str:
     """Why a model or tokenizer could not be loaded, in a sentence (not "Repo id must be in the form ...")."""
     import os
 
     path = Path(name).expanduser()
-    if not name.startswith(BUILTIN_PREFIX) and not path.exists() and _looks_like_a_path(name):
-        return (f"the local directory {name} does not exist. Give an existing directory (saved with "
-                "save_pretrained), a hub name, or builtin:tiny / builtin:small")
     if path.is_dir():
         return f"the directory {name} does not hold a loadable model and tokenizer ({type(e).__name__}: {e})"
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
@@ -183,10 +202,8 @@ def is_random_builtin(name: str) -> bool:
 def load_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerBase:
     if is_random_builtin(spec.name):
         return builtin_tokenizer()
-    try:
-        tok = AutoTokenizer.from_pretrained(resolve_name(spec.name), trust_remote_code=spec.trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise LitAlignError(f"Could not load the tokenizer of '{spec.name}': {_load_problem(spec.name, e)}.") from None
+    tok = _from_pretrained(AutoTokenizer.from_pretrained, spec.name, f"the tokenizer of '{spec.name}'",
+                           trust_remote_code=spec.trust_remote_code)
     if tok.pad_token_id is None:  # padding is masked out everywhere, any id will do
         tok.pad_token = tok.eos_token
     return tok
@@ -236,10 +253,7 @@ def load_model(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase, head: str = 
         if head == "score":  # (a causal LM's checkpoint: its decoder loads, the score head starts random)
             kwargs.update(num_labels=1, pad_token_id=tokenizer.pad_token_id)
         auto = AutoModelForCausalLM if head == "lm" else AutoModelForSequenceClassification
-        try:
-            model = auto.from_pretrained(resolve_name(spec.name), **kwargs)
-        except (OSError, ValueError) as e:
-            raise LitAlignError(f"Could not load the model '{spec.name}': {_load_problem(spec.name, e)}.") from None
+        model = _from_pretrained(auto.from_pretrained, spec.name, f"the model '{spec.name}'", **kwargs)
     if spec.quantization is not None:
         from peft import prepare_model_for_kbit_training
 

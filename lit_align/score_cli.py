@@ -14,11 +14,12 @@ reward). One JSONL row per record, in file order, holding the record's fields an
     reward                            a completion: {prompt, completion}, {messages}, {text}
     reward_chosen, reward_rejected    a preference pair: {prompt, chosen, rejected}, HH dialogues, A/B contrast
                                       pairs (the matching answer as chosen)
-    rewards                           a group {prompt, completions: [...]}: one per completion
+    rewards                           a group {prompt, completions: [...]} or a ranked list {prompt, completions,
+                                      scores}: one per completion, in the record's order (its scores' order)
 
 plus `index` (0-based record number) and `where` (file:line). Records that cannot be scored (chosen ==
-rejected, nothing left after truncation) are left out and counted on stderr. A bad record or a model that is
-not a reward model stops with one sentence (exit 2).
+rejected, nothing left after truncation) are left out and counted on stderr, by reason. A bad record, a model
+that is not a reward model, or an --out that is the --data file stops with one sentence (exit 2).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def load_reward_model(name: str):
     """(model in eval mode, tokenizer) of an exported reward model (a directory or hub name) or of a lit_align
     RewardModel checkpoint (file, or sharded directory)."""
     from lit_align.export import build_policy, checkpoint_head, load_checkpoint_weights, policy_spec
-    from lit_align.models import ModelSpec, load_model, load_tokenizer
+    from lit_align.models import ModelSpec, load_model, load_tokenizer, missing_model
 
     path = Path(name).expanduser()
     is_checkpoint = path.is_file() or (path / "meta.pt").is_file() or (path / "latest").exists()
@@ -55,11 +56,15 @@ def load_reward_model(name: str):
     from transformers import AutoConfig
 
     spec = ModelSpec(name=name)
-    try:
-        config = AutoConfig.from_pretrained(name)
-    except (OSError, ValueError) as e:
+    problem = missing_model(name)  # (a path that does not exist: at once, not after the hub's retries)
+    if problem is None:
+        try:
+            config = AutoConfig.from_pretrained(name)
+        except (OSError, ValueError) as e:
+            problem = f"{type(e).__name__}: {e}"
+    if problem is not None:
         raise LitAlignError(f"--model {name}: not a checkpoint, and no Hugging Face model can be read there "
-                            f"({type(e).__name__}: {e})") from None
+                            f"({problem})")
     architectures = config.architectures or []
     if not any(a.endswith("ForSequenceClassification") for a in architectures) or config.num_labels != 1:
         raise LitAlignError(f"--model {name} is not a reward model (architectures {architectures}, num_labels "
@@ -77,10 +82,15 @@ def _units(row: object, where: str, fmt: str, tokenizer) -> tuple[str, list]:
     if fmt == "auto" and isinstance(row, dict):
         fmt = detect_format(row, where)
     pair = fmt in PAIR_FORMATS
+    # A ranked list {prompt, completions, scores} is read as a group: every completion scored, in the record's
+    # order (aligned with its `scores`), which are the labels a reward model is checked against, so neither
+    # their order nor their ties matter here (training reads the best completion, or skips a record whose
+    # scores tie).
+    fmt = "group" if fmt == "ranked" else fmt
     try:
         examples = to_examples(row, where, "pair" if pair else "sft", fmt)
-    except SkipRecord:
-        return "chosen and rejected are identical", []
+    except SkipRecord as e:
+        return e.reason, []
     units = []
     for ex in examples:
         tokenized = tokenizer(ex)
@@ -129,7 +139,8 @@ def score_rows(model, tokenizer, rows, batch_size: int = 8, max_length: int = 51
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="lit_align score", description="Score the records of a data file with a trained reward model "
-        "(one JSONL row per record: its fields plus reward, or reward_chosen / reward_rejected for pairs).")
+        "(one JSONL row per record: its fields plus reward, reward_chosen / reward_rejected for pairs, or rewards for "
+        "the completions of a group or ranked list).")
     parser.add_argument("--model", required=True,
                         help="an exported reward model directory (<log dir>/hf_model) or a RewardModel checkpoint")
     parser.add_argument("--data", required=True, help="a JSONL/JSON/CSV/Parquet file, builtin:<task>, or a datasets name")
@@ -150,6 +161,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def check_out_path(data: str, out: str) -> None:
+    """Refuse an --out that is the --data file (by another name too: a relative path, a link): writing it would
+    replace the records being scored."""
+    data_path, out_path = Path(data).expanduser(), Path(out).expanduser()
+    if data_path.is_file() and out_path.exists() and os.path.samefile(data_path, out_path):
+        raise LitAlignError(f"--out {out} is the --data file ({data_path.resolve()}): writing the scores would "
+                            "overwrite the records; give another --out")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -161,6 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # ("Loading weights" bars: the one line this command prints is the summary)
     try:
+        check_out_path(args.data, args.out)
         model, tokenizer = load_reward_model(args.model)
         rows = read_rows(Source(path=args.data, split=args.split, limit=args.limit))
         out, skipped = score_rows(model.to(device), tokenizer, rows, args.batch_size, args.max_length,

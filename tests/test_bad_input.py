@@ -52,6 +52,7 @@ BAD_LINES = [
     ("blank-completion", {"prompt": "a", "completion": "  \n"}, "completion", "empty"),
     ("string-weight", {**GOOD, "weight": "heavy"}, "weight", "expected a finite number"),
     ("negative-weight", {**GOOD, "weight": -1}, "weight", "expected a finite number"),
+    ("float32-overflow-weight", {**GOOD, "weight": 1e39}, "weight", "overflows float32"),
     ("int-partial", {**GOOD, "partial": 2}, "partial", "expected true or false"),
     ("messages-not-a-list", {"messages": "hi"}, "messages", "list"),
     ("message-no-content", {"messages": [{"role": "user"}]}, "messages", "message 0"),
@@ -78,6 +79,7 @@ BAD_PAIRS = [
     ("empty-rejected", {"prompt": "a", "chosen": "b", "rejected": ""}, "rejected", "empty"),
     ("prefix-half", {"prompt": "a", "prefix": "1, 2", "chosen": "1, 2, 3", "rejected": "5"}, "prefix",
      "contradicts"),
+    ("huge-weight", {"prompt": "a", "chosen": "b", "rejected": "c", "weight": 1e308}, "weight", "overflows float32"),
     ("sft-record", GOOD, "rejected", "needs chosen and rejected"),
     ("hh-not-a-dialogue", {"chosen": "just text", "rejected": "other text"}, "chosen", "HH dialogue"),
     ("hh-different-dialogues", {"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": "\n\nHuman: x\n\nAssistant: c"},
@@ -116,6 +118,18 @@ def test_skip_invalid_skips_and_counts_every_kind_of_bad_row(tokenizer, tmp_path
     assert summary.first_problem.startswith(f"{path}:2:")
     assert f"{len(bad)} invalid skipped" in summary.line()
     assert [ex.where for ex in split.examples] == [f"{path}:{2 * i + 1}" for i in range(len(bad))]
+
+
+def test_a_ranked_record_with_another_k_names_the_field_and_is_skippable(tokenizer, tmp_path):
+    three = {"prompt": "Rank the foods.", "completions": ["Honey.", "Bread.", "Kale."], "scores": [3, 2, 1]}
+    two = {**three, "completions": ["Honey.", "Kale."], "scores": [2, 1]}
+    path = write_lines(tmp_path / "ranked.jsonl", [three, three, two, three])
+    err = error_of(tokenizer, path, kind="ranked")
+    assert err.where == f"{path}:3" and err.field == "completions"
+    assert f"2 ranked completions, but the first record of train ({path}:1) has 3" in str(err)
+    split, summary = read(tokenizer, path, kind="ranked", skip_invalid=True)
+    assert summary.invalid == 1 and summary.kept == 3 and summary.first_problem.startswith(f"{path}:3:")
+    assert [len(ex.continuations) for ex in split.examples] == [3, 3, 3]
 
 
 def test_skip_invalid_through_the_data_module(tokenizer, tmp_path):
@@ -219,6 +233,31 @@ def test_cli_reports_bad_data_without_a_traceback(tmp_path):
         result.stderr[-3000:]
 
 
+def test_score_says_at_once_that_a_model_path_does_not_exist(tmp_path):
+    """`--model d/nomodel` with d/ a local directory is a path, not a hub name `org/name`: it used to be tried on
+    the hub first (five retries, a minute when the hub cannot be reached). Here the "hub" takes connections and
+    never answers: nothing may call it."""
+    import socket
+
+    (tmp_path / "d").mkdir()
+    data = write_lines(tmp_path / "pairs.jsonl", [{"prompt": "a", "chosen": "b", "rejected": "c"}])
+    with socket.socket() as hub:
+        hub.bind(("127.0.0.1", 0))
+        hub.listen(8)
+        hub.setblocking(False)
+        env = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": f"http://127.0.0.1:{hub.getsockname()[1]}",
+               "HF_HUB_ETAG_TIMEOUT": "2"}
+        result = run_cli(["score", "--model", "d/nomodel", "--data", data, "--out", "out.jsonl"], cwd=tmp_path,
+                         env=env, timeout=60)  # (it used to hang on the silent hub: over 2 minutes)
+        with pytest.raises(BlockingIOError):
+            hub.accept()  # no connection came
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines() == [
+        "lit_align score: error: --model d/nomodel: not a checkpoint, and no Hugging Face model can be read there "
+        "(the local directory d/nomodel does not exist. Give an existing directory (saved with save_pretrained), a "
+        "hub name, or builtin:tiny / builtin:small)"]
+
+
 def test_bad_source_options():
     from lit_align.data.sources import as_source
 
@@ -311,6 +350,15 @@ def _gz(data: bytes, words: str, name="train.jsonl.gz"):
     def make(tmp_path):
         (tmp_path / name).write_bytes(data)
         return _sft(str(tmp_path / name)), [str(tmp_path / name), words]
+    return make
+
+
+def _config_file(text: str, *words: str, named: bool = True):
+    """A run whose config file holds `text`; the message names the file (`named`) and holds `words`."""
+    def make(tmp_path):
+        config = _config(tmp_path, text)
+        train = write_lines(tmp_path / "train.jsonl", [GOOD] * 4)
+        return ["fit", "--config", config, *_sft(train)[1:]], [*([f"config file {config}"] if named else []), *words]
     return make
 
 
@@ -437,6 +485,9 @@ CLI_CASES = [
     ("hub-name-offline", _sft_opt("--model.init_args.policy.name", "nobody-xyz/no-such-model",
                                   words=["nobody-xyz/no-such-model", "HF_HUB_OFFLINE"])),
     ("unknown-builtin-model", _sft_opt("--model.init_args.policy.name", "builtin:huge", words=["builtin:huge"])),
+    ("pack-length-under-every-example", _sft_opt("--model.init_args.packed", "true", "--data.init_args.pack_length",
+                                                  "4", words=["data.pack_length 4 is shorter than every example",
+                                                              "nothing is packed"])),
     ("batch-size-0", _sft_opt("--data.init_args.batch_size", "0", words=["data.batch_size", "0"])),
     ("batch-size-negative", _sft_opt("--data.init_args.batch_size", "-4", words=["data.batch_size", "-4"])),
     ("lr-negative", _sft_opt("--model.init_args.optim.lr", "-0.001", words=["optim.lr", "-0.001"])),
@@ -453,6 +504,21 @@ CLI_CASES = [
     ("option-unknown", _sft_opt("--trainer.max_stepz", "3", words=["unrecognized arguments", "--trainer.max_stepz"])),
     ("option-of-another-objective", _sft_opt("--model.init_args.beta", "0.1", words=["'beta' is not accepted"])),
     ("config-file-missing", _sft_opt("--config", "no_such.yaml", words=["option config", "no_such.yaml"])),
+    # a key given twice: YAML keeps the later silently (here the SFT objective, which then fails on the options
+    # of DPO); refused, naming the file and the line
+    ("config-duplicate-key", _config_file("model:\n  class_path: lit_align.objectives.DPO\n  class_path: "
+                                          "lit_align.objectives.SFT\n  init_args:\n    beta: 0.1\n", "line 3",
+                                          "'class_path' is given twice", "first at line 2")),
+    ("config-yaml-syntax", _config_file("trainer:\n  max_steps: 1\n  callbacks: [\n  devices: 1\n", "line 5",
+                                        "not valid YAML", "flow sequence that starts at line 3")),
+    # `{id:d/pairs.jsonl}`, no space after the colon: in a config file a set with no value; on the command line
+    # a string
+    ("val-set-without-source", _config_file("data:\n  init_args:\n    val: {id:d/pairs.jsonl}\n",
+                                            "data.init_args.val: set 'id:d/pairs.jsonl' has no source",
+                                            "{id: d/pairs.jsonl}", "expected a path", named=False)),
+    ("val-set-as-a-string", _sft_opt("--data.init_args.val", "{id:d/pairs.jsonl}",
+                                     words=["data.init_args.val: expected named sets", "'{id:d/pairs.jsonl}'",
+                                            "space after the colon: {id: d/pairs.jsonl}"])),
     ("devices-not-a-number", _sft_opt("--trainer.devices", "many", words=["trainer options", "devices"])),
     ("ckpt-missing", _ckpt(lambda t: None, "file not found")),
     ("ckpt-truncated", _ckpt(lambda t: _good_checkpoint(t)[:5000], "not a complete checkpoint")),

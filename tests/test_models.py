@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from lit_align.callbacks import ExportHF
 from lit_align.data import AlignDataModule
 from lit_align.errors import LitAlignError
-from lit_align.models import LoraSpec, ModelSpec, load_model, load_tokenizer, save_hf
+from lit_align.models import LoraSpec, ModelSpec, load_model, load_tokenizer, missing_model, save_hf
 from lit_align.objectives import SFT, OptimSpec
 
 IDS = torch.tensor([[3, 50, 120, 7, 200, 11]])
@@ -23,6 +23,22 @@ def _fit(model, tmp_path, steps=2):
                          default_root_dir=tmp_path)
     trainer.fit(model, datamodule=dm)
     return tmp_path / "export"
+
+
+def test_a_path_that_does_not_exist_is_known_before_any_load(tmp_path, monkeypatch, tokenizer):
+    """What looks like a path (starts with . / ~, holds two /, or its first part is a local directory) and does
+    not exist is said at once, for fit and score alike; `org/name` stays a hub name."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d").mkdir()
+    for name in ("d/nomodel", "./nomodel", "/no/such/model", "~/no-such-model-xyz", "a/b/c"):
+        assert "does not exist" in missing_model(name), name
+    for name in ("org/name", "gpt2", "d", "builtin:tiny", "builtin:nope"):
+        assert missing_model(name) is None, name
+    with pytest.raises(LitAlignError, match="Could not load the tokenizer of 'd/nomodel': the local directory "
+                                            "d/nomodel does not exist"):
+        load_tokenizer(ModelSpec("d/nomodel"))
+    with pytest.raises(LitAlignError, match="Could not load the model 'd/nomodel': the local directory"):
+        load_model(ModelSpec("d/nomodel"), tokenizer)
 
 
 def test_builtin_models_are_deterministic_and_sized(tokenizer):

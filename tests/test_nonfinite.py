@@ -113,6 +113,25 @@ def test_too_many_in_a_row_stops(tmp_path):
         fit(tmp_path, NonFiniteGuard(action="skip", max_consecutive=2), nan_steps=[1, 2, 3])
 
 
+def test_a_run_that_skipped_more_than_half_its_steps_fails_at_its_end(tmp_path):
+    """Every step skipped, never `max_consecutive` in a row: the run used to end as a success having trained
+    nothing. It now fails at its end, before the final model is exported."""
+    from lit_align.callbacks import ExportHF
+
+    export = ExportHF(dirpath=str(tmp_path / "hf_model"))
+    with pytest.raises(LitAlignError, match=r"3 of the run's 5 optimizer steps were skipped as non-finite \(more "
+                                            r"than nonfinite.max_skipped_share 0.5\).*not exported"):
+        fit(tmp_path, NonFiniteGuard(max_consecutive=2), export, nan_steps=[0, 2, 4])
+    assert not (tmp_path / "hf_model").exists()
+    # at most the share: the run ends normally (and 1 lets any share pass)
+    trainer, _, _ = fit(tmp_path / "half", NonFiniteGuard(max_consecutive=2, max_skipped_share=0.4),
+                        nan_steps=[0, 2])
+    assert trainer.global_step == 5
+    fit(tmp_path / "all", NonFiniteGuard(max_skipped_share=1.0), nan_steps=[0, 1, 2, 3, 4])
+    with pytest.raises(LitAlignError, match="max_skipped_share must be in"):
+        NonFiniteGuard(max_skipped_share=1.5)
+
+
 def test_nan_weights_are_never_checkpointed(tmp_path):
     with pytest.raises(LitAlignError, match=r"weights hold NaN or inf at step 3 .*refusing to write"):
         fit(tmp_path, CorruptWeightsAt(3))

@@ -11,11 +11,12 @@ from test_logprobs import _assert_same, _perturb
 from test_resume import assert_same_state, run_in_process, scalars
 
 from lit_align.data import AlignDataModule
-from lit_align.data.collate import collate_packed, pack_rows, padding_fraction
+from lit_align.data.collate import collate_packed, pack_rows, padding_fraction, unpackable
 from lit_align.data.layouts import LAYOUTS
 from lit_align.data.tokenize import Tokenized
+from lit_align.errors import LitAlignError
 from lit_align.logprobs import forward_logps, packed_token_logps
-from lit_align.models import ModelSpec, load_model, load_tokenizer
+from lit_align.models import ModelSpec, builtin_tokenizer, load_model, load_tokenizer
 from lit_align.objectives import IWSFT, SFT
 from lit_align.weights import WeightSpec
 
@@ -35,6 +36,20 @@ def _ex(context, continuation, weight=None):
 
 
 # -- the packing plan and the layout ---------------------------------------------------------------------------
+
+
+def test_rows_that_hold_no_two_examples_are_said():
+    assert unpackable([30, 40, 50], 70) is None                                # 30 + 40 fit one row
+    assert unpackable([50, 40, 30], 69) == (False, "holds no two examples (the two shortest take 30 + 40 tokens)")
+    assert unpackable([30, 40], 29) == (True, "is shorter than every example (the shortest takes 30 tokens)")
+    assert unpackable([30], 10) is None                                        # one example: nothing to pack
+    tok = builtin_tokenizer()
+    with pytest.raises(LitAlignError, match="data.pack_length 8 is shorter than every example .* nothing is packed"):
+        _data(tok, "packed_sft", pack_length=8)
+    with pytest.warns(UserWarning, match=r"a packed row \(max_length, 24\) holds no two examples"):
+        _data(tok, "packed_sft", max_length=24, pack_length=None)
+    with pytest.warns(UserWarning, match=r"data.pack_length 40 holds no two examples \(the two shortest take 28 \+"):
+        _data(tok, "packed_sft", max_length=64, pack_length=40)
 
 
 def test_pack_rows_fits_every_example_once_in_balanced_rows():

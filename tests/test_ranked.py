@@ -62,7 +62,7 @@ def test_ties_are_skipped_and_counted_and_k_is_one_per_split(tmp_path, tokenizer
     four = {**RANKED, "completions": [*RANKED["completions"], "Cake."], "scores": [*RANKED["scores"], 1.0]}
     dm = AlignDataModule(train=_jsonl(tmp_path, [RANKED, four]), batch_size=2)
     dm.connect(tokenizer, "ranked")
-    with pytest.raises(LitAlignError, match=r"ranked.jsonl:2: 4 ranked completions, but the first record"):
+    with pytest.raises(LitAlignError, match=r"ranked.jsonl:2: field 'completions': 4 ranked completions, but"):
         dm.setup("fit")
 
 

@@ -182,6 +182,43 @@ def test_fit_exports_a_sequence_classifier_that_reloads_with_the_same_rewards(tm
     assert "scored 3 records" in capsys.readouterr().err
 
 
+def test_score_rates_every_completion_of_a_ranked_list_and_says_why_it_left_one_out(tmp_path, capsys, rm):
+    """A ranked list (k = 3) gets one reward per completion in the record's order, as a group of the same
+    completions does (it used to get one `reward`, the best completion's); its tied scores do not leave it out;
+    a pair left out is counted under its own reason (a tie is not "chosen and rejected are identical")."""
+    save_hf(rm.model, rm.tokenizer, tmp_path / "rm")
+    completions = ["Honey is sweet.", "Bread is bland.", "Kale is bitter."]
+    rows = [{"prompt": "Describe a food.", "completions": completions, "scores": [1, 3, 2]},
+            {"prompt": "Describe a food.", "completions": completions, "scores": [1, 1, 2]},
+            {"prompt": "Describe a food.", "completions": completions},
+            {"prompt": "a", "chosen": "b", "rejected": "b"}]
+    data = tmp_path / "ranked.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    capsys.readouterr()
+    main(["score", "--model", str(tmp_path / "rm"), "--data", str(data), "--out", str(tmp_path / "scores.jsonl")])
+    scores = [json.loads(line) for line in (tmp_path / "scores.jsonl").read_text().splitlines()]
+    assert [s["index"] for s in scores] == [0, 1, 2] and not any("reward" in s for s in scores)
+    ranked, tied, group = (s["rewards"] for s in scores)
+    assert len(set(group)) == 3 and ranked == pytest.approx(group, abs=1e-5) and tied == pytest.approx(group, abs=1e-5)
+    assert scores[0]["scores"] == [1, 3, 2]  # the record's fields, kept beside its rewards
+    err = capsys.readouterr().err
+    assert "scored 3 records, 1 left out (chosen == rejected)" in err, err
+
+
+def test_score_refuses_to_write_over_its_data(tmp_path, capsys, monkeypatch, rm):
+    save_hf(rm.model, rm.tokenizer, tmp_path / "rm")
+    data = tmp_path / "pairs.jsonl"
+    data.write_text(json.dumps({"prompt": "a", "chosen": "b", "rejected": "c"}) + "\n")
+    before = data.read_bytes()
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:  # the same file by another name
+        main(["score", "--model", str(tmp_path / "rm"), "--data", str(data), "--out", "./pairs.jsonl"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "--out ./pairs.jsonl is the --data file" in err and data.read_bytes() == before
+
+
 def test_lora_reward_model_trains_its_score_head_and_exports_merged(tmp_path):
     model = RewardModel(policy=ModelSpec(lora=LoraSpec(r=4)), optim=OptimSpec(lr=1e-2))
     model.configure_model()

@@ -8,7 +8,10 @@ normalises the loss, one extra number), so every rank takes the same decision. I
                    optimizer state (AdamW moments, step count) are untouched; the step still counts
                    (global_step, the learning-rate schedule and the data move on). Each skip is printed and
                    counted (`train/nonfinite_skipped` in TensorBoard, kept in checkpoints); more than
-                   `max_consecutive` skips in a row stop the run (it has diverged).
+                   `max_consecutive` skips in a row stop the run (it has diverged). A run that ends having
+                   skipped more than `max_skipped_share` of its optimizer steps (default 0.5: more than half;
+                   counted over every step since the run began, resumes included) trained too little to be
+                   trusted: it fails at its end (exit 2, before the final model is exported) rather than exit 0.
     action: stop   the run stops at once with an error naming the step; no checkpoint is written after it.
 
 With 16-mixed precision, inf gradients are the loss scaler's business (it skips the step and lowers the
@@ -25,17 +28,21 @@ from lit_align.errors import LitAlignError
 
 
 class NonFiniteGuard(Callback):
-    def __init__(self, action: str = "skip", max_consecutive: int = 10):
+    def __init__(self, action: str = "skip", max_consecutive: int = 10, max_skipped_share: float = 0.5):
         """
         Args:
             action: skip (drop the step's gradients, count it, go on) or stop (end the run with an error).
             max_consecutive: with skip: stop after this many non-finite steps in a row.
+            max_skipped_share: with skip: a run that skipped more than this share of its optimizer steps fails
+                at its end, before the export (1: never).
         """
         if action not in ("skip", "stop"):
             raise LitAlignError(f"nonfinite.action must be skip or stop, not '{action}'")
         if max_consecutive < 1:
             raise LitAlignError(f"nonfinite.max_consecutive must be >= 1, not {max_consecutive}")
-        self.action, self.max_consecutive = action, max_consecutive
+        if isinstance(max_skipped_share, bool) or not 0 <= max_skipped_share <= 1:
+            raise LitAlignError(f"nonfinite.max_skipped_share must be in [0, 1], not {max_skipped_share!r}")
+        self.action, self.max_consecutive, self.max_skipped_share = action, max_consecutive, max_skipped_share
         self.skipped = 0
         self.consecutive = 0
         self.steps: list[int] = []  # the global steps skipped (the first few hundred)
@@ -63,6 +70,12 @@ class NonFiniteGuard(Callback):
     def on_finite_step(self) -> None:
         self.consecutive = 0
 
+    def on_train_end(self, trainer, pl_module) -> None:
+        # (on_train_end comes before on_fit_end, where ExportHF writes the final model: none is exported)
+        problem = too_many_skipped(self.skipped, trainer.global_step, self.max_skipped_share)
+        if problem:
+            raise LitAlignError(problem)
+
     def state_dict(self) -> dict:
         return {"skipped": self.skipped, "consecutive": self.consecutive, "steps": list(self.steps)}
 
@@ -70,3 +83,13 @@ class NonFiniteGuard(Callback):
         self.skipped = int(state_dict.get("skipped", 0))
         self.consecutive = int(state_dict.get("consecutive", 0))
         self.steps = list(state_dict.get("steps", []))
+
+
+def too_many_skipped(skipped: int, steps: int, max_share: float) -> str | None:
+    """Why a run that skipped `skipped` of its `steps` optimizer steps as non-finite must not end as a success
+    (None: it may). Skipped steps count in global_step, so both numbers cover the whole run, resumes included."""
+    if steps <= 0 or skipped <= max_share * steps:
+        return None
+    return (f"{skipped} of the run's {steps} optimizer steps were skipped as non-finite (more than "
+            f"nonfinite.max_skipped_share {max_share:g}), so the model has barely trained and is not exported: check "
+            "the data (e.g. huge weights), lower the learning rate or clip gradients (trainer.gradient_clip_val).")

@@ -141,6 +141,18 @@ def collate_prefix(items: list[tuple[int, Tokenized]], pad_id: int, pad_to_multi
     }
 
 
+def unpackable(lengths: list[int], capacity: int) -> tuple[bool, str] | None:
+    """None when rows of `capacity` tokens can hold two of the examples of these `lengths` (the two shortest fit
+    one row); else (whether `capacity` is below every length, why nothing is packed: every example would get a
+    row of its own)."""
+    shortest = sorted(lengths)[:2]
+    if len(shortest) < 2 or sum(shortest) <= capacity:
+        return None
+    if shortest[0] > capacity:
+        return True, f"is shorter than every example (the shortest takes {shortest[0]} tokens)"
+    return False, f"holds no two examples (the two shortest take {shortest[0]} + {shortest[1]} tokens)"
+
+
 def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
     """A packing plan: the positions 0..n-1 of a batch's examples, grouped into rows of at most `capacity`
     tokens (an example longer than `capacity` gets a row of its own), chosen to waste the fewest token slots.

@@ -19,10 +19,11 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
+from lit_align.data.collate import unpackable
 from lit_align.data.prompts import PromptRecord, read_prompts
 from lit_align.data.records import MAX_RECORD_CHARS, SkipRecord, detect_format, to_examples
 from lit_align.data.samplers import ResumableSampler, WeightedResampler
-from lit_align.data.sources import Source, as_source, read_rows
+from lit_align.data.sources import Source, as_source, named_sources, read_rows
 from lit_align.data.tokenize import Tokenized, Tokenizer, TokenizeSpec
 from lit_align.errors import DataError, LitAlignError
 from lit_align.data.layouts import LAYOUTS, Layout, layout_named
@@ -87,6 +88,8 @@ def build_split(name: str, source: Source, kind: str, tokenizer: Tokenizer, skip
         _count_format(summary, row, where, source.format)
         try:
             for ex in to_examples(row, where, kind, source.format, max_record_chars):
+                if kind == "ranked":
+                    check_ranked_count(ex, examples[0] if examples else None, name)
                 result = tokenizer(ex)
                 if isinstance(result, str):
                     summary.dropped[result] += 1
@@ -104,17 +107,19 @@ def build_split(name: str, source: Source, kind: str, tokenizer: Tokenizer, skip
             summary.invalid += 1
             summary.first_problem = summary.first_problem or str(e)
     summary.kept = len(examples)
-    if kind == "ranked" and examples:  # a batch stacks the k continuations of its examples: one k per split
-        k = len(examples[0].continuations)
-        other = next((ex for ex in examples if len(ex.continuations) != k), None)
-        if other is not None:
-            raise LitAlignError(f"{other.where}: {len(other.continuations)} ranked completions, but the first "
-                                f"record of {name} ({examples[0].where}) has {k}: a ranked-list split needs the "
-                                "same number of completions in every record")
     if not examples:
         raise LitAlignError(f"No usable examples in {name} ({source.label}): {summary.line()}. "
                             "Check the file, the record format and max_length.")
     return TokenizedSplit(name, examples), summary
+
+
+def check_ranked_count(ex, first, split: str) -> None:
+    """A batch stacks the k continuations of its examples, so a ranked-list split has one k: that of its `first`
+    kept example. A record with another k is a bad record (an error, or skipped and counted with skip_invalid)."""
+    if first is not None and len(ex.continuations) != len(first.continuations):
+        raise DataError(ex.where, f"{len(ex.continuations)} ranked completions, but the first record of {split} "
+                                  f"({first.where}) has {len(first.continuations)}: a ranked-list split needs the same "
+                                  "number of completions in every record", field="completions")
 
 
 def _count_format(summary: SplitSummary, row: object, where: str, fmt: str) -> None:
@@ -133,8 +138,8 @@ class AlignDataModule(LightningDataModule):
     def __init__(
         self,
         train: "Source | str" = "builtin:sft",
-        val: "dict[str, Source | str] | None" = None,
-        test: "dict[str, Source | str] | None" = None,
+        val: "dict[str, Source | str | None] | str | None" = None,
+        test: "dict[str, Source | str | None] | str | None" = None,
         predict: "Source | str | None" = None,
         batch_size: int = 8,
         eval_batch_size: int | None = None,
@@ -190,7 +195,8 @@ class AlignDataModule(LightningDataModule):
                 tokens that truncation throws away (None: no cap).
             pack_length: the longest row of a packed batch (SFT / IW-SFT with `packed: true`): each micro-batch's
                 examples are packed into rows of at most this many tokens (None: max_length; an example
-                longer than it gets a row of its own). The batch is still batch_size examples.
+                longer than it gets a row of its own; rows that hold no two training examples are warned of, and a
+                pack_length below every example is refused). The batch is still batch_size examples.
         """
         super().__init__()
         for option, value, least in (("batch_size", batch_size, 1), ("eval_batch_size", eval_batch_size, 1),
@@ -200,8 +206,11 @@ class AlignDataModule(LightningDataModule):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
                 raise LitAlignError(f"data.{option} must be an integer >= {least}, not {value!r}")
         self.train_source = as_source(train)
-        self.val_sources = {k: as_source(v) for k, v in (val or {}).items()}
-        self.test_sources = {k: as_source(v) for k, v in (test or {}).items()}
+        # (the types let None and a string through, to be said here with the option and the set's name: with no
+        # space after the colon, `{id:d/pairs.jsonl}` is YAML for a set "id:d/pairs.jsonl" with no value, or a
+        # string on the command line)
+        self.val_sources = named_sources("data.init_args.val", val)
+        self.test_sources = named_sources("data.init_args.test", test)
         self.predict_source = None if predict is None else as_source(predict)
         self.prompts: list[PromptRecord] | None = None  # the predict prompts, once set up
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
@@ -261,6 +270,7 @@ class AlignDataModule(LightningDataModule):
                 rank_zero_warn(f"{name}: skipped {sum(summary.skipped.values())} records ({summary.first_problem})")
         if stage == "fit" and "train" in self.splits:
             self._check_val_interval()
+            self._check_pack_length()
 
     def _setup_predict(self, tokenizer: Tokenizer) -> None:
         if self.predict_source is None:
@@ -290,6 +300,26 @@ class AlignDataModule(LightningDataModule):
                 f" {n} examples, batch_size {self.batch_size}{f' x {world} devices' if world > 1 else ''}) has "
                 f"only {batches}: set --trainer.val_check_interval to at most {batches}, or to 1.0 (validate "
                 "once per epoch), or check_val_every_n_epoch: null (count batches across epochs)")
+
+    def _check_pack_length(self) -> None:
+        """Rows that can hold no two training examples pack nothing: said in a line; refused when pack_length is
+        below every example (then no row keeps to it: a misreading of the option, e.g. as a length cap)."""
+        layout = self.split_layouts.get("train", self.layout)
+        if not layout.packs_rows:
+            return
+        row_length = self.pack_length or self.spec.max_length
+        found = unpackable([layout.length(ex) for ex in self.splits["train"].examples], row_length)
+        if found is None:
+            return
+        below_all, problem = found
+        given = f"data.pack_length {row_length}" if self.pack_length else f"a packed row (max_length, {row_length})"
+        message = (f"{given} {problem} of train ({self.train_source.label}): every example gets a row of its own "
+                   "and nothing is packed")
+        if not below_all:
+            rank_zero_warn(message)
+            return
+        raise LitAlignError(f"{message}; raise data.pack_length (it is the longest packed row, not a cap on the "
+                            "examples: max_length is), or leave it unset")
 
     def split_layout(self, name: str, source: Source) -> Layout:
         """The layout of a split's batches: the objective's, unless an evaluation set asks for another record kind

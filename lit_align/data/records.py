@@ -36,6 +36,9 @@ MAX_RECORD_CHARS = 1_000_000
 """Default cap on the text of one record (the data module's max_record_chars): a 10 MB record would cost the
 tokenizer gigabytes of memory for tokens that truncation then throws away."""
 KINDS = ("sft", "pair", "ranked", "probe")
+FLOAT32_MAX = 3.4028234663852886e38
+"""The largest float32: weights become float32 tensors (data/collate.py), where a larger one is inf, and every
+step holding it is then skipped as non-finite (callbacks/nonfinite.py) without a word about the data."""
 
 
 @dataclass
@@ -112,6 +115,9 @@ def _get_weight(row: dict, where: str) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
         raise DataError(where, f"expected a finite number >= 0, got {value!r}", field="weight")
+    if value > FLOAT32_MAX:
+        raise DataError(where, f"{value!r} overflows float32 (the largest is {FLOAT32_MAX:.4g}), in which the loss is "
+                               "weighted; weights are relative, so scale them down", field="weight")
     return float(value)
 
 

@@ -10,6 +10,7 @@ import csv
 import gzip
 import io
 import json
+import re
 import zlib
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -59,7 +60,31 @@ class Source:
         return self.path if self.split == "train" else f"{self.path}[{self.split}]"
 
 
-def as_source(value: "str | Source | dict") -> Source:
+def named_sources(option: str, sets: "dict | str | None") -> dict[str, Source]:
+    """The named sets of `option` (data.val, data.test: {name: source}) as Sources; a set without a source, or
+    not a mapping of sets, is said with the option and the set's name."""
+    if sets is None:
+        return {}
+    if not isinstance(sets, dict):
+        raise LitAlignError(f"{option}: expected named sets {{name: source, ...}}, e.g. {{id: d/pairs.jsonl}}, not "
+                            f"{sets!r}{_no_space_after_colon(sets)}")
+    for name, value in sets.items():
+        if value is None:
+            raise LitAlignError(f"{option}: set '{name}' has no source{_no_space_after_colon(name)}; expected a path, "
+                                "builtin:<task>, a `datasets` name or {path: ..., split: ...}")
+    return {name: as_source(value, f"{option}: set '{name}'") for name, value in sets.items()}
+
+
+def _no_space_after_colon(text: object) -> str:
+    """A hint when `text` holds a colon with no space after it: YAML reads `{id:d/pairs.jsonl}` as a set named
+    "id:d/pairs.jsonl" with no value (on the command line: as a string), not as {id: d/pairs.jsonl}."""
+    if not isinstance(text, str) or not re.search(r":[^\s,}]", text):
+        return ""
+    fixed = re.sub(r":(?=[^\s,}])", ": ", text.strip("{} "))
+    return f" (YAML needs a space after the colon: {{{fixed}}})"
+
+
+def as_source(value: "str | Source | dict", option: str = "Data source") -> Source:
     if isinstance(value, Source):
         return value
     if isinstance(value, str):
@@ -70,10 +95,11 @@ def as_source(value: "str | Source | dict") -> Source:
         known = {f.name for f in fields(Source)}
         unknown = sorted(set(value) - known)
         if unknown or "path" not in value:
-            raise LitAlignError(f"Data source {value!r}: " + (f"unknown option '{unknown[0]}'" if unknown else
+            raise LitAlignError(f"{option} {value!r}: " + (f"unknown option '{unknown[0]}'" if unknown else
                                 "no 'path'") + f"; the options are {', '.join(f.name for f in fields(Source))}.")
         return Source(**value)
-    raise LitAlignError(f"Cannot read a data source from {value!r}: give a path or {{path: ..., split: ...}}.")
+    raise LitAlignError(f"{option}: cannot read a data source from {value!r}: give a path or "
+                        "{path: ..., split: ...}.")
 
 
 def _suffix(path: Path) -> str:
