@@ -47,6 +47,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lit_align.callbacks.lock import ExperimentLock
+from lit_align.callbacks.stops import Interrupted, Requeued
 from lit_align.errors import LitAlignError, write_error
 from lit_align.resume import RUN_SETTINGS
 
@@ -254,7 +255,6 @@ class RunCheckpoint(ModelCheckpoint):
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         from lit_align.callbacks.collective_timeout import collective_timeout
-        from lit_align.callbacks.requeue import Interrupted, Requeued
 
         try:
             # Interrupted / Requeued wrote last.ckpt at a step's end; after a collective timeout a save would wait

@@ -346,8 +346,9 @@ class Probes(Callback):
         self._layout_written = True
         return metrics
 
-    def layout(self) -> dict:
-        """TensorBoard custom-scalars layout: one chart per set with all its categories, per sequence and per token."""
+    def tensorboard_layout(self) -> dict:
+        """TensorBoard custom-scalars layout (collected by callbacks/tensorboard.py's write_layout): one chart per set
+        with all its categories, per sequence and per token."""
         layout = {}
         for ps in self.sets or []:
             cats = ps.categories + ([GREEDY] if self.greedy > 0 else [])

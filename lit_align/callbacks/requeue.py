@@ -43,23 +43,8 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-
-class Requeued(Exception):
-    """Raised on every rank after the preemption checkpoint was written and the requeue requested."""
-
-    def __init__(self, checkpoint: str, job_id: str | None, requeued: bool):
-        self.checkpoint, self.job_id, self.requeued = checkpoint, job_id, requeued
-        what = f"job {job_id} requeued" if requeued else "requeue not requested"
-        super().__init__(f"preempted: checkpoint written to {checkpoint}; {what}")
-
-
-class Interrupted(Exception):
-    """Raised on every rank after SIGTERM / SIGINT, once the current step is finished and last.ckpt written."""
-
-    def __init__(self, checkpoint: str, step: int, signum: int, rank_zero: bool = True):
-        self.checkpoint, self.step, self.signum, self.rank_zero = checkpoint, step, signum, rank_zero
-        super().__init__(f"{signal.Signals(signum).name}: interrupted at step {step}; resume with --ckpt_path last "
-                         f"(checkpoint: {checkpoint})")
+from lit_align.callbacks.checkpoint import RunCheckpoint
+from lit_align.callbacks.stops import Interrupted, Requeued  # noqa: F401 (the CLI catches them)
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -208,8 +193,6 @@ class SlurmRequeue(Callback):
 
     @staticmethod
     def _checkpoint(trainer) -> str:
-        from lit_align.callbacks.checkpoint import RunCheckpoint
-
         for cb in trainer.checkpoint_callbacks:
             if isinstance(cb, RunCheckpoint):
                 return cb.save_last_now(trainer)

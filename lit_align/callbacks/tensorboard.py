@@ -158,9 +158,8 @@ def name_evaluation_run(logger, subcommand: str) -> None:
 
 
 def write_layout(trainer, tags: set[str]) -> None:
-    """Write the custom-scalars layout of the tags logged so far plus the probes' charts (when it changed)."""
-    from lit_align.callbacks.probes import Probes
-
+    """Write the custom-scalars layout of the tags logged so far plus the charts of any callback that declares its
+    own (a `tensorboard_layout()` method returning {category: {chart: [...]}}, e.g. Probes), when it changed."""
     logger = _tensorboard(trainer)
     if logger is None or not trainer.is_global_zero:
         return
@@ -170,8 +169,9 @@ def write_layout(trainer, tags: set[str]) -> None:
         tags = setup.tags
     layout = layout_for(set(tags))
     for cb in trainer.callbacks:
-        if isinstance(cb, Probes):
-            layout.update(cb.layout())
+        charts = getattr(cb, "tensorboard_layout", None)
+        if callable(charts):
+            layout.update(charts())
     if setup is not None and setup.last_layout == layout:
         return
     logger.experiment.add_custom_scalars(layout)
