@@ -13,6 +13,7 @@ from dataclasses import asdict, replace
 
 import pytest
 import torch
+from conftest import REPO
 
 from lit_align.data import organism as org
 from lit_align.data.datamodule import AlignDataModule
@@ -203,7 +204,7 @@ def test_a_killed_build_leaves_nothing_behind_and_resumes_to_the_same_weights(tm
     code = ("import json, sys; from lit_align.pretrain import Recipe, ensure_built; "
             "ensure_built('organism', Recipe(**json.loads(sys.argv[1])), quiet=True)")
     build = subprocess.Popen([sys.executable, "-c", code, json.dumps(asdict(RESUMABLE))],
-                             env={**os.environ, "LIT_ALIGN_CACHE": str(tmp_path / "killed")})
+                             env={**os.environ, "LIT_ALIGN_CACHE": str(tmp_path / "killed"), "PYTHONPATH": str(REPO)})
     # meanwhile, here: the uninterrupted build
     monkeypatch.setenv("LIT_ALIGN_CACHE", str(tmp_path / "whole"))
     whole = (ensure_built("organism", RESUMABLE, quiet=True) / "model.safetensors").read_bytes()
