@@ -327,9 +327,7 @@ class _BuildState:
     def load(self) -> dict | None:
         try:
             state = torch.load(self.folder / "state.pt", map_location="cpu", weights_only=False)
-        except FileNotFoundError:
-            return None
-        except Exception:  # unreadable (a disk that filled up): start over, it is only a shortcut
+        except Exception:  # none, or unreadable (a disk that filled up): start over, it is only a shortcut
             return None
         return state if state.get("key") == self.key and 0 < state.get("step", 0) < self.total else None
 
