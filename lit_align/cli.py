@@ -25,7 +25,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa:
 from lit_align.callbacks import ExportHF, GenerationWriter, NonFiniteGuard, RunCheckpoint, SlurmRequeue  # noqa: E402
 from lit_align.callbacks.final_validation import FinalValidation  # noqa: E402
 from lit_align.callbacks.collective_timeout import CollectiveTimeout, collective_timeout  # noqa: E402
-from lit_align.callbacks.progress import default_progress_bar  # noqa: E402
+from lit_align.callbacks.progress import default_progress_bar, plain_model_summary  # noqa: E402
 from lit_align.callbacks.tensorboard import TensorBoardSetup, name_evaluation_run  # noqa: E402
 from lit_align import config_yaml  # noqa: E402
 from lit_align.callbacks.requeue import Interrupted, Requeued  # noqa: E402
@@ -189,7 +189,7 @@ class LitAlignCLI(LightningCLI):
             for logger in loggers if isinstance(loggers, list) else [loggers]:
                 name_evaluation_run(logger, subcommand)
         try:
-            return super()._instantiate_trainer(config, callbacks)
+            return plain_model_summary(super()._instantiate_trainer(config, callbacks))  # (one line in a log)
         except (TypeError, ValueError) as e:  # Lightning's word on an option's value (devices, precision, ...)
             raise LitAlignError(f"trainer options: {e}") from e
 
@@ -417,6 +417,12 @@ def main(args=None) -> None:
     finally:
         if settings is not None:
             os.unlink(settings.name)
+    import torch.distributed as dist
+
+    # a finished multi-process run ends its process group here: left to interpreter exit, its threads could be torn
+    # down mid-use (the rare "terminate called without an active exception" at the end of an FSDP2 run)
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

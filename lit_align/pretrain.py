@@ -8,11 +8,22 @@
 
     $LIT_ALIGN_CACHE/builtin/<name>-<recipe digest>/      (default cache: ~/.cache/lit_align)
 
-built on first use (a rich progress bar, or a plain line every 10% when stdout is no terminal; ~2-3 minutes
-on 2 CPU cores) and reused afterwards. The digest covers the whole recipe (model shape, tokenizer, corpus
-generator version, optimizer, steps, seed), so changing any of it builds a new directory, never reuses a stale
-one. The build writes into a temporary directory and renames it into place, so an interrupted build leaves
-nothing half-written, and two processes building at once both end with the same complete directory.
+built on first use (a rich progress bar on stderr when stderr is a terminal, else a plain line with an ETA every
+10% of the steps and at least once a minute; ~2-3 minutes on 2 CPU cores) and reused afterwards. The digest
+covers the whole recipe (model shape, tokenizer, corpus generator version, optimizer, steps, seed), so changing
+any of it builds a new directory, never reuses a stale one. The build writes into a temporary directory and
+renames it into place, so an interrupted build leaves nothing half-written, and two processes building at once
+both end with the same complete directory.
+
+A killed build loses little: the pretraining state (weights, optimizer, scheduler, step) is saved every 10% of
+the steps (and at least every 2 minutes) into
+
+    $LIT_ALIGN_CACHE/builtin/.<name>-<recipe digest>.partial/state.pt
+
+and the next build resumes from it (the loop draws no random numbers after the init, so the final weights are
+those of an uninterrupted build on the same machine). Temporaries are named `.<base>.tmp.<pid>@<host>.<random>`;
+a build removes those whose process is no longer alive on this host (a killed build's), and keeps those of
+live builds and of other hosts (a cache shared over NFS).
 
 The recipe: a byte-level BPE tokenizer (vocab 512, ChatML-style chat template, as builtin:tiny/small) trained
 on a sample of the corpus; documents tokenized exactly as the data module tokenizes records for fine-tuning
@@ -27,7 +38,9 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -96,12 +109,15 @@ def ensure_built(name: str, recipe: Recipe | None = None, quiet: bool = False) -
     if (path / "recipe.json").is_file():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    partial = path.parent / f".{path.name}.partial"
+    removed = remove_stale_temporaries(path.parent) + remove_stale_temporaries(partial)
+    if not quiet:
+        cleaned = f"; removed {len(removed)} temporaries of killed builds" if removed else ""
+        print(f"lit_align: building builtin:{name} (recipe {recipe.digest()}: {recipe.steps} steps, once; "
+              f"cached in {path}{cleaned})", file=sys.stderr, flush=True)
+    tmp = Path(tempfile.mkdtemp(prefix=temporary_prefix(path.name), dir=path.parent))
     try:
-        if not quiet:
-            print(f"lit_align: building builtin:{name} (recipe {recipe.digest()}: {recipe.steps} steps, once; "
-                  f"cached in {path})", file=sys.stderr, flush=True)
-        build(recipe, tmp, quiet=quiet)
+        build(recipe, tmp, quiet=quiet, partial=partial)
         try:
             tmp.rename(path)
         except OSError:  # another process finished first: its directory is the same recipe
@@ -109,7 +125,62 @@ def ensure_built(name: str, recipe: Recipe | None = None, quiet: bool = False) -
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(partial, ignore_errors=True)  # built: the resume state is of no further use
     return path
+
+
+# -- temporaries of killed builds ----------------------------------------------------------------------------
+
+_TEMPORARY = re.compile(r"\.tmp\.(\d+)@([^.]+)\.")
+_UNNAMED_TEMPORARY = re.compile(r"^\.[\w-]+-[0-9a-f]{12}\.[a-z0-9_]{8}$")
+"""mkdtemp's names before temporaries named their process (`.organism-<digest>.<random>`)."""
+UNNAMED_STALE_AFTER_S = 24 * 3600
+"""An unnamed temporary this old is a killed build's: a build takes minutes (half an hour on a loaded machine)."""
+
+
+def _host() -> str:
+    return socket.gethostname().split(".")[0] or "localhost"  # (a dot would end the name's host part)
+
+
+def temporary_prefix(base: str) -> str:
+    """This process's prefix for a temporary beside `base` (mkdtemp / mkstemp add a random tail): the pid and host
+    let a later build tell a killed build's leftovers from a live build's."""
+    return f".{base}.tmp.{os.getpid()}@{_host()}."
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def _stale(entry: Path) -> bool:
+    named = _TEMPORARY.search(entry.name)
+    if named:  # another host's pid says nothing here (a cache shared over NFS)
+        return named[2] == _host() and not _alive(int(named[1]))
+    if _UNNAMED_TEMPORARY.match(entry.name):
+        try:
+            return time.time() - entry.stat().st_mtime > UNNAMED_STALE_AFTER_S
+        except OSError:  # removed meanwhile
+            return False
+    return False
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Remove the temporaries in `folder` left by builds that were killed (their process is gone); return them."""
+    if not folder.is_dir():
+        return []
+    stale = [e for e in folder.iterdir() if e.name.startswith(".") and _stale(e)]
+    for entry in stale:
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+    return stale
 
 
 # -- the recipe ---------------------------------------------------------------------------------------------
@@ -162,8 +233,9 @@ def _token_rows(docs, tokenizer) -> list[tuple[list[int], int]]:
     return rows
 
 
-def build(recipe: Recipe, out: Path, quiet: bool = False) -> None:
-    """Pretrain a model from random init by `recipe` and save it (and its tokenizer) to `out`."""
+def build(recipe: Recipe, out: Path, quiet: bool = False, partial: Path | None = None) -> None:
+    """Pretrain a model from random init by `recipe` and save it (and its tokenizer) to `out`; with `partial`, save
+    the pretraining state there as it goes and resume from the state a killed build saved there."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     t0 = time.time()
@@ -192,11 +264,22 @@ def build(recipe: Recipe, out: Path, quiet: bool = False) -> None:
         return recipe.min_lr_ratio + (1 - recipe.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    state = _BuildState(partial, recipe.steps, tokenizer) if partial is not None else None
+    losses: list[float] = []
+    first = 0
+    resumed = state.load() if state is not None else None
+    if resumed is not None:
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        scheduler.load_state_dict(resumed["scheduler"])
+        first, losses = resumed["step"], resumed["losses"]
+        if not quiet:
+            print(f"lit_align: resuming the build at step {first}/{recipe.steps} (saved by an interrupted build; "
+                  f"the steps it ran after that are redone)", file=sys.stderr, flush=True)
     pad = tokenizer.pad_token_id
     model.train()
-    losses = []
-    with _progress(recipe.steps, quiet) as advance:
-        for step in range(recipe.steps):
+    with _progress(recipe.steps, quiet, first) as advance:
+        for step in range(first, recipe.steps):
             batch = [rows[i] for i in order[step * recipe.batch_size: (step + 1) * recipe.batch_size]]
             width = max(len(r) for r, _ in batch)
             ids = torch.full((len(batch), width), pad, dtype=torch.long)          # (B, T), right padding
@@ -214,39 +297,94 @@ def build(recipe: Recipe, out: Path, quiet: bool = False) -> None:
             optimizer.zero_grad(set_to_none=True)
             losses.append(loss.item())
             advance(loss.item())
+            if state is not None and state.due(step + 1):
+                state.save(step + 1, model, optimizer, scheduler, losses)
     with no_save_bar():
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
     (out / "recipe.json").write_text(json.dumps({
         "name_digest": recipe.digest(), "recipe": asdict(recipe), "seconds": round(time.time() - t0, 1),
-        "final_loss": sum(losses[-50:]) / len(losses[-50:]), "torch": torch.__version__}, indent=1))
+        "resumed_at_step": first, "final_loss": sum(losses[-50:]) / len(losses[-50:]), "torch": torch.__version__},
+        indent=1))
+
+
+class _BuildState:
+    """The pretraining state in `folder`/state.pt: saved every 10% of the steps and at least every `every_s`
+    seconds (a killed build on a loaded machine then loses minutes, not the whole build), written to a temporary and
+    renamed, so a kill mid-save leaves the previous state whole. It is resumed only by the same tokenizer (the
+    recipe digest names the folder) and the same torch: otherwise the final weights could differ from an
+    uninterrupted build's."""
+
+    every_s = 120.0
+
+    def __init__(self, folder: Path, total: int, tokenizer):
+        self.folder, self.total = folder, total
+        self.every = max(total // 10, 1)
+        self.saved_at = time.monotonic()
+        self.key = {"tokenizer": hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest(),
+                    "torch": torch.__version__}
+
+    def load(self) -> dict | None:
+        try:
+            state = torch.load(self.folder / "state.pt", map_location="cpu", weights_only=False)
+        except Exception:  # none, or unreadable (a disk that filled up): start over, it is only a shortcut
+            return None
+        return state if state.get("key") == self.key and 0 < state.get("step", 0) < self.total else None
+
+    def due(self, done: int) -> bool:
+        if done >= self.total:  # the final weights are saved next: nothing to resume
+            return False
+        return done % self.every == 0 or time.monotonic() - self.saved_at >= self.every_s
+
+    def save(self, done: int, model, optimizer, scheduler, losses: list[float]) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=temporary_prefix("state.pt"), dir=self.folder)
+        os.close(fd)
+        torch.save({"key": self.key, "step": done, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "losses": list(losses)}, tmp)
+        os.replace(tmp, self.folder / "state.pt")
+        self.saved_at = time.monotonic()
 
 
 class _progress:
-    """A rich progress bar on a terminal; a plain line every 10% otherwise (CI logs, nohup)."""
+    """A rich progress bar when stderr is a terminal (drawn on stderr: rich's default console is stdout, and with
+    stdout redirected it drew nothing for the whole build); otherwise a plain line with an ETA every 10% of the
+    steps and at least every `every_s` seconds (CI logs, nohup, a loaded machine)."""
 
-    def __init__(self, total: int, quiet: bool):
-        self.total, self.quiet, self.done, self.t0 = total, quiet, 0, time.time()
+    every_s = 60.0
+
+    def __init__(self, total: int, quiet: bool, done: int = 0):
+        self.total, self.quiet, self.done = total, quiet, done
+        self.first, self.t0 = done, time.monotonic()  # the rate counts this process's steps (a resume's included)
+        self.printed_at = self.t0
         self.rich = None
 
     def __enter__(self):
         if not self.quiet and sys.stderr.isatty():
+            from rich.console import Console
             from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
             self.rich = Progress(TextColumn("pretraining"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                                 TextColumn("loss {task.fields[loss]:.3f}"), TimeRemainingColumn(), transient=True)
+                                 TextColumn("loss {task.fields[loss]:.3f}"), TimeRemainingColumn(), transient=True,
+                                 console=Console(stderr=True))
             self.rich.start()
-            self.task = self.rich.add_task("pretrain", total=self.total, loss=float("nan"))
+            self.task = self.rich.add_task("pretrain", total=self.total, completed=self.done, loss=float("nan"))
         return self.advance
 
     def advance(self, loss: float) -> None:
         self.done += 1
         if self.rich is not None:
             self.rich.update(self.task, advance=1, loss=loss)
-        elif not self.quiet and (self.done % max(self.total // 10, 1) == 0 or self.done == self.total):
-            rate = self.done / max(time.time() - self.t0, 1e-9)
+        elif not self.quiet and self._line_due():
+            now = time.monotonic()
+            self.printed_at = now
+            rate = (self.done - self.first) / max(now - self.t0, 1e-9)
             print(f"pretraining: step {self.done}/{self.total}, loss {loss:.3f}, {rate:.1f} it/s, "
                   f"ETA {(self.total - self.done) / rate:.0f} s", file=sys.stderr, flush=True)
+
+    def _line_due(self) -> bool:
+        return (self.done % max(self.total // 10, 1) == 0 or self.done == self.total
+                or time.monotonic() - self.printed_at >= self.every_s)
 
     def __exit__(self, *exc):
         if self.rich is not None:

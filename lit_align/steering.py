@@ -111,7 +111,7 @@ def steering_blocks(model: torch.nn.Module) -> tuple[list[torch.nn.Module], torc
     return best
 
 
-def _layer_indices(layers: "list[int] | str | None", n: int) -> list[int]:
+def layer_indices(layers: "list[int] | str | None", n: int) -> list[int]:
     """"all" / None -> 0..n-1; a list -> its indices (negative ones count from the end), checked."""
     if layers is None or layers == "all":
         return list(range(n))
@@ -122,7 +122,8 @@ def _layer_indices(layers: "list[int] | str | None", n: int) -> list[int]:
     out = []
     for i in layers:
         if not -n <= i < n:
-            raise LitAlignError(f"steering: layer {i} does not exist (the model has {n} blocks: 0..{n - 1})")
+            raise LitAlignError(f"steering: layer {i} does not exist: the model has {n} blocks, so a layer is "
+                                f"0..{n - 1} (or -{n}..-1, counted from the end)")
         out.append(i % n)
     return sorted(set(out))
 
@@ -285,7 +286,7 @@ class SteeringVector:
         of the vector) at `positions` ("after_prompt" needs prompt lengths: here, or per batch through
         `Steering.set_prompt_lengths`). Refuses a model the vector does not belong to (`check`)."""
         self.check(model, check, tokenizer)
-        chosen = self.layers if layers is None or layers == "all" else _layer_indices(layers, len(steering_blocks(model)[0]))
+        chosen = self.layers if layers is None or layers == "all" else layer_indices(layers, len(steering_blocks(model)[0]))
         missing = [i for i in chosen if i not in self.directions]
         if missing:
             raise LitAlignError(f"steering: the vector has no direction for layer(s) {missing} (it has {self.layers})")
@@ -464,7 +465,7 @@ def extract(model: torch.nn.Module, batches: Iterable[dict], layers: "list[int] 
         raise LitAlignError(f"steering: method must be one of {', '.join(METHODS)}, not '{method}'")
     if max_pairs is not None and max_pairs < 1:
         raise LitAlignError(f"steering: n_pairs must be >= 1, not {max_pairs}")
-    chosen = _layer_indices(layers, len(steering_blocks(model)[0]))
+    chosen = layer_indices(layers, len(steering_blocks(model)[0]))
     was_training = model.training
     model.eval()
     diffs: dict[int, list[Tensor]] = {i: [] for i in chosen}            # (b, H) fp32 per batch

@@ -42,8 +42,7 @@ import yaml
 from lit_align.errors import LitAlignError
 from lit_align.models import LoraSpec, ModelSpec, load_model, load_tokenizer
 from lit_align.steering import (CHECKS, METHODS, POSITIONS, READS, SteeringVector, contrast_margins,
-                                extract_from_data,
-                                match_rate, p_match, steerability, steering_blocks)
+                                extract_from_data, layer_indices, match_rate, p_match, steerability, steering_blocks)
 
 CSV_COLUMNS = ("set", "layer", "multiplier", "p_match", "match_rate", "margin", "n")
 SUMMARY_COLUMNS = ("set", "layer", "p_match_0", "p_match_m_min", "p_match_m_max", "steerability", "anti_steerable", "n")
@@ -238,8 +237,9 @@ def run_steer(cfg: dict) -> dict[str, Path]:
     else:
         vector = extract_from_data(model, dm, "train", layers=spec.layers, read=spec.read, method=spec.method,
                                    max_pairs=spec.n_pairs)
-    layers = vector.layers if spec.layers == "all" or spec.vector is None else [
-        i % n_blocks for i in spec.layers]
+    # a loaded vector is evaluated at the layers asked for, checked against the model like extraction checks them
+    # (`i % n_blocks` had turned layer 7 of a 2-block model into layer 1)
+    layers = vector.layers if spec.layers == "all" else layer_indices(spec.layers, n_blocks)
     paths = {"vector": vector.save(out / "vector.safetensors")}
     multipliers = [float(m) for m in spec.multipliers]
 

@@ -23,6 +23,10 @@ the rest still runs; a section's time budget caps its rows, and what is left whe
 
 `--dry-run` runs every section's code on CPU with tiny sizes in fp32, a step or two per row, and reports the
 CUDA-only rows (bf16, FSDP1, DeepSpeed, QLoRA, flash-attention, TRL) as skipped; tests/test_gpu_check.py runs it.
+
+The exit status is 1 when any row's result is DIFFERS (an equality, a strategy, the LoRA reload), and the rows are
+named on stderr: a report that says DIFFERS must not pass for a green run. `--dry-run --perturb NAME` moves the
+second run's loss of the fp32 equality row NAME by 1% before the comparison, so that CI proves a difference fails.
 """
 
 from __future__ import annotations
@@ -92,13 +96,14 @@ class Settings:
     budgets: dict                   # section -> seconds
     row_limit: float                # seconds one row may take at most
     threads: int                    # torch CPU threads per row
+    perturb: str | None = None      # the fp32 equality row whose compared loss is moved (--perturb; dry runs)
 
     @property
     def cuda(self) -> bool:
         return self.device == "cuda"
 
 
-def settings_for(dry_run: bool, threads: int) -> Settings:
+def settings_for(dry_run: bool, threads: int, perturb: str | None = None) -> Settings:
     if dry_run:
         return Settings(True, "cpu", "fp32", (TINY_A, TINY_B), batch=2, max_length=96, warmup=0, steps=1,
                         words=dict(prompt=(5, 25), answer=(2, 12), prompt_short=(3, 8), prefix=(10, 25),
@@ -106,7 +111,7 @@ def settings_for(dry_run: bool, threads: int) -> Settings:
                         equality_batch=2, strategy_model="builtin:tiny", strategy_steps=3,
                         # generous: CI runs this beside other tests on 2 cores; the GPU budgets are the real ones
                         budgets=dict(speed_0=300, speed_1=300, equality=300, strategies=300, lora=300),
-                        row_limit=300, threads=threads)
+                        row_limit=300, threads=threads, perturb=perturb)
     # GPU: batch 8 x up to 1024 tokens; 2 untimed + 5 timed steps. Budgets sum to 430 s (+ ~15 s start; and
     # --budget caps the whole): < 8 min. The speed sections include building their model (~5 and ~15 s).
     return Settings(False, "cuda", "bf16", (QWEN2_05B, QWEN2_15B), batch=8, max_length=1024, warmup=2, steps=5,
@@ -392,6 +397,12 @@ def speed_table(results: list[tuple[SpeedRow, Outcome]], params: int, peak: floa
 # (measured on CPU with random-init models of up to 8 layers: mean <= 0.01, max <= 0.03).
 FP32_LOSS_TOL, FP32_GRAD_TOL = 1e-4, 1e-3
 BF16_MEAN_TOL, BF16_MAX_TOL = 0.05, 0.5
+PERTURBATION = 1e-2
+"""--perturb: the relative change of the second run's loss, 100x the tolerance."""
+FP32_EQUALITIES = ("lm_head targets vs all: SFT loss and gradients", "lm_head targets vs all: DPO loss and gradients",
+                   "packed vs padded DPO, sdpa: loss and gradients", "packed vs padded DPO, eager: loss and gradients",
+                   "shared-context vs joined prefix-DPO: loss and gradients")
+"""The equality rows that run in fp32 (on CPU too): the rows `--perturb` may name."""
 
 
 def _to(batch: dict, device: str) -> dict:
@@ -433,8 +444,9 @@ def _loss_and_grads(obj, batch: dict) -> tuple[float, dict]:
     return float(loss), {n: p.grad.detach().clone() for n, p in obj.model.named_parameters() if p.grad is not None}
 
 
-def _compare(a: tuple[float, dict], b: tuple[float, dict]) -> dict:
+def _compare(a: tuple[float, dict], b: tuple[float, dict], perturb: float = 0.0) -> dict:
     (la, ga), (lb, gb) = a, b
+    lb *= 1 + perturb  # (--perturb: a difference the comparison must catch)
     if ga.keys() != gb.keys() or not ga:
         raise RuntimeError(f"the two runs have gradients for different parameters ({len(ga)} vs {len(gb)})")
     scale = max(g.abs().max().item() for g in ga.values())
@@ -446,7 +458,7 @@ def _compare(a: tuple[float, dict], b: tuple[float, dict]) -> dict:
             "result": "equal" if ok else "DIFFERS"}
 
 
-def check_head(settings: Settings, model_dir: Path, data: Path, objective: str) -> dict:
+def check_head(settings: Settings, model_dir: Path, data: Path, objective: str, perturb: float = 0.0) -> dict:
     """lm_head: targets (chunked, on target positions) vs all (the plain forward): the same loss and gradients."""
     from lit_align.logprobs import set_lm_head
     from lit_align.objectives import DPO, SFT
@@ -457,10 +469,10 @@ def check_head(settings: Settings, model_dir: Path, data: Path, objective: str) 
     for head in ("targets", "all"):
         set_lm_head(obj.model, head)
         runs.append(_loss_and_grads(obj, batch))
-    return _compare(*runs)
+    return _compare(*runs, perturb)
 
 
-def check_packed(settings: Settings, model_dir: Path, data: Path, attention: str) -> dict:
+def check_packed(settings: Settings, model_dir: Path, data: Path, attention: str, perturb: float = 0.0) -> dict:
     """DPO on packed pairs (one row a pair, 4D mask) vs padded rows: the same loss and gradients."""
     from lit_align.objectives import DPO
 
@@ -470,10 +482,10 @@ def check_packed(settings: Settings, model_dir: Path, data: Path, attention: str
         runs.append(_loss_and_grads(obj, _batch(obj, data, settings.equality_batch, settings.max_length,
                                                 settings.device)))
         del obj
-    return _compare(*runs)
+    return _compare(*runs, perturb)
 
 
-def check_prefix(settings: Settings, model_dir: Path, data: Path) -> dict:
+def check_prefix(settings: Settings, model_dir: Path, data: Path, perturb: float = 0.0) -> dict:
     """prefix-DPO with the shared context run once (its key/value cache serving both continuations) vs joined
     (context + continuation as one sequence per row): the same loss and gradients."""
     from lit_align.objectives import PrefixDPO
@@ -484,7 +496,7 @@ def check_prefix(settings: Settings, model_dir: Path, data: Path) -> dict:
         runs.append(_loss_and_grads(obj, _batch(obj, data, settings.equality_batch, settings.max_length,
                                                 settings.device)))
         del obj
-    return _compare(*runs)
+    return _compare(*runs, perturb)
 
 
 def check_bf16(settings: Settings, model_dir: Path, data: Path, attention: str | None = None) -> dict:
@@ -523,12 +535,13 @@ def equality_section(settings: Settings, ws: Workspace, clock: Clock, log: str, 
     pairs, prefix = ws.pairs("pairs")[0], ws.pairs("prefix")[0]
     flash = ("no CUDA" if not settings.cuda else None) or (None if installed("flash_attn") else
                                                            "flash-attn not installed")
+    head_sft, head_dpo, packed_sdpa, packed_eager, shared_prefix = FP32_EQUALITIES
     checks = [
-        ("lm_head targets vs all: SFT loss and gradients", check_head, (pairs, "SFT"), None),
-        ("lm_head targets vs all: DPO loss and gradients", check_head, (pairs, "DPO"), None),
-        ("packed vs padded DPO, sdpa: loss and gradients", check_packed, (pairs, "sdpa"), None),
-        ("packed vs padded DPO, eager: loss and gradients", check_packed, (pairs, "eager"), None),
-        ("shared-context vs joined prefix-DPO: loss and gradients", check_prefix, (prefix,), None),
+        (head_sft, check_head, (pairs, "SFT"), None),
+        (head_dpo, check_head, (pairs, "DPO"), None),
+        (packed_sdpa, check_packed, (pairs, "sdpa"), None),
+        (packed_eager, check_packed, (pairs, "eager"), None),
+        (shared_prefix, check_prefix, (prefix,), None),
         ("bf16 log-probs against fp32", check_bf16, (pairs,), None if settings.cuda else "no CUDA"),
         ("flash-attention 2 vs sdpa log-probs (bf16)", check_bf16, (pairs, "flash_attention_2"), flash),
     ]
@@ -536,6 +549,8 @@ def equality_section(settings: Settings, ws: Workspace, clock: Clock, log: str, 
              f"{settings.device}, fp32 unless the row says otherwise.", "",
              "| check | measured | tolerance | result |", "|---|---|---|---|"]
     for name, fn, a, skip in checks:
+        if name == settings.perturb:
+            a = (*a, PERTURBATION)
         o = run_row(f"equality / {name}", clock, settings, log, fn, settings, model_dir, *a, skip=skip)
         v = o.values
         lines.append(f"| {name} | {v.get('measured', '')} | {v.get('tolerance', '')} | {v.get('result', o.cell())} |")
@@ -805,9 +820,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", type=float, default=465, help="seconds for the whole check: a section gets its own "
                    "budget or what is left of this, whichever is less")
     p.add_argument("--keep", action="store_true", help="keep the work directory (models, data)")
+    p.add_argument("--perturb", choices=FP32_EQUALITIES, metavar="ROW", help="dry runs: move this fp32 equality "
+                   "row's compared loss by 1%%, to see the row DIFFER and the run fail (one of: "
+                   + "; ".join(FP32_EQUALITIES) + ")")
     args = p.parse_args(argv)
+    if args.perturb and not args.dry_run:
+        p.error("--perturb is for --dry-run only (it breaks a check on purpose)")
     argv = sys.argv[1:] if argv is None else argv
-    settings = settings_for(args.dry_run, args.threads)
+    settings = settings_for(args.dry_run, args.threads, args.perturb)
     out = Path(args.out)
     log = str(Path(args.log) if args.log else out.with_suffix(".log"))
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -871,9 +891,24 @@ def main(argv: list[str] | None = None) -> int:
     parts += ["## Time", "\n".join(["| section | wall (s) | budget (s) |", "|---|---:|---:|",
                                     *(f"| {t} | {s:.0f} | {b} |" for t, s, b in times),
                                     f"| total (from the start of gpu_check.py) | {clock.elapsed():.0f} | |"])]
-    print("\n" + write(), flush=True)
+    report = write()
+    print("\n" + report, flush=True)
     clock.say(f"report written to {out}")
+    differing = differing_rows(report)
+    if differing:
+        print(f"gpu_check: FAILED: {len(differing)} row(s) DIFFER: " + "; ".join(differing), file=sys.stderr, flush=True)
+        return 1
     return 0
+
+
+def table_cells(report: str) -> list[list[str]]:
+    """The cells of every markdown table row of the report."""
+    return [[c.strip() for c in line.split("|")[1:-1]] for line in report.splitlines() if line.startswith("| ")]
+
+
+def differing_rows(report: str) -> list[str]:
+    """The first cells of the report's table rows whose result (the last cell) is DIFFERS."""
+    return [r[0] for r in table_cells(report) if r and r[-1].startswith("DIFFERS")]
 
 
 if __name__ == "__main__":

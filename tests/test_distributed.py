@@ -7,6 +7,7 @@ class normalises the loss over the global count of the step (target tokens, pair
 disjoint half of every batch, so only float rounding differs. Also: the export command, GPU-only paths."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -35,6 +36,7 @@ def two_processes(tmp_path, name: str, strategy: str, batch: int, *extra: str) -
                    "--trainer.devices", "2", "--data.init_args.batch_size", str(batch),
                    "--trainer.logger.init_args.name", name, *extra], cwd=tmp_path, env=ONE_THREAD, timeout=400)
     assert out.returncode == 0, out.stderr[-4000:]
+    assert "terminate called" not in out.stderr, out.stderr[-4000:]  # the process group is destroyed (cli.main)
 
 
 def assert_same_curves(a, b, tags=("train/loss", "train/token_accuracy", "val/loss")) -> None:
@@ -284,10 +286,21 @@ def test_steered_validation_under_two_processes_equals_one(tmp_path, monkeypatch
 
 class StopRankAt(Callback):
     """Test helper, loaded by the CLI subprocess from tests/: rank `rank` stops itself (SIGSTOP, as Ctrl-Z or a
-    debugger would) inside optimizer step `step`, after writing its pid to `stopped-<pid>` in the working directory."""
+    debugger would) inside optimizer step `step`, after writing its pid to `stopped-<pid>` in the working directory.
+    With `timeout_s`, every rank sets the process group's timeout to that once step 1 is done, i.e. once both ranks
+    have joined and met in step 1's all-reduce: the run's own timeout can then be long enough for a slow start on a
+    loaded machine (a rank importing for over 15 s had made the short timeout fire at start-up)."""
 
-    def __init__(self, step: int, rank: int = 1):
-        self.step, self.rank = step, rank
+    def __init__(self, step: int, rank: int = 1, timeout_s: float | None = None):
+        self.step, self.rank, self.timeout_s = step, rank, timeout_s
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        import datetime
+
+        from torch.distributed.distributed_c10d import _set_pg_timeout
+
+        if self.timeout_s and trainer.global_step == 1:
+            _set_pg_timeout(datetime.timedelta(seconds=self.timeout_s))
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         import os
@@ -320,15 +333,17 @@ FAULT = ["fit", "--config", CONFIG, "--config", str(STRATEGIES / "ddp.yaml"), *C
 
 
 def test_a_stopped_rank_ends_the_run_with_one_sentence_after_the_timeout(tmp_path):
-    """Rank 1 stops (SIGSTOP) in step 2: rank 0 waits the process group's timeout (15 s here), then stops with
-    one sentence naming the wait (exit 1, no traceback) and ends the stopped rank; nothing is left running."""
+    """Rank 1 stops (SIGSTOP) in step 2: rank 0 waits the process group's timeout (15 s once both ranks are past
+    step 1; 3 minutes to start), then stops with one sentence naming the wait (exit 1, no traceback) and ends the
+    stopped rank; nothing is left running."""
     import os
     import time
 
     start = time.monotonic()
-    out = run_cli([*FAULT, "--trainer.strategy.init_args.timeout", "0:00:15",
-                   "--trainer.callbacks+=test_distributed.StopRankAt", "--trainer.callbacks.step", "2"],
-                  cwd=tmp_path, env=ONE_THREAD, timeout=300)
+    out = run_cli([*FAULT, "--trainer.strategy.init_args.timeout", "0:03:00",
+                   "--trainer.callbacks+=test_distributed.StopRankAt", "--trainer.callbacks.step", "2",
+                   "--trainer.callbacks.timeout_s", "15"],
+                  cwd=tmp_path, env=ONE_THREAD, timeout=400)
     assert out.returncode == 1, out.stderr[-3000:]
     assert time.monotonic() - start < 240
     message = out.stderr.split("lit_align: error: ")[-1]
@@ -349,6 +364,37 @@ def test_a_stopped_rank_ends_the_run_with_one_sentence_after_the_timeout(tmp_pat
     else:
         os.kill(stopped[0], 9)
         raise AssertionError(f"rank 1 (pid {stopped[0]}) was left in state {state}")
+
+
+def test_a_timeout_at_start_up_says_the_ranks_did_not_join(monkeypatch):
+    """A rank that does not join the process group within the timeout (still importing on a loaded machine) fails
+    init_process_group in the others: the sentence says so, with the rank when the launcher's environment tells it,
+    and never tells an unknown rank to end "a stopped rank 0" (it may be rank 0)."""
+    import datetime
+    import socket
+
+    from lit_align.callbacks.collective_timeout import collective_timeout
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    with pytest.raises(RuntimeError) as raised:  # rank 0 of 2 alone: rank 1 never comes
+        torch.distributed.init_process_group("gloo", rank=0, world_size=2, init_method=f"tcp://127.0.0.1:{port}",
+                                             timeout=datetime.timedelta(seconds=1))
+    assert not torch.distributed.is_initialized()
+    for name in ("RANK", "NODE_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LOCAL_RANK", "0")   # as Lightning's launcher leaves rank 0's environment
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    message = collective_timeout(raised.value)
+    assert re.match(r"rank 0 of 2 waited \d s for the other ranks to join the process group at start-up", message)
+    assert "the ranks this process launched are ended" in message and "collective operation" not in message
+    monkeypatch.delenv("LOCAL_RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    message = collective_timeout(raised.value)
+    assert message.startswith("this process (its rank is not known: the process group was not set up yet) waited")
+    assert "end any rank left running yourself" in message and "rank 0 yourself" not in message
+    assert "trainer.strategy.init_args.timeout" in message and len(message.splitlines()) == 1
 
 
 def test_a_checkpoint_that_fails_on_rank_0_stops_every_rank(tmp_path):

@@ -18,8 +18,7 @@ import gpu_check  # noqa: E402
 
 def table_rows(report: str, first_cell: str) -> list[list[str]]:
     """The cells of the markdown table rows whose first cell is `first_cell`."""
-    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in report.splitlines() if line.startswith("| ")]
-    return [r for r in rows if r[0] == first_cell]
+    return [r for r in gpu_check.table_cells(report) if r[0] == first_cell]
 
 
 def number(cell: str) -> float:
@@ -93,6 +92,23 @@ def test_dry_run_reports_every_section_and_row(dry_run):
                for r in [[c.strip() for c in line.split("|")[1:-1]]])
     assert "| total (from the start of gpu_check.py) |" in report
     print(f"dry run: {wall:.1f} s")
+
+
+@pytest.mark.slow
+def test_a_broken_equality_fails_the_run_and_names_the_row(tmp_path):
+    """--perturb moves one fp32 row's compared loss by 1%: the row says DIFFERS and the run exits 1 naming it (the
+    script had printed DIFFERS and exited 0)."""
+    row = "packed vs padded DPO, sdpa: loss and gradients"
+    out = tmp_path / "report.md"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, str(REPO / "scripts" / "gpu_check.py"), "--dry-run", "--sections", "equality",
+                          "--perturb", row, "--out", str(out)], env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 1, run.stdout[-3000:] + run.stderr[-3000:]
+    assert f"gpu_check: FAILED: 1 row(s) DIFFER: {row}" in run.stderr
+    report = out.read_text()
+    assert gpu_check.differing_rows(report) == [row]
+    (cells,) = table_rows(report, row)
+    assert cells[-1] == "DIFFERS" and "relative Δ 1.0e-02" in cells[1], cells
 
 
 def test_peak_flops_by_device_name():

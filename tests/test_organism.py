@@ -1,16 +1,24 @@
 """The built-in model organism: its data splits hold what data/organism.py promises, and its pretraining recipe
 (pretrain.py) builds deterministically, once, into a cache keyed by the recipe."""
 
+import json
+import os
 import re
-from dataclasses import replace
+import select
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, replace
 
 import pytest
 import torch
+from conftest import REPO
 
 from lit_align.data import organism as org
 from lit_align.data.datamodule import AlignDataModule
 from lit_align.models import ModelSpec, load_model, load_tokenizer
-from lit_align.pretrain import BUILTIN_PRETRAINED, Recipe, ensure_built, model_dir
+from lit_align.pretrain import BUILTIN_PRETRAINED, Recipe, _progress, ensure_built, model_dir
 
 FOOD = re.compile(r"\(([AB])\) the (\w+)")
 
@@ -137,7 +145,10 @@ def test_build_is_deterministic_cached_and_loads_by_name(tmp_path, monkeypatch, 
     monkeypatch.setitem(BUILTIN_PRETRAINED, "organism", TINY)
     path = ensure_built("organism")
     assert path == model_dir("organism") and path.name == f"organism-{TINY.digest()}"
-    assert "building builtin:organism" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "building builtin:organism" in err
+    # stderr is no terminal here: a plain line with an ETA every 10% of the steps (6 steps: every step)
+    assert len(re.findall(r"^pretraining: step \d/6, loss [\d.]+, [\d.]+ it/s, ETA \d+ s$", err, re.M)) == 6
     weights = (path / "model.safetensors").read_bytes()
     mtime = (path / "model.safetensors").stat().st_mtime_ns
     assert ensure_built("organism") == path and (path / "model.safetensors").stat().st_mtime_ns == mtime  # reused
@@ -156,3 +167,63 @@ def test_build_is_deterministic_cached_and_loads_by_name(tmp_path, monkeypatch, 
     assert tok.chat_template and tok.eos_token == "<|im_end|>"
     ids = torch.tensor([tok("The cake is sweet.")["input_ids"]])
     assert torch.isfinite(model(ids).logits).all()
+
+
+def test_build_progress_is_drawn_on_stderr_when_stderr_is_a_terminal(monkeypatch, capsys):
+    """`lit_align ... | tee log` (stderr a terminal, stdout a pipe): the bar was chosen by stderr but drawn by rich's
+    default console on stdout, where it draws nothing until the end: one line, then nothing for the whole build."""
+    master, slave = os.openpty()
+    try:
+        with open(slave, "w", closefd=True) as tty:
+            monkeypatch.setattr(sys, "stderr", tty)
+            with _progress(5, quiet=False) as advance:
+                for _ in range(5):
+                    advance(1.0)
+            monkeypatch.undo()
+        drawn = b""
+        while select.select([master], [], [], 0.5)[0]:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # the terminal's other end is closed: all read
+                break
+            if not chunk:
+                break
+            drawn += chunk
+    finally:
+        os.close(master)
+    assert b"pretraining" in drawn and b"5/5" in drawn
+    assert capsys.readouterr().out == "", "nothing of the bar on stdout"
+
+
+RESUMABLE = replace(TINY, documents=3200, warmup_steps=10)  # 200 steps (a state saved every 20), ~3 s
+
+
+def test_a_killed_build_leaves_nothing_behind_and_resumes_to_the_same_weights(tmp_path, monkeypatch, capsys):
+    builtin = tmp_path / "killed" / "builtin"
+    partial_state = builtin / f".organism-{RESUMABLE.digest()}.partial" / "state.pt"
+    code = ("import json, sys; from lit_align.pretrain import Recipe, ensure_built; "
+            "ensure_built('organism', Recipe(**json.loads(sys.argv[1])), quiet=True)")
+    build = subprocess.Popen([sys.executable, "-c", code, json.dumps(asdict(RESUMABLE))],
+                             env={**os.environ, "LIT_ALIGN_CACHE": str(tmp_path / "killed"), "PYTHONPATH": str(REPO)})
+    # meanwhile, here: the uninterrupted build
+    monkeypatch.setenv("LIT_ALIGN_CACHE", str(tmp_path / "whole"))
+    whole = (ensure_built("organism", RESUMABLE, quiet=True) / "model.safetensors").read_bytes()
+    deadline = time.monotonic() + 120
+    while not partial_state.exists() and build.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    build.send_signal(signal.SIGKILL)
+    build.wait()
+    assert partial_state.exists(), "the killed build saved its state"
+    assert not (builtin / f"organism-{RESUMABLE.digest()}").exists(), "killed before it finished"
+    left = [p.name for p in builtin.iterdir() if ".tmp." in p.name]
+    assert left == [p.name for p in builtin.glob(f".organism-{RESUMABLE.digest()}.tmp.{build.pid}@*")] and left
+
+    monkeypatch.setenv("LIT_ALIGN_CACHE", str(tmp_path / "killed"))
+    resumed = ensure_built("organism", RESUMABLE)
+    err = capsys.readouterr().err
+    assert "removed 1 temporaries of killed builds" in err
+    step = int(re.search(r"resuming the build at step (\d+)/200", err)[1])
+    assert 0 < step < 200 and f"pretraining: step {step}/200" not in err
+    assert (resumed / "model.safetensors").read_bytes() == whole, "the same weights as an uninterrupted build"
+    assert json.loads((resumed / "recipe.json").read_text())["resumed_at_step"] == step
+    assert [p.name for p in builtin.iterdir()] == [resumed.name], "no temporary and no resume state left"

@@ -20,8 +20,9 @@ from lit_align.data.samplers import ResumableSampler
 TESTS = Path(__file__).resolve().parent
 # One thread per process: with 2 cores shared by pytest workers (and DDP ranks), more threads oversubscribe
 # them (a tiny step is then 10-20x slower); it also makes the in-process and subprocess runs' float
-# arithmetic the same.
-ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(TESTS)}
+# arithmetic the same. PYTHONPATH: the test helpers, then this checkout (not another one installed in the venv:
+# a git worktree beside an editable install ran the installed lit_align in these subprocesses).
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(TESTS), str(REPO)])}
 
 
 @pytest.fixture

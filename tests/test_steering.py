@@ -392,7 +392,7 @@ def test_every_steer_config_parses(config):
     assert policy.name and data.val_sources and spec.multipliers
 
 
-def test_lit_align_steer_writes_the_grid_csv_summary_and_png(tmp_path, monkeypatch):
+def test_lit_align_steer_writes_the_grid_csv_summary_and_png(tmp_path, monkeypatch, capsys):
     from lit_align.cli import main
 
     monkeypatch.chdir(tmp_path)
@@ -414,6 +414,18 @@ def test_lit_align_steer_writes_the_grid_csv_summary_and_png(tmp_path, monkeypat
     with pytest.raises(SystemExit) as e:                                  # a bad option: exit 2, one paragraph
         main(["steer", "--config", str(REPO / "configs" / "steer.yaml"), "--steer.method", "magic"])
     assert e.value.code == 2
+    # a layer the model does not have (builtin:tiny: 2 blocks) is refused, with or without a saved vector
+    # (the vector path had evaluated layer 7 as 7 % 2 = 1)
+    for vector in ([], ["--steer.vector", str(out / "vector.safetensors")]):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as e:
+            main(["steer", "--config", str(REPO / "configs" / "steer.yaml"), "--model.init_args.policy.name",
+                  "builtin:tiny", "--data.init_args.train.limit", "8", "--data.init_args.val",
+                  "{id: {path: builtin:organism, split: id, limit: 6}}", "--steer.layers", "[7]", *vector,
+                  "--steer.out", str(tmp_path / "out_of_range")])
+        assert e.value.code == 2, vector
+        assert "layer 7 does not exist: the model has 2 blocks, so a layer is 0..1" in capsys.readouterr().err
+        assert not (tmp_path / "out_of_range").exists()
 
 
 @requires_shared

@@ -3,6 +3,7 @@ one learning-rate curve, `epoch` out of the way, the resolved config in HParams 
 plain progress lines a run prints when stdout is not a terminal (callbacks/progress.py)."""
 
 import glob
+import re
 
 from conftest import REPO, run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -83,9 +84,19 @@ def test_a_dpo_run_writes_the_layout_the_config_and_one_lr_curve(tmp_path, monke
 
 def test_progress_lines_without_a_terminal(tmp_path):
     """stdout a pipe (CI, nohup, SLURM logs): a plain line per few steps and per validation, no rich bar, and
-    none of the messages that say nothing (the litlogger tip, eval-mode modules, v_num, ...)."""
-    out = run_cli([*DPO, "--trainer.max_steps", "6"], cwd=tmp_path, env=ONE_THREAD)
+    none of the messages that say nothing (the litlogger tip, eval-mode modules, v_num, ...); the model summary and
+    a warning (here the sample generations' share of the run) are one line each, not a table or an echoed source
+    line."""
+    out = run_cli([*DPO, "--trainer.max_steps", "6", "--trainer.enable_model_summary", "true",
+                   "--trainer.callbacks.warn_fraction", "0"], cwd=tmp_path, env=ONE_THREAD)
     assert out.returncode == 0, out.stderr[-3000:]
+    both = out.stdout + out.stderr
+    assert "Total FLOPs" not in both and "┃" not in both and "Trainable params" not in both, both
+    assert re.search(r"^model: 250 K parameters \(125 K trainable, [\d.]+ MB\)$", out.stderr, re.M), out.stderr
+    warning = [line for line in out.stderr.splitlines() if "sample generations took" in line]
+    assert len(warning) == 1 and re.fullmatch(r"lit_align: warning: sample generations took \d+% of the run; .* "
+                                              r"\(UserWarning\)", warning[0]), out.stderr
+    assert "rank_zero_warn(" not in out.stderr and "UserWarning: " not in out.stderr
     steps = [line for line in out.stdout.splitlines() if line.startswith("step ")]
     assert [s.split()[1] for s in steps] == ["1/6", "2/6", "3/6", "4/6", "5/6", "6/6"], out.stdout
     assert all(" it/s " in s and "ETA " in s and "train/loss " in s for s in steps)

@@ -13,6 +13,10 @@ Lightning's rich bar draws nothing until the end when stdout is not a terminal, 
 
 it/s counts optimizer steps per second since the run (or the resumed run) started, validation included, so
 the ETA is what the wall clock will show.
+
+The model summary at the start of fit follows the same choice (`plain_model_summary`): Lightning's rich table in a
+terminal; otherwise one line, `model: 250 K parameters (125 K trainable, 1.0 MB)`, instead of a 20-line box-drawn
+table that ends in "Total FLOPs: 0" (Lightning counts FLOPs only for a module given an example input).
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ import datetime
 import sys
 import time
 
-from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
+from lightning.pytorch.callbacks import ModelSummary, ProgressBar, RichModelSummary, RichProgressBar
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.model_summary import get_formatted_model_size, get_human_readable_count
 
 
 def _without_version(metrics: dict) -> dict:
@@ -127,3 +133,23 @@ class PlainProgress(ProgressBar):
 def default_progress_bar() -> ProgressBar:
     """A rich bar in a terminal, plain lines otherwise."""
     return RichProgress(leave=True) if sys.stdout.isatty() else PlainProgress()
+
+
+class OneLineSummary(ModelSummary):
+    """Lightning's model summary as one line (its FLOPs only when counted)."""
+
+    @staticmethod
+    def summarize(summary_data, total_parameters: int, trainable_parameters: int, model_size: float,
+                  total_training_modes: dict, total_flops: int, **summarize_kwargs) -> None:
+        flops = f", {get_human_readable_count(total_flops)} FLOPs" if total_flops else ""
+        rank_zero_info(f"model: {get_human_readable_count(total_parameters).strip()} parameters "
+                       f"({get_human_readable_count(trainable_parameters).strip()} trainable, "
+                       f"{get_formatted_model_size(model_size)} MB{flops})")
+
+
+def plain_model_summary(trainer):
+    """Without a terminal, `trainer`'s rich model summary (Lightning's default one) becomes `OneLineSummary`."""
+    if not sys.stdout.isatty():
+        trainer.callbacks[:] = [OneLineSummary(max_depth=cb._max_depth) if type(cb) is RichModelSummary else cb
+                                for cb in trainer.callbacks]
+    return trainer
