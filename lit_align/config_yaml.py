@@ -107,3 +107,18 @@ def install() -> None:
         _loaders_dumpers.yaml_default_loader = unique_key_loader(base)
     if not getattr(get_loader("yaml"), "_lit_align", False):
         set_loader("yaml", naming_the_file(get_loader("yaml")), exceptions=(yaml.YAMLError,))
+
+
+def load_yaml_file(path: str):
+    """A config file read as lit_align's own apps read it (steer, sweeps): a key given twice refused, an error as one
+    LitAlignError sentence naming the file and line."""
+    from lit_align.errors import LitAlignError
+
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise LitAlignError(f"config file {path}: {e.strerror or e}") from None
+    try:
+        return yaml.load(text, Loader=unique_key_loader(yaml.SafeLoader))
+    except yaml.YAMLError as e:
+        raise LitAlignError(error_sentence(e, path)) from None

@@ -22,24 +22,11 @@ import torch
 from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel,
                           PreTrainedTokenizerBase)
 
+from lit_align.builtin_models import BUILTIN_MODELS, CHAT_TEMPLATE, chat_tokenizer, llama_config, train_bpe  # noqa: F401
 from lit_align.errors import LitAlignError
 from lit_align.logprobs import set_lm_head
 
 BUILTIN_PREFIX = "builtin:"
-
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-# name -> LlamaConfig overrides; vocab_size comes from the tokenizer at run time.
-BUILTIN_MODELS: dict[str, dict] = {
-    "tiny": dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2),
-    "small": dict(hidden_size=128, intermediate_size=352, num_hidden_layers=4, num_attention_heads=4,
-                  num_key_value_heads=2),
-}
-
 
 @dataclass
 class LoraSpec:
@@ -78,6 +65,18 @@ class ModelSpec:
     target, a chunk at a time (faster, far less memory); "all", on every position (the plain forward)."""
     logits_chunk: int = 0
     """Target positions per vocabulary-projection chunk with lm_head: targets (0: ~2^23 logits a chunk)."""
+
+
+def policy_spec(cfg: dict) -> ModelSpec:
+    """The policy ModelSpec of a config as plain data (`model.init_args.policy`: a mapping, or a name)."""
+    from lit_align.config import spec_from_dict
+
+    model = cfg.get("model") or {}
+    section = model.get("init_args", model) if isinstance(model, dict) else {}
+    values = section.get("policy") or {}
+    if isinstance(values, str):
+        values = {"name": values}
+    return spec_from_dict(ModelSpec, values, "model.init_args.policy", {"lora": LoraSpec})
 
 
 def check_model_spec(spec: ModelSpec, name: str = "policy") -> None:
@@ -145,32 +144,12 @@ def _builtin_corpus() -> list[str]:
 
 @functools.lru_cache(maxsize=4)
 def _builtin_tokenizer_json(vocab_size: int) -> str:
-    """Train a byte-level BPE on the built-in tasks' text; deterministic, ~0.01 s."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<|pad|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(_builtin_corpus(), trainer=trainer)
-    return tok.to_str()
+    """The BPE of builtin:tiny / builtin:small, trained on the built-in tasks' text."""
+    return train_bpe(_builtin_corpus(), vocab_size)
 
 
 def builtin_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerBase:
-    from tokenizers import Tokenizer
-    from transformers import PreTrainedTokenizerFast
-
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer.from_str(_builtin_tokenizer_json(vocab_size)),
-        pad_token="<|pad|>", eos_token="<|im_end|>", bos_token=None,
-    )
-    tok.chat_template = CHAT_TEMPLATE
-    return tok
+    return chat_tokenizer(_builtin_tokenizer_json(vocab_size))
 
 
 def _builtin_key(name: str) -> str:
@@ -231,13 +210,10 @@ def load_model(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase, head: str = 
     if spec.quantization is not None:
         check_quantization(spec)
     if is_random_builtin(spec.name):
-        from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+        from transformers import LlamaForCausalLM, LlamaForSequenceClassification
 
-        config = LlamaConfig(
-            vocab_size=len(tokenizer), max_position_embeddings=2048, pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id, bos_token_id=None, tie_word_embeddings=True,
-            **BUILTIN_MODELS[_builtin_key(spec.name)], **({"num_labels": 1} if head == "score" else {}),
-        )
+        config = llama_config(tokenizer, 2048, **BUILTIN_MODELS[_builtin_key(spec.name)],
+                              **({"num_labels": 1} if head == "score" else {}))
         if spec.attn_implementation:
             config._attn_implementation = spec.attn_implementation
         with torch.random.fork_rng(devices=[]):

@@ -44,11 +44,12 @@ import socket
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from lit_align.builtin_models import chat_tokenizer, llama_config, train_bpe
 from lit_align.errors import LitAlignError
 from lit_align.noise import no_save_bar
 
@@ -195,25 +196,12 @@ def _documents(recipe: Recipe):
 
 def _tokenizer(recipe: Recipe, docs):
     """A byte-level BPE trained on the corpus's text, with the built-in models' chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    from lit_align.models import CHAT_TEMPLATE
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=recipe.vocab_size, special_tokens=["<|pad|>", "<|im_start|>", "<|im_end|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     def text(prompt) -> str:  # a prompt is a string, None (a plain text) or chat messages
         return prompt or "" if not isinstance(prompt, list) else "\n".join(m["content"] for m in prompt)
 
     sample = [text(p) + "\n" + a for p, a in docs[:5000]]
     sample.append("<|im_start|>user\n<|im_end|>\n<|im_start|>assistant\n")
-    tok.train_from_iterator(sample, trainer=trainer)
-    hf = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|pad|>", eos_token="<|im_end|>", bos_token=None)
-    hf.chat_template = CHAT_TEMPLATE
-    return hf
+    return chat_tokenizer(train_bpe(sample, recipe.vocab_size))
 
 
 def _token_rows(docs, tokenizer) -> list[tuple[list[int], int]]:
@@ -236,18 +224,15 @@ def _token_rows(docs, tokenizer) -> list[tuple[list[int], int]]:
 def build(recipe: Recipe, out: Path, quiet: bool = False, partial: Path | None = None) -> None:
     """Pretrain a model from random init by `recipe` and save it (and its tokenizer) to `out`; with `partial`, save
     the pretraining state there as it goes and resume from the state a killed build saved there."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     t0 = time.time()
     docs = _documents(recipe)
     tokenizer = _tokenizer(recipe, docs)
     rows = _token_rows(docs, tokenizer)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id, bos_token_id=None, tie_word_embeddings=True,
-        hidden_size=recipe.hidden_size, intermediate_size=recipe.intermediate_size,
-        num_hidden_layers=recipe.num_hidden_layers, num_attention_heads=recipe.num_attention_heads,
-        num_key_value_heads=recipe.num_key_value_heads)
+    config = llama_config(tokenizer, 512, hidden_size=recipe.hidden_size, intermediate_size=recipe.intermediate_size,
+                          num_hidden_layers=recipe.num_hidden_layers, num_attention_heads=recipe.num_attention_heads,
+                          num_key_value_heads=recipe.num_key_value_heads)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.seed)
         model = LlamaForCausalLM(config)

@@ -29,7 +29,6 @@ line per layer, one panel per set).
 from __future__ import annotations
 
 import csv
-import dataclasses
 import importlib
 import sys
 import time
@@ -39,8 +38,9 @@ from pathlib import Path
 import torch
 import yaml
 
+from lit_align.config import deep_merge, read_yaml, set_dotted, spec_from_dict
 from lit_align.errors import LitAlignError
-from lit_align.models import LoraSpec, ModelSpec, load_model, load_tokenizer
+from lit_align.models import ModelSpec, load_model, load_tokenizer, policy_spec
 from lit_align.steering import (CHECKS, METHODS, POSITIONS, READS, SteeringVector, contrast_margins,
                                 extract_from_data, layer_indices, match_rate, p_match, steerability, steering_blocks)
 
@@ -76,35 +76,8 @@ class SteerSpec:
 # -- the config ---------------------------------------------------------------------------------------------
 
 
-def _dataclass(cls, values, where: str):
-    if isinstance(values, str) and cls is ModelSpec:
-        values = {"name": values}
-    if not isinstance(values, dict):
-        raise LitAlignError(f"{where}: expected a mapping, not {values!r}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise LitAlignError(f"{where}: unknown option '{unknown[0]}'; the options are {', '.join(sorted(names))}")
-    values = dict(values)
-    if cls is ModelSpec and isinstance(values.get("lora"), dict):
-        values["lora"] = _dataclass(LoraSpec, values["lora"], f"{where}.lora")
-    return cls(**values)
-
-
-def _set_dotted(cfg: dict, dotted: str, value) -> None:
-    keys = dotted.split(".")
-    node = cfg
-    for k in keys[:-1]:
-        node = node.setdefault(k, {})
-        if not isinstance(node, dict):
-            raise LitAlignError(f"--{dotted}: '{k}' is not a section")
-    node[keys[-1]] = value
-
-
 def parse_args(argv: list[str]) -> dict:
     """`--config FILE` (once or more, merged in order) and `--a.b.c VALUE` overrides -> the config dict."""
-    from lit_align.sweep import deep_merge
-
     cfg: dict = {}
     overrides: list[tuple[str, object]] = []
     i = 0
@@ -126,24 +99,15 @@ def parse_args(argv: list[str]) -> dict:
             path = Path(value)
             if not path.is_file():
                 raise LitAlignError(f"steer: config file {path} not found")
-            data = yaml.safe_load(path.read_text()) or {}
-            if not isinstance(data, dict):
-                raise LitAlignError(f"{path}: expected a mapping")
-            cfg = deep_merge(cfg, data)
+            cfg = deep_merge(cfg, read_yaml(path))
             cfg.setdefault("_files", []).append(str(path))
         else:
             overrides.append((key, yaml.safe_load(value)))
     for key, value in overrides:
-        _set_dotted(cfg, key, value)
+        set_dotted(cfg, key, value, f"--{key}")
     if "_files" not in cfg:
         raise LitAlignError("steer: give a config: lit_align steer --config configs/steer.yaml")
     return cfg
-
-
-def _policy(cfg: dict) -> ModelSpec:
-    model = cfg.get("model") or {}
-    section = model.get("init_args", model) if isinstance(model, dict) else {}
-    return _dataclass(ModelSpec, section.get("policy") or {}, "model.init_args.policy")
 
 
 def _datamodule(cfg: dict):
@@ -212,9 +176,9 @@ class _Progress:
 
 def read_config(cfg: dict) -> tuple[SteerSpec, ModelSpec, "AlignDataModule"]:  # noqa: F821
     """The config's steer section, policy and (not yet set up) data module, checked; nothing is loaded."""
-    spec = _dataclass(SteerSpec, cfg.get("steer") or {}, "steer")
+    spec = spec_from_dict(SteerSpec, cfg.get("steer") or {}, "steer")
     spec.validate()
-    return spec, _policy(cfg), _datamodule(cfg)
+    return spec, policy_spec(cfg), _datamodule(cfg)
 
 
 def run_steer(cfg: dict) -> dict[str, Path]:

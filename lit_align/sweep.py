@@ -27,7 +27,7 @@ per objective (the mean over seeds, with a band from the lowest to the highest s
     slurm: {time: "00:30:00", cpus_per_task: 4, gres: null, partition: null, max_parallel: null,
             setup: "source .venv/bin/activate", sbatch: ["--mem=16G"]}
 
-Steering and generation (lit_align/experiments/caa_method.py, generation.py):
+Steering and generation (lit_align/caa.py, generation.py):
 
     steer: {layers: all, multipliers: [0.5, 1, 2, 4, 8], select: {path: ..., skip: 1024, limit: 64}}
     generate:                           # generation-scored sets, logged as val_<name>/gen/<scorer>
@@ -49,8 +49,6 @@ its result; validation during training is off (check_val_every_n_epoch) to save 
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import csv
 import json
 import math
@@ -65,6 +63,7 @@ from pathlib import Path
 
 import yaml
 
+from lit_align.config import deep_merge, read_yaml
 from lit_align.errors import LitAlignError
 
 
@@ -80,22 +79,6 @@ class Run:
         return f"{self.objective}-n{self.size}-s{self.seed}"
 
 
-def deep_merge(base: dict, over: dict) -> dict:
-    """`over` merged into a copy of `base`: dicts merge key by key, anything else is replaced."""
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
-    return out
-
-
-def _read_yaml(path: "str | Path") -> dict:
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
-    if not isinstance(data, dict):
-        raise LitAlignError(f"{path}: expected a mapping")
-    return data
-
-
 class Sweep:
     KEYS = {"name", "out", "sizes", "seeds", "epochs", "min_steps", "metrics", "config", "base", "objectives", "slurm",
             "steer", "generate", "draw_per_seed"}
@@ -103,7 +86,7 @@ class Sweep:
 
     def __init__(self, path: "str | Path", overrides: dict | None = None):
         self.path = Path(path).resolve()
-        spec = {**_read_yaml(self.path), **(overrides or {})}  # overrides: top-level keys (e.g. sizes, seeds, out)
+        spec = {**read_yaml(self.path), **(overrides or {})}  # overrides: top-level keys (e.g. sizes, seeds, out)
         unknown = set(spec) - self.KEYS
         if unknown:
             raise LitAlignError(f"{path}: unknown sweep keys {', '.join(sorted(unknown))} (known: "
@@ -135,7 +118,7 @@ class Sweep:
         p = Path(base_file)
         if not p.is_absolute() and not p.exists():
             p = where.parent / base_file
-        return deep_merge(_read_yaml(p), config)
+        return deep_merge(read_yaml(p), config)
 
     def run_dir(self, run: Run) -> Path:
         return self.out / "runs" / run.name
@@ -177,7 +160,7 @@ class Sweep:
         evaluate a steering vector instead); write and return its result."""
         if self.result_path(run).exists():
             return json.loads(self.result_path(run).read_text())
-        from lit_align.cli import LitAlignCLI
+        from lit_align.lightning_cli import output_to, run_in_process
 
         run_dir = self.run_dir(run)
         if run_dir.exists():
@@ -190,11 +173,11 @@ class Sweep:
         log = open(run_dir / "log.txt", "w") if quiet else None
         result = None
         try:
-            with _output_to(log):
+            with output_to(log):
                 if entry.get("caa"):
                     result = self._caa_run(run, config_path, start)
                 else:
-                    cli = LitAlignCLI(args=["fit", "--config", str(config_path)])
+                    cli = run_in_process(config_path)
                     metrics: dict[str, float] = {}
                     for d in cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False):
                         metrics.update({k: float(v) for k, v in d.items()})
@@ -232,7 +215,7 @@ class Sweep:
         return {name: (src, scorer) for name, src in (spec.get("sets") or {}).items()}, int(spec.get("max_new_tokens", 16))
 
     def _generation_metrics(self, model, datamodule) -> dict[str, float]:
-        from lit_align.experiments.caa_method import generation_metrics
+        from lit_align.caa import generation_metrics
 
         sets, max_new = self._generate_sets()
         return generation_metrics(model, datamodule, sets, max_new)
@@ -240,10 +223,10 @@ class Sweep:
     def _caa_datamodule(self, config_path: Path, tokenizer):
         """The run's data module (its `size` training pairs, its evaluation sets) plus the CAA selection pairs."""
         from lit_align.data.datamodule import AlignDataModule
-        from lit_align.experiments.caa_method import SELECT_SPLIT, CAAOptions
+        from lit_align.caa import SELECT_SPLIT, CAAOptions
 
         opts = CAAOptions.from_dict(self.spec.get("steer"))
-        args = dict((_read_yaml(config_path).get("data") or {}).get("init_args") or {})
+        args = dict((read_yaml(config_path).get("data") or {}).get("init_args") or {})
         args["val"] = {**(args.get("val") or {}), SELECT_SPLIT: opts.select}
         dm = AlignDataModule(**args)
         dm.connect(tokenizer, "pair")
@@ -251,17 +234,17 @@ class Sweep:
         return dm, opts
 
     def _caa_metrics(self, model, tokenizer, config_path: Path) -> tuple[dict[str, float], int]:
-        """CAA metrics of `model` (caa_method.py) and the number of training pairs the vector came from."""
-        from lit_align.experiments.caa_method import caa_metrics
+        """CAA metrics of `model` (lit_align/caa.py) and the number of training pairs the vector came from."""
+        from lit_align.caa import caa_metrics
 
         dm, opts = self._caa_datamodule(config_path, tokenizer)
         sets, max_new = self._generate_sets()
         return caa_metrics(model, dm, opts, sets, max_new), dm.summaries["train"].kept
 
     def _policy(self, config_path: Path):
-        from lit_align.steering_cli import _policy
+        from lit_align.models import policy_spec
 
-        return _policy(_read_yaml(config_path))
+        return policy_spec(read_yaml(config_path))
 
     def _caa_run(self, run: Run, config_path: Path, start: float) -> dict:
         """A CAA run: no training; the policy of the run's config, steered by a vector from its training pairs."""
@@ -386,35 +369,6 @@ class Sweep:
                           "echo \"submitted array job $job\"\n")
         submit.chmod(0o755)
         return sbatch, submit
-
-
-@contextlib.contextmanager
-def _output_to(stream):
-    """Send stdout, stderr and Lightning's log messages to `stream` (None: leave them alone)."""
-    if stream is None:
-        yield
-        return
-    import logging
-
-    def swap(h: logging.StreamHandler, new):
-        old, h.stream = h.stream, new  # not setStream: it flushes the old stream, which may be closed by now
-        return old
-
-    handlers = [h for name in ("lightning", "lightning.pytorch", "lightning.fabric", "lit_align")
-                for h in logging.getLogger(name).handlers if isinstance(h, logging.StreamHandler)]
-    before = [swap(h, stream) for h in handlers]
-    try:
-        with contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
-            yield
-    finally:
-        for h, old in zip(handlers, before):
-            swap(h, old)
-        # handlers created during the run (a logger set up on first import) captured the redirected stderr:
-        # point them at the process's stderr, or they write to `stream` after it is closed
-        for lg in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
-            for h in getattr(lg, "handlers", []):
-                if isinstance(h, logging.StreamHandler) and h.stream is stream:
-                    swap(h, sys.__stderr__)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -258,7 +258,7 @@ class GenerationWriter(BasePredictionWriter):
         means = ", ".join(f"gen/{label} {s / max(self._n, 1):.3f}" for label, s in self._sums.items())
         rank_zero_info(f"predict: {self._n} generations written to {self.path}" + (f" ({means})" if means else ""))
 
-    def generate(self, pl_module, batch: dict, batch_idx: int) -> list[dict]:
+    def predict_rows(self, pl_module, batch: dict, batch_idx: int) -> list[dict]:
         """The rows of one predict batch (from the data module: {records: [(index, PromptRecord)], end_id})."""
         tok = pl_module.tokenizer
         ids = generate_ids(pl_module.model, [r.context for _, r in batch["records"]], tok.pad_token_id,

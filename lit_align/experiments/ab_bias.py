@@ -32,8 +32,6 @@ scoring uses the data module, logprobs.py and reference.policy_split_logps. Resu
 from __future__ import annotations
 
 import argparse
-import contextlib
-import copy
 import json
 import os
 import sys
@@ -41,6 +39,8 @@ import time
 from pathlib import Path
 
 import yaml
+
+from lit_align.config import read_yaml, set_dotted
 
 METHODS = {
     "sft": ("ab_sft.yaml", "SFT"),
@@ -55,13 +55,6 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "experiments"
 EVAL_SETS = {"id": "val_id", "ood": "val_ood"}
 
 
-def _set(cfg: dict, dotted: str, value) -> None:
-    keys = dotted.split(".")
-    for k in keys[:-1]:
-        cfg = cfg.setdefault(k, {})
-    cfg[keys[-1]] = value
-
-
 def _config(name: str, out: Path, run: str, overrides: dict) -> Path:
     """The YAML of one run: configs/experiments/<name> with this experiment's paths and `overrides`."""
     if not (CONFIGS / name).is_file():
@@ -69,17 +62,16 @@ def _config(name: str, out: Path, run: str, overrides: dict) -> Path:
 
         raise LitAlignError(f"{CONFIGS / name} is missing: run the experiment from a checkout of the repository "
                             "(the package installed in editable mode)")
-    cfg = yaml.safe_load((CONFIGS / name).read_text())
-    cfg = copy.deepcopy(cfg)
-    _set(cfg, "trainer.logger.init_args.save_dir", str(out / "runs"))
-    _set(cfg, "trainer.logger.init_args.name", run)
-    _set(cfg, "trainer.logger.init_args.version", 0)
-    _set(cfg, "checkpoint", {"save_last": False, "save_top_k": 0})
-    _set(cfg, "data.init_args.val", {})   # the final models are scored below; no validation (nor its cache) here
+    cfg = read_yaml(CONFIGS / name)
+    set_dotted(cfg, "trainer.logger.init_args.save_dir", str(out / "runs"))
+    set_dotted(cfg, "trainer.logger.init_args.name", run)
+    set_dotted(cfg, "trainer.logger.init_args.version", 0)
+    set_dotted(cfg, "checkpoint", {"save_last": False, "save_top_k": 0})
+    set_dotted(cfg, "data.init_args.val", {})   # the final models are scored below; no validation (nor its cache) here
     if "reference" in cfg["model"].get("init_args", {}):
-        _set(cfg, "model.init_args.reference.cache_dir", str(out / "reference_cache"))
+        set_dotted(cfg, "model.init_args.reference.cache_dir", str(out / "reference_cache"))
     for key, value in overrides.items():
-        _set(cfg, key, value)
+        set_dotted(cfg, key, value)
     path = out / "configs" / f"{run}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
@@ -88,36 +80,15 @@ def _config(name: str, out: Path, run: str, overrides: dict) -> Path:
 
 def _fit(config: Path, log: Path, verbose: bool) -> None:
     """`lit_align fit --config <config>` in this process (its output to `log` unless verbose)."""
-    from lit_align.cli import LitAlignCLI
+    from lit_align.lightning_cli import run_in_process
 
     log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as f, contextlib.ExitStack() as stack:
-        if not verbose:
-            stack.enter_context(contextlib.redirect_stdout(f))
-            stack.enter_context(contextlib.redirect_stderr(f))
-            stack.enter_context(_lightning_log_to(f))
-        LitAlignCLI(args=["fit", "--config", str(config)])
+    with open(log, "w") as f:
+        run_in_process(config, None if verbose else f)
     if not verbose:
         import rich
 
         rich.reconfigure(quiet=True)  # the progress bar reconfigured rich's console; keep later bars quiet
-
-
-@contextlib.contextmanager
-def _lightning_log_to(stream):
-    """Lightning's log lines (its handlers hold the original stderr) go to `stream` for a while."""
-    import logging
-
-    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric")]
-    saved = [list(lg.handlers) for lg in loggers]
-    handler = logging.StreamHandler(stream)
-    for lg in loggers:
-        lg.handlers = [handler]
-    try:
-        yield
-    finally:
-        for lg, handlers in zip(loggers, saved):
-            lg.handlers = handlers
 
 
 def write_biased_data(path: Path, n: int = 2000, seed: int = 1) -> Path:
@@ -136,6 +107,7 @@ def score(model_dir: Path, n_eval: int) -> dict[str, dict]:
     import torch
 
     from lit_align.data import AlignDataModule
+    from lit_align.lightning_cli import output_to
     from lit_align.logprobs import sequence_logps
     from lit_align.models import ModelSpec, load_model, load_tokenizer
     from lit_align.reference import policy_split_logps
@@ -146,7 +118,7 @@ def score(model_dir: Path, n_eval: int) -> dict[str, dict]:
     dm = AlignDataModule(val={s: {"path": "builtin:ab", "split": s, "limit": n_eval, "kind": "pair"} for s in EVAL_SETS},
                          eval_batch_size=100, max_length=96)
     dm.connect(tokenizer, "pair")
-    with open(os.devnull, "w") as null, contextlib.redirect_stderr(null), _lightning_log_to(null):
+    with open(os.devnull, "w") as null, output_to(null):
         dm.setup("validate")
     out = {}
     for s, split in EVAL_SETS.items():

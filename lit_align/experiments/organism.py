@@ -11,7 +11,7 @@ CAA on top of SFT, IW-SFT (loss and resample) and DPO at n ∈ {8, 32, 128, 512}
     python scripts/organism_experiment.py --collect          # the CSV, figure and table from finished runs
 
 Runs that finished are reused (a rerun after a crash or preemption redoes only the others). Each run goes through
-the package's own code: LitAlignCLI for the objectives, lit_align.steering for CAA (caa_method.py), the same
+the package's own code: LitAlignCLI for the objectives, lit_align.steering for CAA (lit_align/caa.py), the same
 evaluation sets and metric names for all. The organism is built on first use (~3 minutes, cached).
 """
 
@@ -39,14 +39,14 @@ def start_metrics(sweep: Sweep) -> dict[str, float]:
 
     from lit_align.data.datamodule import AlignDataModule
     from lit_align.models import load_model, load_tokenizer
-    from lit_align.experiments.caa_method import pair_set_metrics
-    from lit_align.steering_cli import _policy
+    from lit_align.caa import pair_set_metrics
+    from lit_align.models import policy_spec
 
     path = sweep.out / "start.json"
     if path.exists():
         return json.loads(path.read_text())
     base = sweep.spec.get("base") or {}
-    spec = _policy(base)
+    spec = policy_spec(base)
     tokenizer = load_tokenizer(spec)
     model = load_model(spec, tokenizer)
     args = dict((base.get("data") or {}).get("init_args") or {})

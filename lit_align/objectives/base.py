@@ -305,10 +305,13 @@ class Objective(LightningModule):
     # -- predict: generations for the data module's prompts (lit_align predict) -------------------------
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> list[dict]:
         """One JSONL row per prompt of the batch (callbacks/generations.py: GenerationWriter has the options)."""
-        from lit_align.callbacks.generations import GenerationWriter
-
-        writer = next((cb for cb in self.trainer.callbacks if isinstance(cb, GenerationWriter)), None)
-        return (writer or GenerationWriter()).generate(self, batch, batch_idx)
+        # the callback that holds predict's options and writes its rows (callbacks/generations.py GenerationWriter,
+        # which the CLI always adds): found by what it does, so that no objective depends on a callback
+        writer = next((cb for cb in self.trainer.callbacks if callable(getattr(cb, "predict_rows", None))), None)
+        if writer is None:
+            raise LitAlignError("predict needs lit_align.callbacks.GenerationWriter among the trainer's callbacks "
+                                "(its generation options; `lit_align predict` adds it)")
+        return writer.predict_rows(self, batch, batch_idx)
 
     # -- optimizer -------------------------------------------------------------------------------------
     def configure_optimizers(self):
