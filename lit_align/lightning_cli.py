@@ -3,7 +3,7 @@
 
 The objective (`model:`) and the data module (`data:`) are chosen by `class_path` in the YAML. Run-time
 values are wired here, in code: the data module gets the objective's tokenizer (hence pad id and
-vocabulary) and its batch layout (data/layouts.py). Defaults: TensorBoard under logs/<experiment>/,
+vocabulary) and its batch layout (layouts.py). Defaults: TensorBoard under logs/<experiment>/,
 checkpoints with last.ckpt under logs/<experiment>/checkpoints/, a rich progress bar (plain lines without a
 terminal), the final model exported in Hugging Face format, seed 0.
 """

@@ -3,7 +3,7 @@ objectives that compare the policy with a fixed reference (DPO, prefix-DPO, impo
 
 A `Reference` is objective-agnostic: given a batch it returns a `SeqLogps` (B, k) of sequence log-probs
 and target-token counts, constants (no gradient). The objective says how sequence log-probs are computed
-from its batch layout (data/layouts.py: the objective's `layout`, handed over in `configure`; e.g. the
+from its batch layout (layouts.py: the objective's `layout`, handed over in `configure`; e.g. the
 padded pairs of logprobs.sequence_logps or prefix-DPO's shared context), so policy and reference always agree on
 which tokens count. Three modes (`ReferenceSpec.mode`):
 
@@ -40,7 +40,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from lit_align.data.layouts import Layout
+from lit_align.layouts import Layout
 from lit_align.errors import LitAlignError
 from lit_align.logprobs import LogpsFn, SeqLogps
 from lit_align.models import ModelSpec, load_model, shard_model

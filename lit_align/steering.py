@@ -42,7 +42,7 @@ anti-steerable items (slope < 0).
 Usage:
 
     from lit_align.steering import SteeringVector, contrast_margins, extract_from_data
-    datamodule.connect(tokenizer, "pair"); datamodule.setup("fit")       # an AlignDataModule
+    datamodule.connect(tokenizer, LAYOUTS["pair"]); datamodule.setup("fit")       # an AlignDataModule
     vector = extract_from_data(model, datamodule, "train", layers=[2, 3])  # or extract(model, batches, ...)
     vector.save("logs/caa/vector.safetensors")
     vector = SteeringVector.load("logs/caa/vector.safetensors")

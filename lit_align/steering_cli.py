@@ -43,6 +43,7 @@ from lit_align.errors import LitAlignError
 from lit_align.models import ModelSpec, load_model, load_tokenizer, policy_spec
 from lit_align.steering import (CHECKS, METHODS, POSITIONS, READS, SteeringVector, contrast_margins,
                                 extract_from_data, layer_indices, match_rate, p_match, steerability, steering_blocks)
+from lit_align.layouts import LAYOUTS
 
 CSV_COLUMNS = ("set", "layer", "multiplier", "p_match", "match_rate", "margin", "n")
 SUMMARY_COLUMNS = ("set", "layer", "p_match_0", "p_match_m_min", "p_match_m_max", "steerability", "anti_steerable", "n")
@@ -189,7 +190,7 @@ def run_steer(cfg: dict) -> dict[str, Path]:
     out = Path(spec.out or Path("logs") / _name(cfg, spec) / "steer")
     tokenizer = load_tokenizer(policy)
     model = load_model(policy, tokenizer).to(_device(spec.device)).eval()
-    dm.connect(tokenizer, "pair")
+    dm.connect(tokenizer, LAYOUTS["pair"])
     dm.setup("validate" if spec.vector else "fit")
     val_sets = {name: dm.log_prefix("val", name) for name in dm.val_sources}
     if not val_sets:

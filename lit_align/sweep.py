@@ -65,6 +65,7 @@ import yaml
 
 from lit_align.config import deep_merge, read_yaml
 from lit_align.errors import LitAlignError
+from lit_align.layouts import LAYOUTS
 
 
 @dataclass
@@ -229,7 +230,7 @@ class Sweep:
         args = dict((read_yaml(config_path).get("data") or {}).get("init_args") or {})
         args["val"] = {**(args.get("val") or {}), SELECT_SPLIT: opts.select}
         dm = AlignDataModule(**args)
-        dm.connect(tokenizer, "pair")
+        dm.connect(tokenizer, LAYOUTS["pair"])
         dm.setup("fit")
         return dm, opts
 

@@ -13,6 +13,7 @@ from lit_align.data.datamodule import AlignDataModule, build_split
 from lit_align.data.sources import Source, read_rows
 from lit_align.data.tokenize import Tokenizer, TokenizeSpec
 from lit_align.errors import DataError, LitAlignError
+from lit_align.layouts import LAYOUTS
 
 GOOD = {"prompt": "What is 1 plus 1?", "completion": "1 plus 1 is 2."}
 
@@ -135,7 +136,7 @@ def test_a_ranked_record_with_another_k_names_the_field_and_is_skippable(tokeniz
 def test_skip_invalid_through_the_data_module(tokenizer, tmp_path):
     path = write_lines(tmp_path / "train.jsonl", [GOOD, "{oops", GOOD, {"prompt": "a", "completion": 3}])
     dm = AlignDataModule(train=str(path), batch_size=2, max_length=64, skip_invalid=True)
-    dm.connect(tokenizer, "sft")
+    dm.connect(tokenizer, LAYOUTS["sft"])
     dm.setup("fit")
     assert dm.summaries["train"].invalid == 2 and len(dm.splits["train"]) == 2
     assert next(iter(dm.train_dataloader()))["input_ids"].shape[0] == 2

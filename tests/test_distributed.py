@@ -15,6 +15,7 @@ from conftest import REPO, requires_gpu, run_cli
 from lightning.pytorch import Callback
 from safetensors.torch import load_file
 from test_resume import ONE_THREAD, assert_same_state, one_thread, run_in_process, scalars  # noqa: F401
+from lit_align.layouts import LAYOUTS
 
 CONFIG = str(REPO / "configs" / "quickstart.yaml")
 STRATEGIES = REPO / "configs" / "strategies"
@@ -255,7 +256,7 @@ def test_steered_validation_under_two_processes_equals_one(tmp_path, monkeypatch
     spec = ModelSpec(name="builtin:tiny")
     tok = load_tokenizer(spec)
     dm = AlignDataModule(train={"path": "builtin:organism", "limit": 16}, max_length=128)
-    dm.connect(tok, "pair")
+    dm.connect(tok, LAYOUTS["pair"])
     dm.setup("fit")
     vector = extract_from_data(load_model(spec, tok), dm, "train").save(tmp_path / "v.safetensors")
     steered = tmp_path / "steered.yaml"

@@ -1,4 +1,4 @@
-"""The batch layout (data/layouts.py) is one object, chosen by the objective from its options and handed to the
+"""The batch layout (layouts.py) is one object, chosen by the objective from its options and handed to the
 data module and the reference: they collate and score the same batches, and reference caches of different
 layouts never mix."""
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lit_align.data import AlignDataModule
-from lit_align.data.layouts import LAYOUTS
+from lit_align.layouts import LAYOUTS, layout_named
 from lit_align.errors import LitAlignError
 from lit_align.models import builtin_tokenizer
 from lit_align.objectives import DPO, IWSFT, ORPO, SFT, ListwiseDPO, PrefixDPO, RewardModel, SimPO
@@ -54,10 +54,12 @@ def test_the_objective_s_layout_reaches_the_data_module_and_the_reference(cls, o
 
 def test_a_layout_is_named_or_refused_with_the_names():
     dm = AlignDataModule(train={"path": "builtin:pairs", "limit": 4})
-    dm.connect(builtin_tokenizer(), "packed_pair")
+    dm.connect(builtin_tokenizer(), layout_named("packed_pair"))
     assert dm.layout is LAYOUTS["packed_pair"]
     with pytest.raises(LitAlignError, match="unknown batch layout 'pairs': one of sft, packed_sft, pair"):
-        dm.connect(builtin_tokenizer(), "pairs")
+        layout_named("pairs")
+    with pytest.raises(LitAlignError, match=r"give the layout itself \(lit_align.layouts.LAYOUTS\['pair'\]"):
+        dm.connect(builtin_tokenizer(), "pair")  # the data layer does not look layouts up by name
 
 
 def test_reference_caches_of_two_layouts_are_two_files(tmp_path):

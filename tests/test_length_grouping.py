@@ -11,6 +11,7 @@ from lit_align.data.collate import collate, collate_prefix, padded_length, paddi
 from lit_align.data.samplers import ResumableSampler
 from lit_align.data.tokenize import Tokenized
 from lit_align.models import ModelSpec, load_tokenizer
+from lit_align.layouts import LAYOUTS
 
 N, WINDOW = 100, 16  # 100 builtin pairs: six full windows of 16 and a last one of 4
 
@@ -22,7 +23,7 @@ def tok():
 
 def _data(tok, train, **kwargs) -> AlignDataModule:
     dm = AlignDataModule(train=train, **kwargs)
-    dm.connect(tok, "pair")
+    dm.connect(tok, LAYOUTS["pair"])
     dm.setup("fit")
     return dm
 
@@ -149,7 +150,7 @@ def test_packed_pairs_with_grouping_waste_under_10_percent_on_hh_rlhf(tok):
     padding floor of the padded layout is gone; what is left is the spread of row lengths within a batch."""
     dm = AlignDataModule(train=str(SHARED_DATA / "hh-rlhf" / "harmless-base-test.jsonl.gz"), max_length=512,
                          batch_size=8, skip_invalid=True, group_by_length=256)
-    dm.connect(tok, "packed_pair")
+    dm.connect(tok, LAYOUTS["packed_pair"])
     dm.setup("fit")
     batches = list(dm.train_dataloader())
     real = sum(int(b["token_mask"].sum()) for b in batches)

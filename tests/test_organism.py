@@ -19,6 +19,7 @@ from lit_align.data import organism as org
 from lit_align.data.datamodule import AlignDataModule
 from lit_align.models import ModelSpec, load_model, load_tokenizer
 from lit_align.pretrain import BUILTIN_PRETRAINED, Recipe, _progress, ensure_built, model_dir
+from lit_align.layouts import LAYOUTS
 
 FOOD = re.compile(r"\(([AB])\) the (\w+)")
 
@@ -65,7 +66,7 @@ def test_every_split_reads_through_the_data_module(tokenizer):
     dm = AlignDataModule(train={"path": "builtin:organism", "limit": 16},
                          val={s: {"path": "builtin:organism", "split": s, "limit": 8} for s in ("id", "ood", "open", "task")},
                          batch_size=8, max_length=128)
-    dm.connect(tokenizer, "pair")
+    dm.connect(tokenizer, LAYOUTS["pair"])
     dm.setup("fit")
     assert {n: s.kept for n, s in dm.summaries.items()} == {"train": 16, "val_id": 8, "val_ood": 8, "val_open": 8,
                                                             "val_task": 8}
@@ -112,7 +113,7 @@ def test_probe_splits_hold_what_their_categories_claim_and_read_as_probes(tokeni
 
     dm = AlignDataModule(train={"path": "builtin:organism", "split": "open_train", "limit": 16, "format": "pair"},
                          batch_size=8, max_length=128)
-    dm.connect(tokenizer, "pair")
+    dm.connect(tokenizer, LAYOUTS["pair"])
     dm.setup("fit")
     probes = Probes(sets={s: {"path": "builtin:organism", "split": s, "limit": 8, "format": "probe"}
                           for s in ("probe", "probe_test")})

@@ -12,7 +12,7 @@ from test_resume import assert_same_state, run_in_process, scalars
 
 from lit_align.data import AlignDataModule
 from lit_align.data.collate import collate_packed, pack_rows, padding_fraction, unpackable
-from lit_align.data.layouts import LAYOUTS
+from lit_align.layouts import LAYOUTS
 from lit_align.data.tokenize import Tokenized
 from lit_align.errors import LitAlignError
 from lit_align.logprobs import forward_logps, packed_token_logps
@@ -179,7 +179,7 @@ def test_packing_cuts_the_padding_of_sft_on_hh_rlhf():
 
     dm = AlignDataModule(train=str(SHARED_DATA / "hh-rlhf" / "harmless-base-test.jsonl.gz"), max_length=512,
                          batch_size=8, skip_invalid=True)
-    dm.connect(tok, "sft")
+    dm.connect(tok, LAYOUTS["sft"])
     dm.setup("fit")
 
     def padding(layout: str, pack_length: int | None = None) -> float:

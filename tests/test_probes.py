@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from lit_align.layouts import LAYOUTS
 
 PROBES = [
     {"prompt": "Count from 3 to 6.", "chosen": "3, 4, 5, 6.", "rejected": "3, 4, 6, 6.", "other": "A kiwi is green."},
@@ -204,7 +205,7 @@ def test_steered_probes_equal_a_steered_independent_computation(tmp_path):
     objective.configure_model()
     start_model = copy.deepcopy(objective.model).eval()
     pairs = AlignDataModule(train={"path": "builtin:organism", "limit": 8}, max_length=128)
-    pairs.connect(objective.tokenizer, "pair")
+    pairs.connect(objective.tokenizer, LAYOUTS["pair"])
     pairs.setup("fit")
     vector = extract_from_data(start_model, pairs, "train")
     file = vector.save(tmp_path / "v.safetensors")

@@ -10,6 +10,7 @@ import pytest
 from lit_align.data import AlignDataModule
 from lit_align.data.records import detect_format, to_examples
 from lit_align.errors import DataError, LitAlignError
+from lit_align.layouts import LAYOUTS
 
 RANKED = {"prompt": "Name a sweet food.", "completions": ["Kale.", "Honey.", "Bread."], "scores": [0.1, 0.9, 0.5]}
 
@@ -50,7 +51,7 @@ def test_bad_ranked_records_name_the_field(row, field, words):
 def test_ties_are_skipped_and_counted_and_k_is_one_per_split(tmp_path, tokenizer):
     tie = {**RANKED, "scores": [0.5, 0.9, 0.5]}
     dm = AlignDataModule(train=_jsonl(tmp_path, [RANKED, tie, RANKED, RANKED, RANKED]), batch_size=2)
-    dm.connect(tokenizer, "ranked")
+    dm.connect(tokenizer, LAYOUTS["ranked"])
     with pytest.warns(UserWarning, match="ranked.jsonl:2: two completions tie"):
         dm.setup("fit")
     assert dm.summaries["train"].kept == 4 and dm.summaries["train"].skipped == {"ranking ties": 1}
@@ -61,7 +62,7 @@ def test_ties_are_skipped_and_counted_and_k_is_one_per_split(tmp_path, tokenizer
 
     four = {**RANKED, "completions": [*RANKED["completions"], "Cake."], "scores": [*RANKED["scores"], 1.0]}
     dm = AlignDataModule(train=_jsonl(tmp_path, [RANKED, four]), batch_size=2)
-    dm.connect(tokenizer, "ranked")
+    dm.connect(tokenizer, LAYOUTS["ranked"])
     with pytest.raises(LitAlignError, match=r"ranked.jsonl:2: field 'completions': 4 ranked completions, but"):
         dm.setup("fit")
 

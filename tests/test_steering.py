@@ -16,6 +16,7 @@ from lit_align.errors import LitAlignError
 from lit_align.logprobs import sequence_logps
 from lit_align.steering import (SteerDuringEval, SteeringVector, _direction, contrast_margins, extract, extract_from_data, p_match,
                                 steerability, steering_blocks)
+from lit_align.layouts import LAYOUTS
 
 LETTER = 1  # " (A)" is [" (", "A", ")"] in the built-in tokenizer: the letter is the 2nd answer token
 
@@ -39,7 +40,7 @@ def _write(tmp_path, records, name="ab.jsonl"):
 
 def _datamodule(tokenizer, train, val=None, chat_template=None, batch=4):
     dm = AlignDataModule(train=train, val=val, eval_batch_size=batch, max_length=96, chat_template=chat_template)
-    dm.connect(tokenizer, "pair")
+    dm.connect(tokenizer, LAYOUTS["pair"])
     dm.setup("fit")
     return dm
 
@@ -359,7 +360,7 @@ def test_steer_during_eval_callback_in_a_validation_run(tokenizer, tmp_path):
     obj.configure_model()
     dm = AlignDataModule(train={"path": "builtin:ab", "limit": 8}, eval_batch_size=8, max_length=96,
                          val={"id": {"path": "builtin:ab", "split": "id", "limit": 8, "kind": "pair"}})
-    dm.connect(obj.tokenizer, "pair")
+    dm.connect(obj.tokenizer, LAYOUTS["pair"])
     dm.setup("fit")
     vector = extract(obj.model, dm.eval_loader("train"), layers=[1])
     path = vector.save(tmp_path / "v.safetensors")

@@ -8,6 +8,7 @@ import pytest
 from lit_align.data.datamodule import AlignDataModule
 from lit_align.data.synthetic import TASKS, builtin_records
 from lit_align.errors import DataError, LitAlignError
+from lit_align.layouts import LAYOUTS
 
 # task -> the example kinds it feeds (an SFT record has no rejected answer for a preference objective)
 KINDS = {"sft": ("sft",), "pairs": ("sft", "pair", "ranked"), "steers": ("sft", "pair"), "ab": ("sft", "pair"),
@@ -51,7 +52,7 @@ def test_train_and_val_prompts_are_disjoint(task):
 def test_seed_reaches_builtin_sources(tokenizer):
     def first_context(seed):
         dm = AlignDataModule(train={"path": "builtin:sft", "limit": 8, "seed": seed}, batch_size=8)
-        dm.connect(tokenizer, "sft")
+        dm.connect(tokenizer, LAYOUTS["sft"])
         dm.setup("fit")
         return [ex.context for ex in dm.splits["train"].examples]
 

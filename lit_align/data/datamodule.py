@@ -2,7 +2,7 @@
 
 It reads sources (files, built-in tasks, `datasets` names), validates records, tokenizes them under the
 token-level contract and collates batches. It never knows the loss: the objective tells it, through
-`connect(tokenizer, layout)`, which tokenizer to use and its batch layout (data/layouts.py: the record kind to read,
+`connect(tokenizer, layout)`, which tokenizer to use and its batch layout (layouts.py: the record kind to read,
 e.g. one continuation per example or two, and the collate function). The CLI makes that call; so does anyone
 wiring the two by hand.
 """
@@ -26,7 +26,6 @@ from lit_align.data.samplers import ResumableSampler, WeightedResampler
 from lit_align.data.sources import Source, as_source, named_sources, read_rows
 from lit_align.data.tokenize import Tokenized, Tokenizer, TokenizeSpec
 from lit_align.errors import DataError, LitAlignError
-from lit_align.data.layouts import LAYOUTS, Layout, layout_named
 
 
 @dataclass
@@ -225,15 +224,19 @@ class AlignDataModule(LightningDataModule):
         self.group_by_length = group_by_length
         self.shuffle = shuffle
         self.tokenizer = None
-        self.layout: Layout | None = None
+        self.layout = None  # layouts.py Layout
         self.splits: dict[str, TokenizedSplit] = {}
         self.summaries: dict[str, SplitSummary] = {}
-        self.split_layouts: dict[str, Layout] = {}  # split -> its batches' layout (Source.kind's, else self.layout)
+        self.split_layouts: dict = {}  # split -> its batches' layout (Source.kind's, else self.layout)
 
-    def connect(self, tokenizer, layout: Layout | str) -> None:
-        """Wire in run-time values: the model's tokenizer and the objective's batch layout (`objective.layout`,
-        or a layout's name: data/layouts.py LAYOUTS)."""
-        self.tokenizer, self.layout = tokenizer, layout_named(layout)
+    def connect(self, tokenizer, layout: "Layout") -> None:  # noqa: F821
+        """Wire in run-time values: the model's tokenizer and the objective's batch layout (`objective.layout`, or
+        one of lit_align/layouts.py's LAYOUTS by name: LAYOUTS["pair"]). The data layer reads the layout (its record
+        kind, collate, row packing and length) and never imports the table of layouts (which sits above it)."""
+        if isinstance(layout, str):
+            raise LitAlignError(f"AlignDataModule.connect: give the layout itself (lit_align.layouts.LAYOUTS"
+                                f"[{layout!r}], or objective.layout), not its name")
+        self.tokenizer, self.layout = tokenizer, layout
 
     def _sources(self, stage: str | None) -> dict[str, Source]:
         val = {self.log_prefix("val", n): s for n, s in self.val_sources.items()}
@@ -321,7 +324,7 @@ class AlignDataModule(LightningDataModule):
         raise LitAlignError(f"{message}; raise data.pack_length (it is the longest packed row, not a cap on the "
                             "examples: max_length is), or leave it unset")
 
-    def split_layout(self, name: str, source: Source) -> Layout:
+    def split_layout(self, name: str, source: Source) -> "Layout":  # noqa: F821
         """The layout of a split's batches: the objective's, unless an evaluation set asks for another record kind
         (`Source.kind`: e.g. pairs, to measure preference accuracy of an objective trained on one continuation),
         which it gets in that kind's padded layout."""
@@ -332,7 +335,7 @@ class AlignDataModule(LightningDataModule):
                                 f"as the objective consumes it ({self.layout.records})")
         if source.kind not in ("sft", "pair"):
             raise LitAlignError(f"{name}: kind must be sft or pair, not '{source.kind}'")
-        return LAYOUTS[source.kind]
+        return self.layout.for_records(source.kind)
 
     # -- loaders ------------------------------------------------------------------------------------
     def _loader(self, name: str, batch_size: int, shuffle: bool, sampler=None) -> DataLoader:

@@ -41,6 +41,7 @@ from pathlib import Path
 import yaml
 
 from lit_align.config import read_yaml, set_dotted
+from lit_align.layouts import LAYOUTS
 
 METHODS = {
     "sft": ("ab_sft.yaml", "SFT"),
@@ -117,7 +118,7 @@ def score(model_dir: Path, n_eval: int) -> dict[str, dict]:
     model = load_model(spec, tokenizer).eval()
     dm = AlignDataModule(val={s: {"path": "builtin:ab", "split": s, "limit": n_eval, "kind": "pair"} for s in EVAL_SETS},
                          eval_batch_size=100, max_length=96)
-    dm.connect(tokenizer, "pair")
+    dm.connect(tokenizer, LAYOUTS["pair"])
     with open(os.devnull, "w") as null, output_to(null):
         dm.setup("validate")
     out = {}

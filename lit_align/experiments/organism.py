@@ -24,6 +24,7 @@ from pathlib import Path
 
 from lit_align.errors import LitAlignError
 from lit_align.sweep import Sweep
+from lit_align.layouts import LAYOUTS
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "sweeps" / "organism.yaml"
 QUICK = {"sizes": [8, 32], "seeds": [0]}
@@ -53,7 +54,7 @@ def start_metrics(sweep: Sweep) -> dict[str, float]:
     args["train"] = {**(args.get("train") if isinstance(args.get("train"), dict) else {"path": args.get("train")}),
                      "limit": 1}
     dm = AlignDataModule(**args)
-    dm.connect(tokenizer, "pair")
+    dm.connect(tokenizer, LAYOUTS["pair"])
     dm.setup("fit")
     metrics = pair_set_metrics(model, dm)
     metrics.update(sweep._generation_metrics(model, dm))

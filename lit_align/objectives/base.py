@@ -41,7 +41,7 @@ from lightning.pytorch import LightningModule
 from torch import Tensor
 from torchmetrics import MeanMetric
 
-from lit_align.data.layouts import LAYOUTS, Layout
+from lit_align.layouts import LAYOUTS, Layout
 from lit_align.errors import LitAlignError
 from lit_align.logprobs import batch_logps
 from lit_align.models import LoraSpec, ModelSpec, check_model_spec, load_model, load_tokenizer, shard_model
@@ -94,7 +94,7 @@ class OptimSpec:
 
 
 # OptimSpec.implementation -> torch.optim.AdamW keywords. Measured on CPU (torch 2.13, fp32, tests/test_packing.py and
-# the README's Performance section): foreach equals for_loop bit for bit, also on FSDP2's DTensor parameters, and
+# docs/performance.md): foreach equals for_loop bit for bit, also on FSDP2's DTensor parameters, and
 # the step of a 152k x 192 embedding plus 1.2 M other weights takes 158 ms and 115 MB of temporaries against
 # for_loop's 204 ms and 222 MB (torch's own CPU default; on CUDA torch already defaults to foreach); fused takes
 # 41 ms and no temporaries, but rounds differently (parameters within ~1e-7 after 5 steps, not bit for bit).
@@ -160,7 +160,7 @@ class Objective(LightningModule):
         check_optim(self.optim_spec)
         check_model_spec(self.policy_spec, "policy")
         self.tokenizer = load_tokenizer(self.policy_spec)
-        # The batch layout (data/layouts.py): what the data module collates and how log-probs come out of its
+        # The batch layout (layouts.py): what the data module collates and how log-probs come out of its
         # batches. Chosen once in the constructor, from the objective's own options (a subclass assigns its own);
         # the CLI hands it to the data module, and an objective with a reference hands it to the reference.
         self.layout: Layout = LAYOUTS["sft"]

@@ -21,7 +21,7 @@ copy, the LoRA base, or a cache). Metrics: the shared naming with chosen = the b
 
 from __future__ import annotations
 
-from lit_align.data.layouts import LAYOUTS
+from lit_align.layouts import LAYOUTS
 from lit_align.errors import LitAlignError
 from lit_align.logprobs import SeqLogps
 from lit_align.losses import RANKING_LOSSES, chosen_nll, ranked_margins

@@ -1,7 +1,7 @@
 """What every preference objective on pairs (x, y_w, y_l) shares: DPO, prefix-DPO, SimPO and ORPO.
 
 `PairObjective` holds, in one place:
-- the batch layout (data/layouts.py): padded rows, chosen and rejected in ONE forward pass (collate.py, layout
+- the batch layout (layouts.py): padded rows, chosen and rejected in ONE forward pass (collate.py, layout
   "pair"), or with `packed` one row per pair holding the prompt once (collate_packed, layout "packed_pair";
   logprobs.packed_logps). Prefix-DPO and listwise DPO choose theirs (a shared context, ranked lists). A subclass
   asks `policy_logps(batch)` for (B, 2) fp32 log-probs [chosen, rejected] and never looks at the layout itself;
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from lit_align.data.layouts import LAYOUTS
+from lit_align.layouts import LAYOUTS
 from lit_align.errors import DataError, LitAlignError
 from lit_align.logprobs import SeqLogps
 from lit_align.losses import weighted_pair_sum

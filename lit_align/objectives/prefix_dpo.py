@@ -23,7 +23,7 @@ continuation, over chosen and rejected) that were the shared prefix.
 
 from __future__ import annotations
 
-from lit_align.data.layouts import LAYOUTS
+from lit_align.layouts import LAYOUTS
 from lit_align.errors import LitAlignError
 from lit_align.objectives.base import Sums
 from lit_align.objectives.dpo import DPO

@@ -37,7 +37,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lit_align.data.layouts import LAYOUTS
+from lit_align.layouts import LAYOUTS
 from lit_align.errors import LitAlignError
 from lit_align.losses import bradley_terry_loss, ranked_margins
 from lit_align.models import ModelSpec

@@ -21,7 +21,7 @@ Metrics: {split}/loss (mean NLL per target token), {split}/token_accuracy (greed
 
 from __future__ import annotations
 
-from lit_align.data.layouts import LAYOUTS
+from lit_align.layouts import LAYOUTS
 from lit_align.logprobs import batch_token_logps
 from lit_align.losses import nll
 from lit_align.models import ModelSpec

@@ -53,6 +53,11 @@ class Layout:
     length: Callable = padded_length
     """Tokenized example -> its token count in this layout (for group_by_length)."""
 
+    def for_records(self, kind: str) -> "Layout":
+        """The layout an evaluation set read as another record kind gets (`Source.kind`): that kind's padded one.
+        (The data module asks the objective's layout, so that the data layer needs no table of layouts.)"""
+        return LAYOUTS[kind]
+
     @property
     def key(self) -> str:
         """What identifies the layout in a reference cache's key (reference.py)."""
