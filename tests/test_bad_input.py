@@ -392,7 +392,8 @@ def _reference_cache(corrupt, build: bool):
         main(args)  # builds the cache
         (path,) = (tmp_path / "cache").glob("train-*.pt")
         corrupt(path, torch)
-        return [*args, "--model.init_args.reference.build", str(build).lower()], [str(path)]
+        return [*args, "--model.init_args.reference.build", str(build).lower(),
+                "--trainer.logger.init_args.name", "with_the_cache"], [str(path)]
     return make
 
 
@@ -439,7 +440,9 @@ def _full_disk(tmp_path, monkeypatch):
         assert sorted(p.name for p in ckpt_dir.iterdir()) == files  # and no partial file left
 
     train = write_lines(tmp_path / "train.jsonl", [GOOD] * 4)
-    return (_sft(train, "--trainer.logger.init_args.name", "ok"),
+    # the run continued (its folder holds its checkpoints): one more step, whose save fails
+    return (_sft(train, "--trainer.logger.init_args.name", "ok", "--ckpt_path", "last", "--trainer.max_steps", "2",
+                 "--checkpoint.force_resume", "true"),
             ["could not write the checkpoint", "No space left on device", "untouched (newest: last.ckpt)"], after)
 
 
