@@ -12,7 +12,7 @@ from lit_align.callbacks.collective_timeout import collective_timeout
 from lit_align.callbacks.stops import Interrupted, Requeued
 from lit_align.errors import LitAlignError, exception_chain, write_error, write_error_sentence
 from lit_align.lightning_cli import LitAlignCLI, NothingToDo  # noqa: F401 (LitAlignCLI: tests, scripts)
-from lit_align.resume import RUN_SETTINGS, changed_settings, checkpoint_meta  # noqa: F401 (changed_settings: tests)
+from lit_align.resume import RUN_SETTINGS, checkpoint_meta
 
 
 def checkpoint_data_config(argv: list[str]):

@@ -8,7 +8,8 @@ older checkpoints beside its own. Resume it with `--ckpt_path last`, or give the
 A resumed run continues its checkpoint's run exactly, so every setting that changes what the remaining steps
 compute must be the checkpoint's:
 - the objective's settings (its hyperparameters, stored by Lightning; `changed_settings`), apart from the
-  compute-only ones (`COMPUTE_ONLY`: how the numbers are computed, not the numbers);
+  compute-only ones (`Objective.compute_only_settings`: how the numbers are computed, not the numbers), and a
+  setting added after the checkpoint was written read as its old meaning (`Objective.added_settings`);
 - the run's settings (`run_settings`, stored by RunCheckpoint under RUN_SETTINGS): the data module's options
   (sources, limits, splits, tokenization, batch size, seed, order), the seed, and the trainer options that change
   a step (accumulation, clipping, precision, the train-batch limit); max_steps / max_epochs only where the
@@ -27,12 +28,9 @@ import os
 RUN_SETTINGS = "lit_align_run_settings"
 """The checkpoint key under which RunCheckpoint stores `run_settings`."""
 
-COMPUTE_ONLY = {"gradient_checkpointing", "lm_head", "logits_chunk", "attn_implementation", "implementation"}
-"""Model settings that change how the numbers are computed, not the numbers: a resume may change them."""
-
-ADDED_SETTINGS = {"packed": False, "pair_weights": False}
-"""Settings added after checkpoints were written -> the value that means what their absence meant (SFT and IW-SFT
-gained `packed`, DPO and prefix-DPO `pair_weights`): a checkpoint without the key resumes under that value."""
+COMPUTE_ONLY = frozenset({"gradient_checkpointing", "lm_head", "logits_chunk", "attn_implementation", "implementation"})
+"""The model settings of every objective that change how the numbers are computed, not the numbers (an objective
+adds its own: `Objective.compute_only_settings`)."""
 
 EVAL_ONLY_DATA = {"val", "test", "predict", "eval_batch_size", "num_workers"}
 """Data options that do not touch training (evaluation sets, loading): a resume may change them silently."""
@@ -82,9 +80,13 @@ def _said(key: str, old, new, missing) -> str:
             f"{'(absent)' if new is missing else repr(new)} now")
 
 
-def changed_settings(saved: dict, now: dict) -> tuple[list[str], list[str]]:
+def changed_settings(saved: dict, now: dict, compute_only=COMPUTE_ONLY,
+                     added: dict | None = None) -> tuple[list[str], list[str]]:
     """The model settings (hyperparameters) that differ between a checkpoint and this run, as `key: old -> new`:
-    (compute-only ones, the others)."""
+    (compute-only ones, the others). The objective declares both rules (`Objective.compute_only_settings`,
+    `added_settings`): `compute_only`, the names (at any depth) a resume may change; `added`, settings added after
+    checkpoints were written -> the value their absence meant (a checkpoint without the key resumes under it)."""
+    added = added or {}
     old, new = flat(saved), flat(now)
     if old.get("class_path") != new.get("class_path"):  # another objective: its settings are not comparable
         return [], [f"model.class_path (the objective): {old.get('class_path')!r} in the checkpoint, "
@@ -93,11 +95,11 @@ def changed_settings(saved: dict, now: dict) -> tuple[list[str], list[str]]:
     applied, refused = [], []
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key, missing), new.get(key, missing)
-        if a is missing and key in ADDED_SETTINGS:
-            a = ADDED_SETTINGS[key]
+        if a is missing and key in added:
+            a = added[key]
         if a != b:
             line = _said(f"model.{'' if key == 'class_path' else 'init_args.'}{key}", a, b, missing)
-            (applied if key.rsplit(".", 1)[-1] in COMPUTE_ONLY else refused).append(line)
+            (applied if key.rsplit(".", 1)[-1] in compute_only else refused).append(line)
     return applied, refused
 
 

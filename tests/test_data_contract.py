@@ -19,6 +19,7 @@ from lit_align.data.records import Example, to_examples
 from lit_align.data.sources import Source, read_rows
 from lit_align.data.tokenize import DROP_CONTEXT_GONE, DROP_NO_TARGET, Tokenized, Tokenizer, TokenizeSpec
 from lit_align.errors import DataError, LitAlignError
+from lit_align.layouts import layout_named
 
 
 # -- helpers ----------------------------------------------------------------------------------------------
@@ -39,7 +40,7 @@ def write_jsonl(path, rows) -> str:
 
 def datamodule(tok, train, kind="sft", **kwargs) -> AlignDataModule:
     dm = AlignDataModule(train=train, **{"batch_size": 4, "max_length": 128, **kwargs})
-    dm.connect(tok, kind)
+    dm.connect(tok, layout_named(kind))
     dm.setup("fit")
     return dm
 

@@ -12,6 +12,7 @@ from lit_align.data import AlignDataModule
 from lit_align.errors import DataError, LitAlignError
 from lit_align.logprobs import sequence_logps
 from lit_align.objectives import DPO
+from lit_align.layouts import layout_named
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # conftest sets it too; explicit for the subprocess
 METRICS = {"loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracy",
@@ -152,7 +153,7 @@ GOOD = {"prompt": "What is 2 plus 2?", "chosen": "4.", "rejected": "5."}
 def test_identical_pair_is_skipped_counted_and_warned(tmp_path, tokenizer, kind):
     path = _jsonl(tmp_path, [GOOD, {"prompt": "Hi", "chosen": "Hello.", "rejected": "Hello."}, GOOD])
     dm = AlignDataModule(train=str(path), batch_size=2)
-    dm.connect(tokenizer, kind)
+    dm.connect(tokenizer, layout_named(kind))
     with pytest.warns(UserWarning, match=r"pairs.jsonl:2: chosen and rejected are identical"):
         dm.setup("fit")
     summary = dm.summaries["train"]
@@ -170,7 +171,7 @@ def test_identical_pair_is_skipped_counted_and_warned(tmp_path, tokenizer, kind)
 def test_bad_pair_names_file_line_and_field(tmp_path, tokenizer, kind, row, line, field, message):
     path = _jsonl(tmp_path, [GOOD, row])
     dm = AlignDataModule(train=str(path), batch_size=2)
-    dm.connect(tokenizer, kind)
+    dm.connect(tokenizer, layout_named(kind))
     with pytest.raises(DataError, match=message) as e:
         dm.setup("fit")
     assert e.value.where == f"{path}:{line}" and e.value.field == field

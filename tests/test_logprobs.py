@@ -12,6 +12,7 @@ from lit_align.data import AlignDataModule
 from lit_align.logprobs import forward_logps, joined_context_logps, set_lm_head, shared_context_logps
 from lit_align.models import LoraSpec, ModelSpec, load_model, load_tokenizer
 from lit_align.objectives import DPO, SFT, PrefixDPO
+from lit_align.layouts import layout_named
 
 # (positions, chunk): the plain forward; one chunk; several checkpointed chunks of 7 target rows
 MODES = [("all", 0), ("targets", 0), ("targets", 7)]
@@ -19,7 +20,7 @@ MODES = [("all", 0), ("targets", 0), ("targets", 7)]
 
 def _batch(tok, kind="pair", task="builtin:pairs", n=6):
     dm = AlignDataModule(train={"path": task, "limit": n}, batch_size=n, max_length=96)
-    dm.connect(tok, kind)
+    dm.connect(tok, layout_named(kind))
     dm.setup("fit")
     return next(iter(dm.train_dataloader()))
 
@@ -166,7 +167,7 @@ def test_bad_lm_head_value_is_a_clear_error():
 def _ordered_batch(tok, kind, n=6, **kwargs):
     dm = AlignDataModule(train={"path": "builtin:pairs", "limit": n}, batch_size=n, max_length=96, shuffle=False,
                          **kwargs)
-    dm.connect(tok, kind)
+    dm.connect(tok, layout_named(kind))
     dm.setup("fit")
     return next(iter(dm.train_dataloader()))
 

@@ -12,7 +12,7 @@ from test_resume import assert_same_state, run_in_process, scalars
 
 from lit_align.data import AlignDataModule
 from lit_align.data.collate import collate_packed, pack_rows, padding_fraction, unpackable
-from lit_align.layouts import LAYOUTS
+from lit_align.layouts import LAYOUTS, layout_named
 from lit_align.data.tokenize import Tokenized
 from lit_align.errors import LitAlignError
 from lit_align.logprobs import forward_logps, packed_token_logps
@@ -25,7 +25,7 @@ def _data(tok, kind, n=12, max_length=64, task="builtin:sft", pack_length=128, *
     dm = AlignDataModule(train={"path": task, "limit": n}, batch_size=n, max_length=max_length, shuffle=False,
                          pack_length=pack_length,
                          **kwargs)
-    dm.connect(tok, kind)
+    dm.connect(tok, layout_named(kind))
     dm.setup("fit")
     return dm
 
@@ -232,8 +232,10 @@ def test_packed_run_resumes_exactly(tmp_path, monkeypatch):
 
 
 def test_a_checkpoint_from_before_packed_existed_resumes_unpacked_only():
-    from lit_align.cli import changed_settings
+    from lit_align.objectives import SFT
+    from lit_align.resume import changed_settings
 
     saved = {"_class_path": "lit_align.objectives.SFT", "policy": None}          # no `packed` key
-    assert changed_settings(saved, {**saved, "packed": False}) == ([], [])
-    assert changed_settings(saved, {**saved, "packed": True})[1]                # refused, as any changed setting
+    rules = SFT.compute_only_settings, SFT.added_settings                       # SFT declares its resume rules
+    assert changed_settings(saved, {**saved, "packed": False}, *rules) == ([], [])
+    assert changed_settings(saved, {**saved, "packed": True}, *rules)[1]        # refused, as any changed setting

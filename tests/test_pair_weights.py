@@ -152,8 +152,10 @@ def test_a_weight_of_zero_names_file_line_and_field(tmp_path):
 
 
 def test_a_checkpoint_from_before_pair_weights_existed_resumes_unweighted_only():
-    from lit_align.cli import changed_settings
+    from lit_align.objectives import DPO
+    from lit_align.resume import changed_settings
 
     saved = {"_class_path": "lit_align.objectives.DPO", "beta": 0.1, "packed": False}   # no `pair_weights` key
-    assert changed_settings(saved, {**saved, "pair_weights": False}) == ([], [])
-    assert changed_settings(saved, {**saved, "pair_weights": True})[1]            # refused, as any changed setting
+    rules = DPO.compute_only_settings, DPO.added_settings                          # DPO declares its resume rules
+    assert changed_settings(saved, {**saved, "pair_weights": False}, *rules) == ([], [])
+    assert changed_settings(saved, {**saved, "pair_weights": True}, *rules)[1]   # refused, as any changed setting

@@ -8,7 +8,7 @@ import pytest
 from lit_align.data.datamodule import AlignDataModule
 from lit_align.data.synthetic import TASKS, builtin_records
 from lit_align.errors import DataError, LitAlignError
-from lit_align.layouts import LAYOUTS
+from lit_align.layouts import LAYOUTS, layout_named
 
 # task -> the example kinds it feeds (an SFT record has no rejected answer for a preference objective)
 KINDS = {"sft": ("sft",), "pairs": ("sft", "pair", "ranked"), "steers": ("sft", "pair"), "ab": ("sft", "pair"),
@@ -23,7 +23,7 @@ def datamodule(tokenizer, task: str, kind: str, val_split: str = "val", **kwargs
     dm = AlignDataModule(train={"path": f"builtin:{task}", "limit": 40},
                          val={"val": {"path": f"builtin:{task}", "split": val_split, "limit": 12}},
                          batch_size=8, max_length=128, **kwargs)
-    dm.connect(tokenizer, kind)
+    dm.connect(tokenizer, layout_named(kind))
     dm.setup("fit")
     return dm
 

@@ -43,6 +43,7 @@ from torchmetrics import MeanMetric
 
 from lit_align.layouts import LAYOUTS, Layout
 from lit_align.errors import LitAlignError
+from lit_align.resume import COMPUTE_ONLY
 from lit_align.logprobs import batch_logps
 from lit_align.models import LoraSpec, ModelSpec, check_model_spec, load_model, load_tokenizer, shard_model
 
@@ -150,6 +151,12 @@ allow_in_checkpoints(ModelSpec, LoraSpec, OptimSpec)
 
 class Objective(LightningModule):
     head = "lm"
+    compute_only_settings: frozenset = COMPUTE_ONLY
+    """Settings (hyperparameter names, at any depth) that change how the numbers are computed, not the numbers: a
+    resume may change them (resume.py). A subclass adds its own: `Objective.compute_only_settings | {...}`."""
+    added_settings: dict = {}
+    """Settings added after checkpoints were written -> the value their absence meant: a checkpoint without the key
+    resumes under that value (resume.py)."""
     """What the model puts on the decoder (models.HEADS): "lm", a causal LM; "score", a scalar (reward model)."""
 
     def __init__(self, policy: ModelSpec | None = None, optim: OptimSpec | None = None):
@@ -160,14 +167,21 @@ class Objective(LightningModule):
         check_optim(self.optim_spec)
         check_model_spec(self.policy_spec, "policy")
         self.tokenizer = load_tokenizer(self.policy_spec)
-        # The batch layout (layouts.py): what the data module collates and how log-probs come out of its
-        # batches. Chosen once in the constructor, from the objective's own options (a subclass assigns its own);
-        # the CLI hands it to the data module, and an objective with a reference hands it to the reference.
-        self.layout: Layout = LAYOUTS["sft"]
         self.model: torch.nn.Module | None = None
         self.eval_metrics = torch.nn.ModuleDict()  # "{split}/{name}" -> MeanMetric, created on first use
         self._step_sums: dict[str, Tensor] = {}
         self._step_counts: dict[str, Tensor] = {}
+
+    # -- the batch layout (layouts.py): what the data module collates and how log-probs come out of its batches --
+    def layout_name(self) -> str:
+        """The name of this objective's batch layout (layouts.py LAYOUTS), from its own options: each objective
+        declares it here, once (no assignment to override). The CLI hands `layout` to the data module, and an
+        objective with a reference hands it to the reference."""
+        return "sft"
+
+    @property
+    def layout(self) -> Layout:
+        return LAYOUTS[self.layout_name()]
 
     # -- model ----------------------------------------------------------------------------------------
     def configure_model(self) -> None:

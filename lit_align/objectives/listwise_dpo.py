@@ -21,7 +21,6 @@ copy, the LoRA base, or a cache). Metrics: the shared naming with chosen = the b
 
 from __future__ import annotations
 
-from lit_align.layouts import LAYOUTS
 from lit_align.errors import LitAlignError
 from lit_align.logprobs import SeqLogps
 from lit_align.losses import RANKING_LOSSES, chosen_nll, ranked_margins
@@ -62,9 +61,11 @@ class ListwiseDPO(DPO):
         super().__init__(policy, optim, beta=beta, nll_weight=nll_weight, reference=reference,
                          pair_weights=pair_weights)
         self.shared_context = shared_context
-        self.layout = LAYOUTS["shared_ranked" if shared_context else "ranked"]   # (B, k) log-probs
         check_shared_context(self)
         self.loss_name = loss
+
+    def layout_name(self) -> str:  # (B, k) log-probs
+        return "shared_ranked" if self.shared_context else "ranked"
 
     def step(self, batch: dict) -> Sums:
         policy: SeqLogps = self.policy_logps(batch)               # (B, k) fp32, with gradient

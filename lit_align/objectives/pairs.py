@@ -27,7 +27,6 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from lit_align.layouts import LAYOUTS
 from lit_align.errors import DataError, LitAlignError
 from lit_align.logprobs import SeqLogps
 from lit_align.losses import weighted_pair_sum
@@ -38,11 +37,15 @@ from lit_align.objectives.base import Objective, OptimSpec, Sums, pair_sums
 class PairObjective(Objective):
     """A preference objective on (chosen, rejected) pairs; subclasses implement `step` from `policy_logps`."""
 
+    added_settings = {"packed": False, "pair_weights": False}  # (DPO and prefix-DPO gained `pair_weights`)
+
     def __init__(self, policy: ModelSpec | None = None, optim: OptimSpec | None = None, packed: bool = False,
                  pair_weights: bool = False):
         super().__init__(policy, optim)
-        self.layout = LAYOUTS["packed_pair" if packed else "pair"]
-        self.pair_weights = pair_weights
+        self.packed, self.pair_weights = packed, pair_weights
+
+    def layout_name(self) -> str:
+        return "packed_pair" if self.packed else "pair"
 
     # -- layout ---------------------------------------------------------------------------------------
     def policy_logps(self, batch: dict) -> SeqLogps:

@@ -23,7 +23,6 @@ continuation, over chosen and rejected) that were the shared prefix.
 
 from __future__ import annotations
 
-from lit_align.layouts import LAYOUTS
 from lit_align.errors import LitAlignError
 from lit_align.objectives.base import Sums
 from lit_align.objectives.dpo import DPO
@@ -50,8 +49,10 @@ class PrefixDPO(DPO):
                                 "prompt and prefix once (shared_context: true)")
         super().__init__(*args, **kwargs)
         self.shared_context = shared_context
-        self.layout = LAYOUTS["prefix_pair" if shared_context else "prefix_pair_joined"]
         check_shared_context(self)
+
+    def layout_name(self) -> str:
+        return "prefix_pair" if self.shared_context else "prefix_pair_joined"
 
     def step(self, batch: dict) -> Sums:
         sums = super().step(batch)

@@ -37,7 +37,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lit_align.layouts import LAYOUTS
 from lit_align.errors import LitAlignError
 from lit_align.losses import bradley_terry_loss, ranked_margins
 from lit_align.models import ModelSpec
@@ -62,9 +61,11 @@ class RewardModel(Objective):
             optim: AdamW and the learning-rate schedule.
         """
         super().__init__(policy, optim)
+
+    def layout_name(self) -> str:
         # padded rows, k ranked continuations (pairs are rankings of two: data/records.py); its rewards come from
         # the score head (sequence_rewards), not from the layout's log-probs
-        self.layout = LAYOUTS["ranked"]
+        return "ranked"
 
     def configure_model(self) -> None:
         super().configure_model()

@@ -21,7 +21,6 @@ Metrics: {split}/loss (mean NLL per target token), {split}/token_accuracy (greed
 
 from __future__ import annotations
 
-from lit_align.layouts import LAYOUTS
 from lit_align.logprobs import batch_token_logps
 from lit_align.losses import nll
 from lit_align.models import ModelSpec
@@ -29,6 +28,8 @@ from lit_align.objectives.base import Objective, OptimSpec, Sums
 
 
 class SFT(Objective):
+    added_settings = {"packed": False}  # (SFT and IW-SFT gained `packed`)
+
     def __init__(self, policy: ModelSpec | None = None, optim: OptimSpec | None = None, packed: bool = False):
         """
         Args:
@@ -38,7 +39,10 @@ class SFT(Objective):
                 losses and gradients with little padding. Rows of at most data.pack_length tokens.
         """
         super().__init__(policy, optim)
-        self.layout = LAYOUTS["packed_sft" if packed else "sft"]
+        self.packed = packed
+
+    def layout_name(self) -> str:
+        return "packed_sft" if self.packed else "sft"
 
     def step(self, batch: dict) -> Sums:
         out = batch_token_logps(self.model, batch, with_accuracy=True)   # (B, L) one row per example, either layout
