@@ -168,6 +168,9 @@ class Objective(LightningModule):
         check_model_spec(self.policy_spec, "policy")
         self.tokenizer = load_tokenizer(self.policy_spec)
         self.model: torch.nn.Module | None = None
+        # the optional reference model (reference.py): an objective that compares with π_ref builds it in its
+        # constructor (build_reference); the base class wires it to the policy and prepares it (its cache)
+        self.reference = None
         self.eval_metrics = torch.nn.ModuleDict()  # "{split}/{name}" -> MeanMetric, created on first use
         self._step_sums: dict[str, Tensor] = {}
         self._step_counts: dict[str, Tensor] = {}
@@ -189,6 +192,8 @@ class Objective(LightningModule):
             self.model = load_model(self.policy_spec, self.tokenizer, head=self.head)
             if self.device_mesh is not None:  # FSDP2 (ModelParallelStrategy): shard the decoder layers, then the model
                 shard_model(self.model, self.device_mesh)
+        if self.reference is not None:  # (its batches are in this objective's layout)
+            self.reference.configure(self.model, self.policy_spec, self.tokenizer, self.layout)
 
     def step(self, batch: dict) -> Sums:
         raise NotImplementedError
@@ -196,8 +201,12 @@ class Objective(LightningModule):
     # -- what must be computed over the data before any batch (a reference cache, importance weights) ----------
     def prepare(self, datamodule, *, from_policy: bool = True, precision: str = "32-true",
                 forward_context: Callable = nullcontext) -> None:
-        """Called before fitting, validating or testing, once the data is set up (a no-op here). `from_policy`:
-        the policy still holds its starting weights (not resumed, not yet trained). A no-op once prepared."""
+        """Called before fitting, validating or testing, once the data is set up: the reference's own preparation (a
+        cache is computed here, once; the other references have nothing to prepare). `from_policy`: the policy still
+        holds its starting weights (not resumed, not yet trained). A no-op once prepared."""
+        if self.reference is not None:
+            self.reference.prepare(self.model, datamodule, from_policy=from_policy, precision=precision,
+                                   forward_context=forward_context)
 
     def _prepare(self) -> None:
         trainer = self.trainer

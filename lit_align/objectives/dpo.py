@@ -41,8 +41,6 @@ nll_weight > 0. Only the loss is weighted (pair_weights); the other metrics are 
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-from typing import Callable
 
 from lit_align.errors import LitAlignError
 from lit_align.logprobs import SeqLogps
@@ -102,17 +100,6 @@ class DPO(PairObjective):
         self.nll_weight = nll_weight
         self.length_normalize = loss == "ipo" if length_normalize is None else length_normalize
         self.reference = build_reference(reference)
-
-    # -- reference ------------------------------------------------------------------------------------
-    def configure_model(self) -> None:
-        super().configure_model()
-        self.reference.configure(self.model, self.policy_spec, self.tokenizer, self.layout)
-
-    def prepare(self, datamodule, *, from_policy: bool = True, precision: str = "32-true",
-                forward_context: Callable = nullcontext) -> None:
-        # a cache is computed here, once; the other references have nothing to prepare
-        self.reference.prepare(self.model, datamodule, from_policy=from_policy, precision=precision,
-                               forward_context=forward_context)
 
     # -- loss -----------------------------------------------------------------------------------------
     def step(self, batch: dict) -> Sums:

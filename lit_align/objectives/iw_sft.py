@@ -144,11 +144,6 @@ class IWSFT(SFT):
         self.weight_metrics = torch.nn.ModuleDict()  # w_<split> -> WeightStats
 
     # -- reference and weights --------------------------------------------------------------------------
-    def configure_model(self) -> None:
-        super().configure_model()
-        if self.reference is not None:
-            self.reference.configure(self.model, self.policy_spec, self.tokenizer, self.layout)
-
     def setup(self, stage: str) -> None:
         super().setup(stage)
         if self.resample and stage == "fit":
