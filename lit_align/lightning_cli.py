@@ -90,9 +90,13 @@ def parse_error_sentence(message: str) -> str:
             text = key.group(2)
         class_path = re.match(r"Problem with given class_path '([^']+)':\s*(.*)", text)
         if class_path:
-            keys.append("init_args")
+            if "init_args" not in keys:  # (the objective's or data module's; a nested spec has none on the CLI)
+                keys.append("init_args")
             text = class_path.group(2)
         text = re.sub(r"<class '([\w.]+)'>", r"\1", text).strip()
+        # a Literal option: "must be one of cosine, linear, constant, not 'step'"
+        text = re.sub(r"Expected a typing\.Literal\[(.*)\]\. Got value: (.*)",
+                      lambda m: f"must be one of {m.group(1).replace(chr(39), '')}, not '{m.group(2)}'", text)
         if text and not text.startswith(_NOISE) and text not in said:
             said.append(text)
     where = f"option {'.'.join(keys)}: " if keys else ""

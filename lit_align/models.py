@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
+from typing import Literal
 from pathlib import Path
 
 import torch
@@ -60,7 +61,7 @@ class ModelSpec:
     """"4bit": load the weights in 4-bit NF4 (bitsandbytes; QLoRA with `lora`). Needs a CUDA GPU."""
     extra: dict = field(default_factory=dict)
     """Extra keyword arguments for from_pretrained."""
-    lm_head: str = "targets"
+    lm_head: Literal["targets", "all"] = "targets"
     """Where the vocabulary projection runs (logprobs.py): "targets", only on positions that predict a loss
     target, a chunk at a time (faster, far less memory); "all", on every position (the plain forward)."""
     logits_chunk: int = 0

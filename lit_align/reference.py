@@ -35,7 +35,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 from torch import Tensor
@@ -53,7 +53,7 @@ CACHE_FORMAT = 1
 class ReferenceSpec:
     """Where the reference log-probs come from."""
 
-    mode: str = "copy"
+    mode: Literal["copy", "disable_adapter", "cache"] = "copy"
     """copy (a frozen model), disable_adapter (the LoRA policy with its adapter off), or cache (a file)."""
     model: ModelSpec | None = None
     """copy / cache: the reference model when it is not the starting policy (e.g. an SFT model saved in

@@ -27,6 +27,8 @@ current policy: `policy_ratio_weights`.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from dataclasses import dataclass
 
 import torch
@@ -147,7 +149,7 @@ def effective_sample_size(w: Tensor) -> Tensor:
 class WeightSpec:
     """How importance weights are computed (objectives/iw_sft.py)."""
 
-    source: str = "reference"
+    source: Literal["reference", "data", "policy_ratio"] = "reference"
     """reference: π_ref(y|x)^(-α); data: the records' `weight` field; policy_ratio: clamp(exp(mean_t(log π_θ -
     log π_ref)), 0, policy_ratio_max), detached, per batch (Qin & Springenberg 2025)."""
     alpha: float = 1.0

@@ -497,6 +497,8 @@ CLI_CASES = [
     ("lr-negative", _sft_opt("--model.init_args.optim.lr", "-0.001", words=["optim.lr", "-0.001"])),
     ("warmup-ratio-over-1", _sft_opt("--model.init_args.optim.warmup_ratio", "1.5", words=["optim.warmup_ratio"])),
     ("unknown-schedule", _sft_opt("--model.init_args.optim.schedule", "step", words=["optim.schedule", "'step'"])),
+    ("unknown-truncation-side", _sft_opt("--data.init_args.truncation_side", "middle", words=[
+        "option data.init_args.truncation_side: must be one of left, right, not 'middle'"])),  # (a Literal option)
     ("max-length-negative", _sft_opt("--data.init_args.max_length", "-5", words=["data.max_length", "-5"])),
     ("accumulate-0", _sft_opt("--trainer.accumulate_grad_batches", "0", words=["trainer.accumulate_grad_batches"])),
     ("lora-r-0", _sft_opt("--model.init_args.policy.lora", '{"r": 0}', words=["policy.lora.r", "0"])),

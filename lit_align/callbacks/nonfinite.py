@@ -21,6 +21,8 @@ is never written (callbacks/checkpoint.py).
 
 from __future__ import annotations
 
+from typing import Literal
+
 from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 
@@ -28,7 +30,7 @@ from lit_align.errors import LitAlignError
 
 
 class NonFiniteGuard(Callback):
-    def __init__(self, action: str = "skip", max_consecutive: int = 10, max_skipped_share: float = 0.5):
+    def __init__(self, action: Literal["skip", "stop"] = "skip", max_consecutive: int = 10, max_skipped_share: float = 0.5):
         """
         Args:
             action: skip (drop the step's gradients, count it, go on) or stop (end the run with an error).

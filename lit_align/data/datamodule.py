@@ -9,6 +9,8 @@ wiring the two by hand.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import functools
 import warnings
 from collections import Counter
@@ -144,7 +146,7 @@ class AlignDataModule(LightningDataModule):
         eval_batch_size: int | None = None,
         max_length: int = 512,
         max_prompt_length: int | None = None,
-        truncation_side: str = "left",
+        truncation_side: Literal["left", "right"] = "left",
         chat_template: bool | None = None,
         end_token: str | None = None,
         min_context_tokens: int | None = None,

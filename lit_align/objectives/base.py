@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 from lightning.pytorch import LightningModule
@@ -80,11 +80,11 @@ class OptimSpec:
     warmup_steps: int = 0
     warmup_ratio: float = 0.0
     """Warmup as a fraction of all optimizer steps (used when warmup_steps is 0)."""
-    schedule: str = "cosine"
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
     """cosine, linear or constant after warmup."""
     min_lr_ratio: float = 0.0
     """Final learning rate as a fraction of lr."""
-    implementation: str = "foreach"
+    implementation: Literal["foreach", "fused", "for_loop"] = "foreach"
     """How torch's AdamW runs its step (`OPTIMIZER_IMPLEMENTATIONS`): foreach (default: the same numbers, bit
     for bit, as for_loop), fused (fewer passes and no temporaries; differs in the last bits), for_loop."""
 

@@ -63,7 +63,7 @@ from __future__ import annotations
 
 import warnings
 from contextlib import nullcontext
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 from torch import Tensor
@@ -115,7 +115,7 @@ class IWSFT(SFT):
         policy: ModelSpec | None = None,
         optim: OptimSpec | None = None,
         weights: WeightSpec | None = None,
-        mode: str = "loss",
+        mode: Literal["loss", "resample"] = "loss",
         reference: ReferenceSpec | None = None,
         packed: bool = False,
     ):

@@ -21,6 +21,8 @@ copy, the LoRA base, or a cache). Metrics: the shared naming with chosen = the b
 
 from __future__ import annotations
 
+from typing import Literal
+
 from lit_align.errors import LitAlignError
 from lit_align.logprobs import SeqLogps
 from lit_align.losses import RANKING_LOSSES, chosen_nll, ranked_margins
@@ -37,7 +39,7 @@ class ListwiseDPO(DPO):
         policy: ModelSpec | None = None,
         optim: OptimSpec | None = None,
         beta: float = 0.1,
-        loss: str = "plackett_luce",
+        loss: Literal["plackett_luce", "all_pairs"] = "plackett_luce",
         nll_weight: float = 0.0,
         reference: ReferenceSpec | None = None,
         pair_weights: bool = False,
