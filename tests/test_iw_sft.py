@@ -228,7 +228,7 @@ def _fit(tmp_path, mode, max_steps, ckpt_path=None, save_every=None, **weights):
                    reference=ReferenceSpec(mode="cache", cache_dir=str(tmp_path / "cache")))
     dm = AlignDataModule(train={"path": "builtin:ab", "limit": 24}, batch_size=3, max_length=96,
                          val={"val": {"path": "builtin:ab", "split": "id", "limit": 3, "kind": "pair"}})
-    dm.connect(obj.tokenizer, obj.layout)
+    dm.connect(obj.tokenizer, obj.layout, obj.train_sampling_weights)
     # a checkpoint written while training (as a run stopped there would leave it), not after fit returns
     saver = [ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=save_every)] if save_every else []
     trainer = pl.Trainer(max_steps=max_steps, accelerator="cpu", logger=False, callbacks=saver,
@@ -286,3 +286,17 @@ def test_config_runs_through_the_cli(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "TensorBoard logs: logs/iw_test/version_0" in result.stdout
     assert list((tmp_path / "logs" / "reference_cache").glob("train-*.pt"))    # computed once, cached
+
+
+def test_resample_weights_reach_the_data_module_through_connect(tmp_path):
+    """The objective hands its sampling weights to the data module with its layout (connect); a data module
+    connected without them is refused in one sentence, rather than written into by the objective."""
+    obj = IWSFT(policy=TINY, mode="resample", weights=WeightSpec(alpha=1.0),
+                reference=ReferenceSpec(mode="cache", cache_dir=str(tmp_path / "cache")))
+    assert obj.train_sampling_weights == obj._sampling_weights and IWSFT(policy=TINY).train_sampling_weights is None
+    dm = AlignDataModule(train={"path": "builtin:ab", "limit": 6}, batch_size=3, max_length=96)
+    dm.connect(obj.tokenizer, obj.layout)
+    trainer = pl.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    with pytest.raises(LitAlignError, match="connect the data module with them"):
+        trainer.fit(obj, datamodule=dm)

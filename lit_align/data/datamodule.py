@@ -9,7 +9,7 @@ wiring the two by hand.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Callable, Literal
 
 import functools
 import warnings
@@ -231,10 +231,13 @@ class AlignDataModule(LightningDataModule):
         self.summaries: dict[str, SplitSummary] = {}
         self.split_layouts: dict = {}  # split -> its batches' layout (Source.kind's, else self.layout)
 
-    def connect(self, tokenizer, layout: "Layout") -> None:  # noqa: F821
+    def connect(self, tokenizer, layout: "Layout", train_weights: Callable | None = None) -> None:  # noqa: F821
         """Wire in run-time values: the model's tokenizer and the objective's batch layout (`objective.layout`, or
         one of lit_align/layouts.py's LAYOUTS by name: LAYOUTS["pair"]). The data layer reads the layout (its record
-        kind, collate, row packing and length) and never imports the table of layouts (which sits above it)."""
+        kind, collate, row packing and length) and never imports the table of layouts (which sits above it).
+        `train_weights` (`objective.train_sampling_weights`: IW-SFT's mode resample): a callable giving the (n,)
+        weights the training examples are drawn by, read when an epoch's draw begins."""
+        self.train_weights = train_weights
         if isinstance(layout, str):
             raise LitAlignError(f"AlignDataModule.connect: give the layout itself (lit_align.layouts.LAYOUTS"
                                 f"[{layout!r}], or objective.layout), not its name")
@@ -362,8 +365,9 @@ class AlignDataModule(LightningDataModule):
     _train_sampler: ResumableSampler | None = None
     _train_sampler_state: dict | None = None
     # Set by an objective that draws training examples in proportion to a weight (importance-reweighted SFT,
-    # mode resample): a callable giving the (n,) weights of the train split, read when an epoch's draw begins.
-    # The training order then comes from WeightedResampler (same sharding and resume as ResumableSampler).
+    # mode resample, handed over by connect): a callable giving the (n,) weights of the train split, read when an
+    # epoch's draw begins. The training order then comes from WeightedResampler (same sharding and resume as
+    # ResumableSampler).
     train_weights = None
 
     def train_dataloader(self) -> DataLoader:

@@ -186,6 +186,12 @@ class Objective(LightningModule):
     def layout(self) -> Layout:
         return LAYOUTS[self.layout_name()]
 
+    @property
+    def train_sampling_weights(self) -> Callable | None:
+        """What the data module draws training examples by, handed to it with the layout (`connect`): None, the
+        sampler's uniform order (IW-SFT's mode resample gives its importance weights)."""
+        return None
+
     # -- model ----------------------------------------------------------------------------------------
     def configure_model(self) -> None:
         if self.model is None:

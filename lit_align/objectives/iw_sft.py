@@ -144,6 +144,11 @@ class IWSFT(SFT):
         self.weight_metrics = torch.nn.ModuleDict()  # w_<split> -> WeightStats
 
     # -- reference and weights --------------------------------------------------------------------------
+    @property
+    def train_sampling_weights(self) -> Callable | None:
+        # mode resample: the examples are drawn ∝ w (read when the epoch's draw begins, after on_fit_start)
+        return self._sampling_weights if self.resample else None
+
     def setup(self, stage: str) -> None:
         super().setup(stage)
         if self.resample and stage == "fit":
@@ -151,7 +156,10 @@ class IWSFT(SFT):
             if dm is None or not hasattr(dm, "train_weights"):
                 raise LitAlignError("mode: resample draws training examples through the data module's sampler: "
                                     "fit with an AlignDataModule")
-            dm.train_weights = self._sampling_weights  # read when the epoch's draw begins (after on_fit_start)
+            if dm.train_weights is None:
+                raise LitAlignError("mode: resample draws the training examples by the importance weights: connect "
+                                    "the data module with them, datamodule.connect(objective.tokenizer, "
+                                    "objective.layout, objective.train_sampling_weights) (the lit_align CLI does)")
 
     def _sampling_weights(self) -> Tensor:
         table = self.importance.tables.get("train")
