@@ -134,3 +134,24 @@ def test_predict_and_export_from_a_checkpoint(tmp_path, monkeypatch):
     ids = torch.tensor([[1, 9690, 198, 504, 2]])
     with torch.no_grad():
         torch.testing.assert_close(merged(ids).logits, trained.model(ids).logits, atol=1e-4, rtol=1e-4)
+
+
+@requires_smollm2
+def test_steering_runs_on_it(tmp_path, monkeypatch):
+    """lit_align steer on the real model: a CAA vector from contrast pairs, evaluated at one layer and two
+    multipliers (the built-in A/B pairs: no shared data needed)."""
+    from conftest import REPO
+
+    from lit_align.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    main(["steer", "--config", str(REPO / "configs" / "examples" / "steer_smollm2_mwe.yaml"),
+          "--data.init_args.train", "{path: builtin:ab, limit: 8}",
+          "--data.init_args.val", "{lm: {path: builtin:ab, split: id, limit: 4}}",
+          "--steer.layers", "[12]", "--steer.multipliers", "[0, 4]", "--steer.name", "real"])
+    import csv
+
+    with open(tmp_path / "logs" / "real" / "steer" / "steer.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["set"], r["layer"], float(r["multiplier"])) for r in rows] == [("lm", "12", 0.0), ("lm", "12", 4.0)]
+    assert all(0 <= float(r["p_match"]) <= 1 and r["n"] == "4" for r in rows)
