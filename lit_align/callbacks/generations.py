@@ -40,7 +40,6 @@ from __future__ import annotations
 import html
 import json
 import os
-import time
 from pathlib import Path
 
 import torch
@@ -49,6 +48,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from lit_align.callbacks.cost import CostMeter
 from lit_align.callbacks.probes import require_lm_head, shard_rows
 from lit_align.data.datamodule import AlignDataModule
 from lit_align.data.prompts import PromptRecord, prompt_text, read_prompts
@@ -104,8 +104,7 @@ class SampleGenerations(Callback):
         """global step -> {set: its generations, in file order} (on every rank)."""
         self.metrics: dict[int, dict[str, float]] = {}
         """global step -> the metrics logged at it."""
-        self.seconds, self.n_evals = 0.0, 0
-        self._fit_start: float | None = None
+        self.cost = CostMeter("generation", warn_fraction)
         self._last_step: int | None = None
         self._end_id: int | None = None
         self._dir: str | None = None
@@ -149,27 +148,23 @@ class SampleGenerations(Callback):
         step = trainer.global_step
         if self._dir is None:  # trainer.log_dir is a collective under DDP/FSDP: every rank asks, once
             self._dir = self.dirpath or os.path.join(trainer.log_dir or trainer.default_root_dir, "generations")
-        start = time.perf_counter()
-        texts = self.generate(trainer, pl_module)
-        metrics: dict[str, float] = {}
-        rows = []
-        for name, records in (self.sets or {}).items():
-            prefix = AlignDataModule.log_prefix("val", name)
-            for label, value in mean_scores(self.scorers, [r.record for r in records], texts[name]).items():
-                metrics[f"{prefix}/gen/{label}"] = value
-            rows += [{"step": step, "set": name, "index": i, **generation_row(r, t, self.scorers)}
-                     for i, (r, t) in enumerate(zip(records, texts[name]))]
-        if trainer.is_global_zero:
-            path = Path(self._dir) / f"step_{step:06d}.jsonl"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-        self.seconds += time.perf_counter() - start
-        self.n_evals += 1
+        with self.cost.measure():
+            texts = self.generate(trainer, pl_module)
+            metrics: dict[str, float] = {}
+            rows = []
+            for name, records in (self.sets or {}).items():
+                prefix = AlignDataModule.log_prefix("val", name)
+                for label, value in mean_scores(self.scorers, [r.record for r in records], texts[name]).items():
+                    metrics[f"{prefix}/gen/{label}"] = value
+                rows += [{"step": step, "set": name, "index": i, **generation_row(r, t, self.scorers)}
+                         for i, (r, t) in enumerate(zip(records, texts[name]))]
+            if trainer.is_global_zero:
+                path = Path(self._dir) / f"step_{step:06d}.jsonl"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text("".join(json.dumps(row) + "\n" for row in rows))
         self._last_step = step
         self.history[step], self.metrics[step] = texts, metrics
-        logged = {**metrics, "generation_cost/seconds": self.seconds}
-        if self._fit_start is not None:
-            logged["generation_cost/fraction"] = self.seconds / max(time.perf_counter() - self._fit_start, 1e-9)
+        logged = {**metrics, **self.cost.metrics()}
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.log_metrics(logged, step=step)
@@ -186,8 +181,7 @@ class SampleGenerations(Callback):
         require_lm_head(pl_module, "SampleGenerations generates text")
 
     def on_train_start(self, trainer, pl_module) -> None:
-        self._fit_start = time.perf_counter()
-        self.seconds, self.n_evals = 0.0, 0
+        self.cost.start_run()
         if self.sources:
             self._evaluate(trainer, pl_module)
 
@@ -201,13 +195,12 @@ class SampleGenerations(Callback):
             return
         if trainer.global_step != self._last_step:
             self._evaluate(trainer, pl_module)
-        total = time.perf_counter() - (self._fit_start or time.perf_counter())
-        fraction = self.seconds / total if total > 0 else 0.0
+        train, fraction = self.cost.summary()
         prompts = sum(len(r) for r in (self.sets or {}).values())
-        rank_zero_info(f"generations: {self.seconds:.1f} s generating vs {max(total - self.seconds, 0.0):.1f} s "
-                       f"training ({100 * fraction:.1f}% of the run): {self.n_evals} evaluations x {prompts} prompts "
+        rank_zero_info(f"generations: {self.cost.seconds:.1f} s generating vs {train:.1f} s "
+                       f"training ({100 * fraction:.1f}% of the run): {self.cost.count} evaluations x {prompts} prompts "
                        f"in {len(self.sets or {})} sets, up to {self.max_new_tokens} new tokens; files in {self._dir}")
-        if fraction > self.warn_fraction:
+        if self.cost.too_costly(fraction):
             rank_zero_warn(f"sample generations took {100 * fraction:.0f}% of the run; raise every_n_steps, lower "
                            "max_new_tokens or set a `limit` on the prompt sets")
 

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import math
 import re
-import time
 from collections import Counter
 from dataclasses import dataclass, replace
 
@@ -54,6 +53,7 @@ from lightning.pytorch import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from lit_align.callbacks.cost import CostMeter
 from lit_align.data.collate import collate
 from lit_align.data.datamodule import SplitSummary, build_split
 from lit_align.data.records import Example
@@ -127,11 +127,9 @@ class Probes(Callback):
         self.max_length, self.max_prompt_length = max_length, max_prompt_length
         self.warn_fraction = warn_fraction
         self.sets: list[ProbeSet] | None = None
-        self.probe_seconds = 0.0
-        self.n_probes = 0
+        self.cost = CostMeter("probe", warn_fraction)
         self.history: dict[int, dict[str, float]] = {}
         """global step -> the metrics logged at it (on every rank)."""
-        self._fit_start: float | None = None
         self._last_step: int | None = None
         self._layout_written = False
         self._end_id: int | None = None
@@ -325,15 +323,11 @@ class Probes(Callback):
     def _probe(self, trainer, pl_module) -> dict[str, float]:
         step = trainer.global_step
         self._hf_tokenizer = pl_module.tokenizer
-        start = time.perf_counter()
-        metrics = self.compute(trainer, pl_module)
-        self.probe_seconds += time.perf_counter() - start
-        self.n_probes += 1
+        with self.cost.measure():
+            metrics = self.compute(trainer, pl_module)
         self._last_step = step
         self.history[step] = metrics
-        metrics = {**metrics, "probe_cost/seconds": self.probe_seconds}
-        if self._fit_start is not None:
-            metrics["probe_cost/fraction"] = self.probe_seconds / max(time.perf_counter() - self._fit_start, 1e-9)
+        metrics = {**metrics, **self.cost.metrics()}
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
             if isinstance(logger, TensorBoardLogger):
@@ -364,8 +358,7 @@ class Probes(Callback):
         require_lm_head(pl_module, "Probes scores responses with log-probs")
 
     def on_train_start(self, trainer, pl_module) -> None:
-        self._fit_start = time.perf_counter()
-        self.probe_seconds, self.n_probes = 0.0, 0
+        self.cost.start_run()
         if self.sources:
             self._probe(trainer, pl_module)
 
@@ -379,13 +372,11 @@ class Probes(Callback):
             return
         if trainer.global_step != self._last_step:
             self._probe(trainer, pl_module)
-        total = time.perf_counter() - (self._fit_start or time.perf_counter())
-        train = max(total - self.probe_seconds, 0.0)
-        fraction = self.probe_seconds / total if total > 0 else 0.0
+        train, fraction = self.cost.summary()
         rows = sum(len(ps.rows) for ps in self.sets or [])
-        rank_zero_info(f"probes: {self.probe_seconds:.1f} s probing vs {train:.1f} s training ({100 * fraction:.1f}% "
-                       f"of the run): {self.n_probes} probes x {rows} responses in {len(self.sets or [])} sets")
-        if fraction > self.warn_fraction:
+        rank_zero_info(f"probes: {self.cost.seconds:.1f} s probing vs {train:.1f} s training ({100 * fraction:.1f}% "
+                       f"of the run): {self.cost.count} probes x {rows} responses in {len(self.sets or [])} sets")
+        if self.cost.too_costly(fraction):
             rank_zero_warn(f"probing took {100 * fraction:.0f}% of the run; raise probes.every_n_steps or set a "
                            "`limit` on the probe sets")
 
