@@ -50,6 +50,7 @@ import torch
 from lit_align.builtin_models import chat_tokenizer, llama_config, train_bpe
 from lit_align.cache import cache_root, remove_stale_temporaries, temporary_prefix
 from lit_align.errors import LitAlignError
+from lit_align.optim import adamw_with_schedule
 from lit_align.noise import no_save_bar
 
 RECIPE_VERSION = 1
@@ -178,18 +179,11 @@ def build(recipe: Recipe, out: Path, quiet: bool = False, partial: Path | None =
         torch.manual_seed(recipe.seed)
         model = LlamaForCausalLM(config)
         order = torch.cat([torch.randperm(len(rows)) for _ in range(recipe.epochs)]).tolist()
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr)
-
-    def lr_at(step: int) -> float:
-        if step < recipe.warmup_steps:
-            return (step + 1) / recipe.warmup_steps
-        progress = (step - recipe.warmup_steps) / max(recipe.steps - recipe.warmup_steps, 1)
-        return recipe.min_lr_ratio + (1 - recipe.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    # (for_loop: torch's own CPU default, which built the organism; its bits must not move)
+    optimizer, scheduler = adamw_with_schedule(model.parameters(), lr=recipe.lr, total=recipe.steps,
+                                               warmup=recipe.warmup_steps, schedule="cosine",
+                                               min_ratio=recipe.min_lr_ratio, weight_decay=recipe.weight_decay,
+                                               implementation="for_loop")
     state = _BuildState(partial, recipe.steps, tokenizer) if partial is not None else None
     losses: list[float] = []
     first = 0

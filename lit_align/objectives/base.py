@@ -43,6 +43,7 @@ from torchmetrics import MeanMetric
 
 from lit_align.layouts import LAYOUTS, Layout
 from lit_align.errors import LitAlignError
+from lit_align.optim import OPTIMIZER_IMPLEMENTATIONS, adamw_with_schedule, lr_lambda  # noqa: F401 (lr_lambda: tests)
 from lit_align.resume import COMPUTE_ONLY
 from lit_align.logprobs import batch_logps
 from lit_align.models import LoraSpec, ModelSpec, check_model_spec, load_model, load_tokenizer, shard_model
@@ -94,14 +95,6 @@ class OptimSpec:
         return self.schedule != "constant" or (not self.warmup_steps and self.warmup_ratio > 0)
 
 
-# OptimSpec.implementation -> torch.optim.AdamW keywords. Measured on CPU (torch 2.13, fp32, tests/test_packing.py and
-# docs/performance.md): foreach equals for_loop bit for bit, also on FSDP2's DTensor parameters, and
-# the step of a 152k x 192 embedding plus 1.2 M other weights takes 158 ms and 115 MB of temporaries against
-# for_loop's 204 ms and 222 MB (torch's own CPU default; on CUDA torch already defaults to foreach); fused takes
-# 41 ms and no temporaries, but rounds differently (parameters within ~1e-7 after 5 steps, not bit for bit).
-OPTIMIZER_IMPLEMENTATIONS = {"foreach": {"foreach": True}, "fused": {"fused": True}, "for_loop": {"foreach": False}}
-
-
 def check_optim(spec: OptimSpec) -> None:
     """Refuse optimizer settings that cannot train (and warn about a learning rate of 0), before any model load."""
     if spec.implementation not in OPTIMIZER_IMPLEMENTATIONS:
@@ -127,17 +120,6 @@ def check_optim(spec: OptimSpec) -> None:
     if not all(0 <= b < 1 for b in spec.betas) or spec.eps <= 0:
         raise LitAlignError(f"optim.betas must be in [0, 1) and optim.eps > 0, not betas {list(spec.betas)}, eps "
                             f"{spec.eps}")
-
-
-def lr_lambda(step: int, total: int, warmup: int, schedule: str, min_ratio: float) -> float:
-    """Multiplier of the base learning rate at optimizer step `step` (0-based)."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant":
-        return 1.0
-    progress = min(max(step - warmup, 0) / max(total - warmup, 1), 1.0)
-    decay = 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1 - progress
-    return min_ratio + (1 - min_ratio) * decay
 
 
 def allow_in_checkpoints(*classes: type) -> None:
@@ -345,17 +327,11 @@ class Objective(LightningModule):
     # -- optimizer -------------------------------------------------------------------------------------
     def configure_optimizers(self):
         spec = self.optim_spec
-        params = [p for p in self.parameters() if p.requires_grad]
-        groups = [
-            {"params": [p for p in params if p.ndim >= 2], "weight_decay": spec.weight_decay},
-            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-        ]
-        optimizer = torch.optim.AdamW(groups, lr=spec.lr, betas=spec.betas, eps=spec.eps,
-                                      **OPTIMIZER_IMPLEMENTATIONS[spec.implementation])
         total = max(int(self.trainer.estimated_stepping_batches), 1)
-        warmup = spec.warmup_steps or int(spec.warmup_ratio * total)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: lr_lambda(s, total, warmup, spec.schedule, spec.min_lr_ratio))
+        optimizer, scheduler = adamw_with_schedule(
+            self.parameters(), lr=spec.lr, total=total, warmup=spec.warmup_steps or int(spec.warmup_ratio * total),
+            schedule=spec.schedule, min_ratio=spec.min_lr_ratio, weight_decay=spec.weight_decay, betas=spec.betas,
+            eps=spec.eps, implementation=spec.implementation)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
