@@ -538,6 +538,13 @@ CLI_CASES = [
 ]
 
 
+def test_the_catalogue_of_bad_inputs_only_grows():
+    """107 cases (20 bad lines, 9 bad pairs, 78 through the CLI; 97 before issue 20's): none removed unnoticed."""
+    counts = (len(BAD_LINES), len(BAD_PAIRS), len(CLI_CASES))
+    assert all(n >= floor for n, floor in zip(counts, (20, 9, 78))), counts
+    assert len({c[0] for c in CLI_CASES}) == len(CLI_CASES)  # each case named once
+
+
 @pytest.mark.parametrize("make", [c[1] for c in CLI_CASES], ids=[c[0] for c in CLI_CASES])
 def test_cli_bad_input_is_one_paragraph_exit_2(make, tmp_path, monkeypatch, capsys):
     from lit_align.cli import main
