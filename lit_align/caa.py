@@ -97,17 +97,15 @@ def generation_metrics(model: torch.nn.Module, datamodule, generate_sets: dict |
     from lit_align.data.prompts import read_prompts
     from lit_align.data.sources import as_source
     from lit_align.data.tokenize import Tokenizer
-    from lit_align.generation import generate_ids
+    from lit_align.generation import generate_texts
     from lit_align.scorers import build_scorers, mean_scores
 
     tokenizer = Tokenizer(datamodule.tokenizer, datamodule.spec)
-    pad = datamodule.tokenizer.pad_token_id
     metrics = {}
     for name, (source, scorers) in (generate_sets or {}).items():
         scorers = build_scorers(scorers)
         records = read_prompts(name, as_source(source), tokenizer)
-        ids = generate_ids(model, [r.context for r in records], pad, tokenizer.end_id, max_new_tokens, steering=steering)
-        texts = datamodule.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        texts = generate_texts(model, datamodule.tokenizer, records, tokenizer.end_id, max_new_tokens, steering=steering)
         for label, value in mean_scores(scorers, [r.record for r in records], texts).items():
             metrics[f"{datamodule.log_prefix('val', name)}/gen/{label}"] = value
     return metrics

@@ -70,3 +70,14 @@ def generate(model: torch.nn.Module, tokenizer, prompts: list, max_new_tokens: i
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     gen = generate_ids(model, contexts, pad, render.end_id, max_new_tokens, batch_size, steering, do_sample, seed)
     return tokenizer.batch_decode(gen, skip_special_tokens=True)
+
+
+def generate_texts(model: torch.nn.Module, tokenizer, records, end_id: int | None, max_new_tokens: int = 16,
+                   batch_size: int = 32, **kwargs) -> list[str]:
+    """The prompt -> generation step every caller shares (sample generations, predict, CAA's generation-scored
+    sets): the text generated after each record's context (data/prompts.py PromptRecord, or anything with
+    `.context` ids), decoded without special tokens. `kwargs`: generate_ids's (steering, do_sample, seed,
+    synced_gpus). Scoring is scorers.py's (mean_scores, or a row's scores)."""
+    ids = generate_ids(model, [r.context for r in records], tokenizer.pad_token_id, end_id, max_new_tokens, batch_size,
+                       **kwargs)
+    return tokenizer.batch_decode(ids, skip_special_tokens=True)

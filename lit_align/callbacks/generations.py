@@ -55,7 +55,7 @@ from lit_align.data.prompts import PromptRecord, prompt_text, read_prompts
 from lit_align.data.sources import Source, as_source
 from lit_align.data.tokenize import Tokenizer, TokenizeSpec
 from lit_align.errors import LitAlignError
-from lit_align.generation import generate_ids
+from lit_align.generation import generate_texts
 from lit_align.scorers import build_scorers, mean_scores
 
 
@@ -132,11 +132,10 @@ class SampleGenerations(Callback):
         with trainer.precision_plugin.forward_context():
             for name, records in self.build(trainer, pl_module).items():
                 mine = shard_rows(list(enumerate(records)), rank, world)          # [(index, record, real)]
-                ids = generate_ids(pl_module.model, [r.context for _, r, _ in mine], tok.pad_token_id, self._end_id,
-                                   self.max_new_tokens, self.batch_size, do_sample=self.do_sample, seed=self.seed,
-                                   synced_gpus=world > 1)
-                done = [(i, t) for (i, _, real), t in zip(mine, tok.batch_decode(ids, skip_special_tokens=True))
-                        if real]
+                generated = generate_texts(pl_module.model, tok, [r for _, r, _ in mine], self._end_id,
+                                           self.max_new_tokens, self.batch_size, do_sample=self.do_sample,
+                                           seed=self.seed, synced_gpus=world > 1)
+                done = [(i, t) for (i, _, real), t in zip(mine, generated) if real]
                 if world > 1:  # every rank gets every text (a list of strings per rank)
                     parts: list = [None] * world
                     torch.distributed.all_gather_object(parts, done)
@@ -253,11 +252,9 @@ class GenerationWriter(BasePredictionWriter):
 
     def predict_rows(self, pl_module, batch: dict, batch_idx: int) -> list[dict]:
         """The rows of one predict batch (from the data module: {records: [(index, PromptRecord)], end_id})."""
-        tok = pl_module.tokenizer
-        ids = generate_ids(pl_module.model, [r.context for _, r in batch["records"]], tok.pad_token_id,
-                           batch["end_id"], self.max_new_tokens, self.batch_size, do_sample=self.do_sample,
-                           seed=self.seed + batch_idx * self.batch_size)
-        texts = tok.batch_decode(ids, skip_special_tokens=True)
+        texts = generate_texts(pl_module.model, pl_module.tokenizer, [r for _, r in batch["records"]], batch["end_id"],
+                               self.max_new_tokens, self.batch_size, do_sample=self.do_sample,
+                               seed=self.seed + batch_idx * self.batch_size)
         return [{"index": i, **generation_row(r, t, self.scorers)} for (i, r), t in zip(batch["records"], texts)]
 
 
