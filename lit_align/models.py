@@ -346,6 +346,9 @@ def save_hf(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: st
         import copy
 
         model = copy.deepcopy(model).merge_and_unload()
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
+    from lit_align.noise import no_save_bar
+
+    with no_save_bar():  # (transformers' "Writing model shards" bar: noise in any log, and inside a run's own bar)
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
     return path
