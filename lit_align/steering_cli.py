@@ -151,11 +151,17 @@ def _device(name: str) -> torch.device:
 # -- the run ------------------------------------------------------------------------------------------------
 
 
+def _clock(seconds: float) -> str:
+    minutes, s = divmod(int(round(seconds)), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{s:02d}"
+
+
 class _Progress:
     """A rich progress bar on a terminal, plain lines otherwise."""
 
     def __init__(self, total: int):
         self.total, self.done, self.bar = total, 0, None
+        self.start = time.perf_counter()
         if sys.stdout.isatty():
             from rich.progress import Progress
 
@@ -167,8 +173,10 @@ class _Progress:
         self.done += 1
         if self.bar is not None:
             self.bar.update(self.task, advance=1, description=what)
-        else:
-            print(f"[{self.done}/{self.total}] {what}", flush=True)
+        else:  # (in a log: how long so far, and how long the rest will take at this pace)
+            elapsed = time.perf_counter() - self.start
+            left = elapsed / self.done * (self.total - self.done)
+            print(f"[{self.done}/{self.total}] {what}  (elapsed {_clock(elapsed)}, ETA {_clock(left)})", flush=True)
 
     def close(self) -> None:
         if self.bar is not None:

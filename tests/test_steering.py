@@ -4,6 +4,7 @@ Hand computations use `output_hidden_states` (hidden_states[l + 1] is block l's 
 which transformers 5 returns after the final norm: hence 3-block models, checked at blocks 0 and 1)."""
 
 import csv
+import re
 import json
 
 import pytest
@@ -402,6 +403,8 @@ def test_lit_align_steer_writes_the_grid_csv_summary_and_png(tmp_path, monkeypat
           "--data.init_args.train.limit", "8", "--data.init_args.val",
           "{id: {path: builtin:organism, split: id, limit: 6}, ood: {path: builtin:organism, split: ood, limit: 6}}",
           "--steer.multipliers", "[-4, 0, 4]", "--steer.out", str(out)])
+    progress = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
+    assert len(progress) == 4 and all(re.search(r"\(elapsed \d:\d\d:\d\d, ETA \d:\d\d:\d\d\)$", p) for p in progress)
     rows = list(csv.DictReader(open(out / "steer.csv")))
     assert {"set", "layer", "multiplier", "p_match", "match_rate", "n"} <= set(rows[0])
     assert len(rows) == 2 * 2 * 3                                         # sets x layers (builtin:tiny: 2) x mult
