@@ -212,12 +212,14 @@ class LitAlignCLI(LightningCLI):
         callback = self._run_checkpoint()
         if ckpt_path in ("best", "hpc", "registry"):
             return
-        if callback is not None:
+        if callback is not None and not callback.force_resume:
             callback._default_dirpath(self.trainer)
-            own = callback.complete_checkpoints()
             outside = ckpt_path not in (None, "last") and os.path.abspath(os.path.dirname(str(ckpt_path))) != \
                 os.path.abspath(str(callback.dirpath))
-            if own and (ckpt_path is None or outside) and not callback.force_resume:
+            # (only a fit that would not continue this folder's run reads its checkpoints: their checksums cost a
+            # full read each)
+            own = callback.complete_checkpoints() if ckpt_path is None or outside else []
+            if own:
                 ckpt = checkpoint_meta(own[-1]) or {}
                 raise LitAlignError(occupied(str(callback.dirpath), own[-1], ckpt.get("global_step"),
                                              str(ckpt_path) if ckpt_path else None))
