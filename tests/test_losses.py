@@ -1,4 +1,4 @@
-"""Preference losses (losses.py) against hand-computed numbers, and their invariants."""
+"""Preference losses (losses/preference.py) against hand-computed numbers, and their invariants."""
 
 import math
 

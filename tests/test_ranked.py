@@ -67,7 +67,7 @@ def test_ties_are_skipped_and_counted_and_k_is_one_per_split(tmp_path, tokenizer
         dm.setup("fit")
 
 
-# -- the listwise losses (losses.py), against hand-computed numbers --------------------------------------------
+# -- the listwise losses (losses/ranking.py), against hand-computed numbers --------------------------------------------
 
 
 def test_listwise_losses_by_hand():

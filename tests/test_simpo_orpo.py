@@ -1,4 +1,4 @@
-"""SimPO and ORPO (losses.py, objectives/simpo.py, objectives/orpo.py): the losses against hand-computed numbers
+"""SimPO and ORPO (losses/preference.py, objectives/simpo.py, objectives/orpo.py): the losses against hand-computed numbers
 and their invariants; the objectives on real batches, without any reference model; packed equals padded; the
 configs run through the CLI."""
 

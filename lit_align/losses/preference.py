@@ -1,7 +1,5 @@
-"""Loss functions as pure tensor functions: per-example values in, per-example losses out. No Lightning.
-
-Reductions (over tokens, examples, devices and accumulated micro-batches) happen in objectives/base.py,
-which divides the summed loss by the global count of what it is averaged over.
+"""Preference losses on (chosen, rejected) pairs: DPO's family (sigmoid, robust/cDPO, IPO, hinge) with a
+reference, and the reference-free SimPO and ORPO. Pure tensor functions: per-pair values in, per-pair losses out.
 """
 
 from __future__ import annotations
@@ -13,14 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-
-def nll(token_logps: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-    """Negative log-likelihood of the target tokens of each row.
-
-    token_logps (N, T) fp32, mask (N, T) bool -> (sum of -log p per row (N,), target tokens per row (N,)).
-    The SFT loss is sum(nll) / sum(tokens) over the whole optimizer step: a mean over target tokens.
-    """
-    return -(token_logps * mask).sum(-1), mask.sum(-1)
+from lit_align.losses.likelihood import chosen_nll
 
 
 # -- preference losses --------------------------------------------------------------------------------
@@ -137,14 +128,6 @@ def preference_loss(name: str, policy_logps: Tensor, ref_logps: Tensor, tokens: 
     return out
 
 
-def chosen_nll(chosen_logps: Tensor, chosen_tokens: Tensor) -> Tensor:
-    """Per-pair NLL of the chosen continuation, a mean over its tokens: -log π(y_w|x) / |y_w|, (B,).
-
-    The optional NLL term of DPO (as in RPO, Pang et al. 2024): added per pair, α · chosen_nll.
-    """
-    return -chosen_logps / chosen_tokens.clamp(min=1)
-
-
 def weighted_pair_sum(losses: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
     """Per-pair weights: (Σ_i w_i·ℓ_i, Σ_i w_i) of losses (B,) with gradient and weights (B,) > 0, constants.
 
@@ -223,72 +206,3 @@ def orpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, chosen_tokens: Ten
     losses = nll_term - odds_ratio_weight * log_sigma
     return OddsRatioLoss(losses, (odds_ratio_weight * chosen).detach(), (odds_ratio_weight * rejected).detach(),
                          nll_term.detach(), log_sigma.detach(), ratio.detach())
-
-
-# -- importance-reweighted SFT ------------------------------------------------------------------------
-
-
-def weighted_nll(token_logps: Tensor, mask: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
-    """Importance-weighted NLL of each row: w_i · Σ_t -log p(y_it), and the row's target-token count n_i.
-
-    token_logps (N, T) fp32, mask (N, T) bool, weights (N,) constants (no gradient flows into them)
-    -> ((N,) weighted sums, (N,) tokens). The IW-SFT loss is Σ_i w_i·nll_i / Σ_i n_i over the optimizer step:
-    the count is the plain token count, so w ≡ 1 is exactly SFT (objectives/iw_sft.py says why).
-    """
-    loss_sum, tokens = nll(token_logps, mask)
-    return weights.detach().to(loss_sum.dtype) * loss_sum, tokens
-
-
-# -- reward model ---------------------------------------------------------------------------------------------
-
-
-def ranked_margins(rewards: Tensor) -> Tensor:
-    """r_j - r_l for every pair j < l of each row's k completions ranked best first: rewards (B, k) -> (B, C(k,2)),
-    pairs in the order (0,1), (0,2), ..., (1,2), ... (k = 2: the one column r_chosen - r_rejected)."""
-    j, l = torch.triu_indices(rewards.shape[1], rewards.shape[1], offset=1, device=rewards.device)
-    return rewards[:, j] - rewards[:, l]
-
-
-def bradley_terry_loss(rewards: Tensor) -> Tensor:
-    """The Bradley-Terry loss of a reward model (InstructGPT, Ouyang et al. 2022, eq. 1), per prompt:
-
-        l = -1/C(k,2) Σ_{j<l} log σ(r_j - r_l)
-
-    over the C(k,2) pairs of the prompt's k >= 2 completions, ranked best first. rewards (B, k), column 0 the
-    best (k = 2: chosen, rejected; then l = -log σ(r_w - r_l)) -> (B,) losses, with gradient. The mean over the
-    prompt's pairs makes each prompt one unit, as InstructGPT does: a ranked list of 9 is not worth 36 pairs.
-    Equal rewards give log 2 for every k; the loss depends only on the differences of a row's rewards.
-    """
-    if rewards.ndim != 2 or rewards.shape[1] < 2:
-        raise ValueError(f"rewards must be (B, k) with k >= 2 completions ranked best first, got {tuple(rewards.shape)}")
-    return -F.logsigmoid(ranked_margins(rewards)).mean(-1)
-
-
-# -- ranked lists ---------------------------------------------------------------------------------------------
-# Rankings of k >= 2 continuations per prompt, best first: (B, k) sequence log-probs of the policy (with
-# gradient) and of the reference; the implicit rewards r = β (log π - log π_ref) (B, k).
-
-
-def plackett_luce_dpo_loss(policy_logps: Tensor, ref_logps: Tensor, beta: float = 0.1) -> Tensor:
-    """Listwise DPO (Rafailov et al. 2023, appendix A.3): the ranking's negative log-likelihood under the
-    Plackett-Luce model of the implicit rewards r_j = β (log π(y_j|x) - log π_ref(y_j|x)), y_0 the best:
-
-        l = -Σ_{j=0}^{k-2} log [ exp(r_j) / Σ_{m=j}^{k-1} exp(r_m) ]
-
-    (B, k), (B, k) -> (B,). k = 2 is DPO's -log σ(r_0 - r_1); with the policy equal to the reference every r is 0
-    and l = log k!.
-    """
-    r = beta * (policy_logps - ref_logps)                                    # (B, k)
-    tail = torch.logcumsumexp(r.flip(-1), dim=-1).flip(-1)                   # log Σ_{m>=j} exp(r_m), (B, k)
-    return (tail - r)[:, :-1].sum(-1)
-
-
-def all_pairs_dpo_loss(policy_logps: Tensor, ref_logps: Tensor, beta: float = 0.1) -> Tensor:
-    """DPO over the k(k-1)/2 ordered pairs of a ranking, averaged (as InstructGPT's reward model does over its
-    comparisons): l = 1/C(k,2) Σ_{i<j} -log σ(r_i - r_j), with r as in `plackett_luce_dpo_loss`.
-    (B, k), (B, k) -> (B,); k = 2 is DPO; with the policy equal to the reference l = log 2."""
-    return bradley_terry_loss(beta * (policy_logps - ref_logps))
-
-
-RANKING_LOSSES: dict[str, Callable[..., Tensor]] = {"plackett_luce": plackett_luce_dpo_loss,
-                                                    "all_pairs": all_pairs_dpo_loss}
