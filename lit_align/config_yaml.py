@@ -3,7 +3,7 @@
 A key given twice in one mapping (`class_path` twice under `model:`) is refused: YAML keeps the later one
 silently, and the error that follows then blames something else (the data). A YAML syntax error or a duplicate
 key in a config file is reported with the file's name and line, not as `"<unicode string>", line 3`.
-`install()` (called by cli.py at import) puts both in place.
+`install()` (called by cli/__init__.py at import) puts both in place.
 """
 
 from __future__ import annotations

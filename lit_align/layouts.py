@@ -35,7 +35,7 @@ from typing import Callable
 
 from lit_align.data.collate import collate, collate_packed, collate_prefix, packed_length, padded_length
 from lit_align.errors import LitAlignError
-from lit_align.logprobs import (LogpsFn, batch_logps, joined_context_logps, packed_logps, sequence_logps,
+from lit_align.modeling.logprobs import (LogpsFn, batch_logps, joined_context_logps, packed_logps, sequence_logps,
                                 shared_context_logps)
 
 

@@ -1,5 +1,5 @@
 """LitAlignCLI: LightningCLI with lit_align's defaults, for `lit_align fit|validate|test|predict --config X.yaml`
-(cli.py dispatches the commands; sweeps and experiments run it in process).
+(cli/__init__.py dispatches the commands; sweeps and experiments run it in process).
 
 The objective (`model:`) and the data module (`data:`) are chosen by `class_path` in the YAML. Run-time
 values are wired here, in code: the data module gets the objective's tokenizer (hence pad id and

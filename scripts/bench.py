@@ -105,7 +105,7 @@ def save_model(args, vocab: int, path: Path, arch: str = "llama") -> Path:
     tokenizer, saved for both libraries. Sizes from args.hidden, .intermediate, .layers, .heads, .kv_heads."""
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-    from lit_align.models import builtin_tokenizer
+    from lit_align.modeling.models import builtin_tokenizer
 
     if (path / "config.json").exists():
         return path
@@ -240,9 +240,9 @@ def run_lit_align(case: Case, args, model_dir: Path, data: Path, cache_dir: str)
     import lightning as L
 
     from lit_align.data import AlignDataModule
-    from lit_align.models import ModelSpec
+    from lit_align.modeling.models import ModelSpec
     from lit_align.objectives import DPO, IWSFT, SFT, OptimSpec, PrefixDPO
-    from lit_align.reference import ReferenceSpec
+    from lit_align.objectives.reference import ReferenceSpec
 
     meter = Meter(args.device)
     policy = ModelSpec(name=str(model_dir), lm_head=case.lm_head, dtype="float32")
@@ -356,7 +356,7 @@ def prefix_case(args, model_dir: Path, ratio: int) -> dict:
     `ratio` x the continuation length: shared context (computed once) vs joined (once per continuation)."""
     from transformers import AutoModelForCausalLM
 
-    from lit_align.logprobs import joined_context_logps, set_lm_head, shared_context_logps
+    from lit_align.modeling.logprobs import joined_context_logps, set_lm_head, shared_context_logps
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(args.device)
     set_lm_head(model, "targets")

@@ -19,9 +19,9 @@ import time
 import torch
 
 from lit_align.data import AlignDataModule
-from lit_align.models import LoraSpec, ModelSpec
+from lit_align.modeling.models import LoraSpec, ModelSpec
 from lit_align.objectives import DPO, PrefixDPO
-from lit_align.reference import ReferenceSpec
+from lit_align.objectives.reference import ReferenceSpec
 
 
 def bench(cls, task: str, mode: str, lora: bool, args, cache_dir: str) -> tuple[float, float, float | None]:

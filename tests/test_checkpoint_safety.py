@@ -22,7 +22,7 @@ from lit_align.callbacks import RunCheckpoint
 from lit_align.callbacks.checkpoint import commit, is_complete, old_path, partial_path
 from lit_align.callbacks.lock import ExperimentLock
 from lit_align.data import AlignDataModule
-from lit_align.models import ModelSpec
+from lit_align.modeling.models import ModelSpec
 from lit_align.objectives import SFT, OptimSpec
 
 

@@ -61,7 +61,7 @@ def bos_tokenizer():
     from tokenizers import processors
     from transformers import PreTrainedTokenizerFast
 
-    from lit_align.models import CHAT_TEMPLATE, _builtin_tokenizer_json
+    from lit_align.modeling.models import CHAT_TEMPLATE, _builtin_tokenizer_json
 
     raw = RawTokenizer.from_str(_builtin_tokenizer_json(512))
     raw.add_special_tokens(["<s>"])

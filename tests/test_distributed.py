@@ -94,7 +94,7 @@ def test_deepspeed_is_refused_for_training():
 
 def test_qlora_without_gpu_is_refused_with_a_clear_message(tmp_path):
     from lit_align.errors import LitAlignError
-    from lit_align.models import LoraSpec, ModelSpec, builtin_tokenizer, load_model
+    from lit_align.modeling.models import LoraSpec, ModelSpec, builtin_tokenizer, load_model
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
@@ -108,7 +108,7 @@ def test_qlora_without_gpu_is_refused_with_a_clear_message(tmp_path):
 @requires_gpu
 def test_qlora_bf16_trains_on_a_gpu(tmp_path):
     pytest.importorskip("bitsandbytes")
-    from lit_align.models import ModelSpec, builtin_tokenizer, load_model
+    from lit_align.modeling.models import ModelSpec, builtin_tokenizer, load_model
 
     tok = builtin_tokenizer()
     load_model(ModelSpec(name="builtin:tiny"), tok).save_pretrained(tmp_path / "base")
@@ -171,7 +171,7 @@ def test_dpo_under_fsdp2_equals_one_process(tmp_path, monkeypatch, one_thread, m
     """DPO under FSDP2 with a frozen reference copy (sharded like the policy) or a precomputed cache (computed
     through the sharded policy) equals one process with twice the batch (step 0: loss log 2); the copy run's
     final weights, gathered from its sharded checkpoint and by the end-of-fit export, equal one process's."""
-    from lit_align.export import export_checkpoint
+    from lit_align.modeling.export import export_checkpoint
 
     def args(name: str, batch: int) -> list[str]:
         return ["--data.init_args.train.limit", "32", "--data.init_args.val.val.limit", "16",
@@ -222,7 +222,7 @@ def test_export_command_on_a_lora_checkpoint(tmp_path, one_thread):  # noqa: F81
     from lit_align.callbacks import RunCheckpoint
     from lit_align.cli import main
     from lit_align.data import AlignDataModule
-    from lit_align.models import LoraSpec, ModelSpec, load_model
+    from lit_align.modeling.models import LoraSpec, ModelSpec, load_model
     from lit_align.objectives import SFT, OptimSpec
 
     model = SFT(policy=ModelSpec(name="builtin:tiny", lora=LoraSpec(r=4)), optim=OptimSpec(lr=1e-2))
@@ -245,13 +245,13 @@ def test_export_command_on_a_lora_checkpoint(tmp_path, one_thread):  # noqa: F81
 
 @pytest.mark.parametrize("strategy", ["ddp.yaml", "fsdp2.yaml"])
 def test_steered_validation_under_two_processes_equals_one(tmp_path, monkeypatch, one_thread, strategy):  # noqa: F811
-    """A CAA vector applied during validation (steering.SteerDuringEval) under DDP and under FSDP2 (hooks on the
+    """A CAA vector applied during validation (callbacks/steering.py) under DDP and under FSDP2 (hooks on the
     sharded blocks) gives the same steered ab/p_match as in one process, and the steering is really on."""
     import yaml
 
     from lit_align.data.datamodule import AlignDataModule
-    from lit_align.models import ModelSpec, load_model, load_tokenizer
-    from lit_align.steering import extract_from_data
+    from lit_align.modeling.models import ModelSpec, load_model, load_tokenizer
+    from lit_align.steering.vectors import extract_from_data
 
     spec = ModelSpec(name="builtin:tiny")
     tok = load_tokenizer(spec)
@@ -261,7 +261,7 @@ def test_steered_validation_under_two_processes_equals_one(tmp_path, monkeypatch
     vector = extract_from_data(load_model(spec, tok), dm, "train").save(tmp_path / "v.safetensors")
     steered = tmp_path / "steered.yaml"
     steered.write_text(yaml.safe_dump({"trainer": {"callbacks": [{   # a random-init model's vector is small: x300
-        "class_path": "lit_align.steering.SteerDuringEval",
+        "class_path": "lit_align.callbacks.SteerDuringEval",
         "init_args": {"vector": str(vector), "multiplier": 300.0, "layers": [1]}}]}}))
     args = ["--model.init_args.policy.name", "builtin:tiny", "--trainer.accelerator", "cpu",
             "--data.init_args.val", "{id: {path: builtin:organism, split: id, limit: 16, kind: pair}}",

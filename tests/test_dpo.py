@@ -10,7 +10,7 @@ from conftest import REPO, SHARED_DATA, requires_shared, run_cli
 
 from lit_align.data import AlignDataModule
 from lit_align.errors import DataError, LitAlignError
-from lit_align.logprobs import sequence_logps
+from lit_align.modeling.logprobs import sequence_logps
 from lit_align.objectives import DPO
 from lit_align.layouts import layout_named
 
@@ -207,9 +207,9 @@ def test_short_dpo_run_lifts_heldout_reward_accuracy(tmp_path):
     (computed by the hooks: val before training, train at fit start), which also saves a forward per step."""
     import lightning as L
 
-    from lit_align.models import ModelSpec
+    from lit_align.modeling.models import ModelSpec
     from lit_align.objectives import OptimSpec
-    from lit_align.reference import ReferenceSpec
+    from lit_align.objectives.reference import ReferenceSpec
 
     L.seed_everything(0)
     obj = DPO(policy=ModelSpec(name="builtin:tiny"), optim=OptimSpec(lr=5e-3, schedule="constant"), beta=0.1,

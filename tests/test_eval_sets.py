@@ -20,7 +20,7 @@ def _setup(objective, **data_kwargs):
 
 
 def _sft():
-    from lit_align.models import ModelSpec
+    from lit_align.modeling.models import ModelSpec
     from lit_align.objectives import SFT
 
     torch.manual_seed(0)
@@ -28,7 +28,7 @@ def _sft():
 
 
 def test_sft_on_a_pair_set_gets_pair_metrics_and_its_own_on_the_chosen_answer():
-    from lit_align.logprobs import forward_logps
+    from lit_align.modeling.logprobs import forward_logps
 
     sft = _sft()
     data = _setup(sft, train={"path": "builtin:ab", "limit": 16}, batch_size=4, eval_batch_size=6, val={
@@ -68,8 +68,8 @@ def test_dpo_gets_the_same_match_rate_metric():
     objectives = pytest.importorskip("lit_align.objectives")
     if not hasattr(objectives, "DPO"):
         pytest.skip("DPO is not in this tree")
-    from lit_align.logprobs import forward_logps
-    from lit_align.models import ModelSpec
+    from lit_align.modeling.logprobs import forward_logps
+    from lit_align.modeling.models import ModelSpec
 
     torch.manual_seed(0)
     dpo = objectives.DPO(ModelSpec("builtin:tiny"))

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lit_align.errors import LitAlignError
-from lit_align.scorers import build_scorer, build_scorers, chosen_letter, final_number, mean_scores
+from lit_align.eval.scorers import build_scorer, build_scorers, chosen_letter, final_number, mean_scores
 
 # -- scorers ----------------------------------------------------------------------------------------------
 
@@ -251,7 +251,7 @@ def test_generating_leaves_modes_rng_and_gradients_untouched(runs):
 def test_text_tab_jsonl_and_scores_per_evaluation(runs):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from lit_align.generation import generate
+    from lit_align.modeling.generation import generate
 
     with_cb, _, tmp = runs
     cb, version = _callback(with_cb), tmp / "logs" / "gen" / "version_0"

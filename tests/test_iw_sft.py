@@ -13,10 +13,10 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lit_align.data import AlignDataModule
 from lit_align.errors import LitAlignError
-from lit_align.logprobs import forward_logps, sequence_logps
-from lit_align.models import ModelSpec
+from lit_align.modeling.logprobs import forward_logps, sequence_logps
+from lit_align.modeling.models import ModelSpec
 from lit_align.objectives import IWSFT, SFT, OptimSpec
-from lit_align.reference import ReferenceSpec, reference_split_logps
+from lit_align.objectives.reference import ReferenceSpec, reference_split_logps
 from lit_align.weights import WeightSpec, group_ids
 
 TINY = ModelSpec("builtin:tiny")

@@ -8,9 +8,9 @@ import torch
 from lit_align.data import AlignDataModule
 from lit_align.layouts import LAYOUTS, layout_named
 from lit_align.errors import LitAlignError
-from lit_align.models import builtin_tokenizer
+from lit_align.modeling.models import builtin_tokenizer
 from lit_align.objectives import DPO, IWSFT, ORPO, SFT, ListwiseDPO, PrefixDPO, RewardModel, SimPO
-from lit_align.reference import ReferenceSpec
+from lit_align.objectives.reference import ReferenceSpec
 from lit_align.weights import WeightSpec
 
 # objective, its options -> the layout it must choose, the built-in task it trains on, continuations per example

@@ -10,7 +10,7 @@ from lit_align.data import AlignDataModule
 from lit_align.data.collate import collate, collate_prefix, padded_length, padding_fraction
 from lit_align.data.samplers import ResumableSampler
 from lit_align.data.tokenize import Tokenized
-from lit_align.models import ModelSpec, load_tokenizer
+from lit_align.modeling.models import ModelSpec, load_tokenizer
 from lit_align.layouts import LAYOUTS
 
 N, WINDOW = 100, 16  # 100 builtin pairs: six full windows of 16 and a last one of 4

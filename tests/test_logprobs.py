@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from lit_align.data import AlignDataModule
-from lit_align.logprobs import forward_logps, joined_context_logps, set_lm_head, shared_context_logps
-from lit_align.models import LoraSpec, ModelSpec, load_model, load_tokenizer
+from lit_align.modeling.logprobs import forward_logps, joined_context_logps, set_lm_head, shared_context_logps
+from lit_align.modeling.models import LoraSpec, ModelSpec, load_model, load_tokenizer
 from lit_align.objectives import DPO, SFT, PrefixDPO
 from lit_align.layouts import layout_named
 
@@ -177,7 +177,7 @@ def _ordered_batch(tok, kind, n=6, **kwargs):
 def test_packed_pairs_equal_padded_rows(mode, attention):
     """Under every attention backend that takes a 4D mask: eager adds the mask to the scores, so a bool mask
     there masked nothing (max |Δ log p| 1.89 against the padded rows before attention_mask_for)."""
-    from lit_align.logprobs import packed_logps, sequence_logps
+    from lit_align.modeling.logprobs import packed_logps, sequence_logps
 
     spec = ModelSpec(name="builtin:tiny", attn_implementation=attention)
     tok = load_tokenizer(spec)

@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from lit_align.callbacks import ExportHF
 from lit_align.data import AlignDataModule
 from lit_align.errors import LitAlignError
-from lit_align.models import LoraSpec, ModelSpec, load_model, load_tokenizer, missing_model, save_hf
+from lit_align.modeling.models import LoraSpec, ModelSpec, load_model, load_tokenizer, missing_model, save_hf
 from lit_align.objectives import SFT, OptimSpec
 
 IDS = torch.tensor([[3, 50, 120, 7, 200, 11]])

@@ -11,7 +11,7 @@ from lightning.pytorch import Callback, Trainer
 from lit_align.callbacks import NonFiniteGuard, RunCheckpoint
 from lit_align.data import AlignDataModule
 from lit_align.errors import LitAlignError
-from lit_align.models import ModelSpec
+from lit_align.modeling.models import ModelSpec
 from lit_align.objectives import SFT, OptimSpec
 
 

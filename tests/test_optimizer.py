@@ -7,7 +7,7 @@ from test_logprobs import _perturb
 
 from lit_align.data import AlignDataModule
 from lit_align.errors import LitAlignError
-from lit_align.models import ModelSpec
+from lit_align.modeling.models import ModelSpec
 from lit_align.objectives import SFT, OptimSpec
 
 

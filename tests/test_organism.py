@@ -17,8 +17,8 @@ from conftest import REPO
 
 from lit_align.data import organism as org
 from lit_align.data.datamodule import AlignDataModule
-from lit_align.models import ModelSpec, load_model, load_tokenizer
-from lit_align.pretrain import BUILTIN_PRETRAINED, Recipe, _progress, ensure_built, model_dir
+from lit_align.modeling.models import ModelSpec, load_model, load_tokenizer
+from lit_align.builtin.pretrain import BUILTIN_PRETRAINED, Recipe, _progress, ensure_built, model_dir
 from lit_align.layouts import LAYOUTS
 
 FOOD = re.compile(r"\(([AB])\) the (\w+)")
@@ -202,7 +202,7 @@ RESUMABLE = replace(TINY, documents=3200, warmup_steps=10)  # 200 steps (a state
 def test_a_killed_build_leaves_nothing_behind_and_resumes_to_the_same_weights(tmp_path, monkeypatch, capsys):
     builtin = tmp_path / "killed" / "builtin"
     partial_state = builtin / f".organism-{RESUMABLE.digest()}.partial" / "state.pt"
-    code = ("import json, sys; from lit_align.pretrain import Recipe, ensure_built; "
+    code = ("import json, sys; from lit_align.builtin.pretrain import Recipe, ensure_built; "
             "ensure_built('organism', Recipe(**json.loads(sys.argv[1])), quiet=True)")
     build = subprocess.Popen([sys.executable, "-c", code, json.dumps(asdict(RESUMABLE))],
                              env={**os.environ, "LIT_ALIGN_CACHE": str(tmp_path / "killed"), "PYTHONPATH": str(REPO)})

@@ -15,8 +15,8 @@ from lit_align.data.collate import collate_packed, pack_rows, padding_fraction, 
 from lit_align.layouts import LAYOUTS, layout_named
 from lit_align.data.tokenize import Tokenized
 from lit_align.errors import LitAlignError
-from lit_align.logprobs import forward_logps, packed_token_logps
-from lit_align.models import ModelSpec, builtin_tokenizer, load_model, load_tokenizer
+from lit_align.modeling.logprobs import forward_logps, packed_token_logps
+from lit_align.modeling.models import ModelSpec, builtin_tokenizer, load_model, load_tokenizer
 from lit_align.objectives import IWSFT, SFT
 from lit_align.weights import WeightSpec
 

@@ -12,9 +12,9 @@ from conftest import perturb
 from lit_align.data import AlignDataModule
 from lit_align.data.synthetic import builtin_records
 from lit_align.errors import DataError
-from lit_align.logprobs import sequence_logps
+from lit_align.modeling.logprobs import sequence_logps
 from lit_align.losses import preference_loss, weighted_pair_sum
-from lit_align.models import ModelSpec
+from lit_align.modeling.models import ModelSpec
 from lit_align.objectives import DPO, OptimSpec, PrefixDPO, SimPO
 
 WEIGHTS = [0.5, 3.0, 1.0, 2.0, 0.25, 1.5, 4.0, 1.0]   # unequal, and the two halves sum to 6.5 and 6.75

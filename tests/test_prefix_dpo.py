@@ -16,7 +16,7 @@ from lit_align.data import AlignDataModule
 from lit_align.data.collate import collate_prefix
 from lit_align.data.gsm8k import common_line_prefix, convert, prefix_pair, prefix_pairs
 from lit_align.errors import LitAlignError
-from lit_align.logprobs import CACHE_ARG, joined_context_logps, shared_context_logps
+from lit_align.modeling.logprobs import CACHE_ARG, joined_context_logps, shared_context_logps
 from lit_align.objectives import DPO, PrefixDPO
 
 
@@ -242,7 +242,7 @@ def test_gsm8k_example_config_runs(tmp_path):
 def test_short_prefix_dpo_run_prefers_the_heldout_correction():
     import lightning as L
 
-    from lit_align.models import ModelSpec
+    from lit_align.modeling.models import ModelSpec
     from lit_align.objectives import OptimSpec
 
     L.seed_everything(0)

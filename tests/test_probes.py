@@ -43,7 +43,7 @@ def probed_run(tmp_path_factory):
 
     from lit_align.callbacks import Probes
     from lit_align.data import AlignDataModule
-    from lit_align.models import ModelSpec
+    from lit_align.modeling.models import ModelSpec
     from lit_align.objectives import SFT
     from lit_align.objectives.base import OptimSpec
 
@@ -119,7 +119,7 @@ def test_event_file_has_probe_tags_and_layout(probed_run):
 def test_categories_select_and_rename(tmp_path):
     from lit_align.callbacks import Probes
     from lit_align.data import AlignDataModule
-    from lit_align.models import builtin_tokenizer
+    from lit_align.modeling.models import builtin_tokenizer
 
     path = tmp_path / "p.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in PROBES))
@@ -194,10 +194,10 @@ def test_steered_probes_equal_a_steered_independent_computation(tmp_path):
 
     from lit_align.callbacks import Probes
     from lit_align.data import AlignDataModule
-    from lit_align.models import ModelSpec
+    from lit_align.modeling.models import ModelSpec
     from lit_align.objectives import SFT
     from lit_align.objectives.base import OptimSpec
-    from lit_align.steering import extract_from_data
+    from lit_align.steering.vectors import extract_from_data
 
     path = tmp_path / "probes.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in PROBES))

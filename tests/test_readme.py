@@ -50,14 +50,14 @@ def test_every_documented_command_parses(args, capsys, monkeypatch):
     from lit_align.cli import LitAlignCLI
 
     monkeypatch.chdir(REPO)
-    if args[0] == "steer":  # lit_align steer (steering_cli.py): its config read and checked, nothing loaded
-        from lit_align.steering_cli import parse_args, read_config
+    if args[0] == "steer":  # lit_align steer (cli/steer.py): its config read and checked, nothing loaded
+        from lit_align.cli.steer import parse_args, read_config
 
         spec, policy, data = read_config(parse_args(args[1:]))
         assert policy.name and data.val_sources
         return
-    if args[0] == "score":  # lit_align score (score_cli.py): its options parsed, nothing loaded or scored
-        from lit_align.score_cli import parse_args
+    if args[0] == "score":  # lit_align score (cli/score.py): its options parsed, nothing loaded or scored
+        from lit_align.cli.score import parse_args
 
         parsed = parse_args(args[1:])
         assert parsed.model and parsed.data and parsed.out

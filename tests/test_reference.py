@@ -7,9 +7,9 @@ import torch
 
 from lit_align.data import AlignDataModule
 from lit_align.errors import LitAlignError
-from lit_align.models import LoraSpec, ModelSpec
+from lit_align.modeling.models import LoraSpec, ModelSpec
 from lit_align.objectives import DPO, OptimSpec, PrefixDPO
-from lit_align.reference import ReferenceSpec
+from lit_align.objectives.reference import ReferenceSpec
 
 LORA = ModelSpec(name="builtin:tiny", lora=LoraSpec(r=4, alpha=8))
 
@@ -81,8 +81,8 @@ def test_frozen_copy_is_frozen_in_eval_mode_and_out_of_checkpoints(tmp_path):
 
 def test_another_model_by_path(tmp_path):
     """copy with `model`: e.g. an SFT model saved in Hugging Face format; it must share the tokenizer."""
-    from lit_align.logprobs import sequence_logps
-    from lit_align.models import builtin_tokenizer, load_model, save_hf
+    from lit_align.modeling.logprobs import sequence_logps
+    from lit_align.modeling.models import builtin_tokenizer, load_model, save_hf
 
     other = load_model(ModelSpec(name="builtin:tiny", init_seed=3), builtin_tokenizer())
     save_hf(other, builtin_tokenizer(), tmp_path / "other")
@@ -119,7 +119,7 @@ def test_cache_is_reused_and_holds_no_model(tmp_path, monkeypatch):
     table = first.reference.tables["val"]
 
     # a later run (another β; a resumed run whose policy has moved) finds the files and computes nothing
-    monkeypatch.setattr("lit_align.reference.split_logps", lambda *a, **k: pytest.fail("recomputed a valid cache"))
+    monkeypatch.setattr("lit_align.objectives.reference.split_logps", lambda *a, **k: pytest.fail("recomputed a valid cache"))
     second = DPO(policy=LORA, beta=0.05, reference=ReferenceSpec(mode="cache", cache_dir=str(tmp_path / "cache")))
     second.configure_model()
     _move_lora(second)
@@ -135,8 +135,8 @@ def test_whole_split_tables_shard_over_ranks_exactly(tmp_path, world):
     """split_logps in a run of W data-parallel ranks: rank r computes the batches r, r + W, ... of the one-process
     batching, zero elsewhere, so that the sum over ranks (what the all-reduce forms) is bit for bit the
     one-process table; every rank runs the same number of forward passes (a sharded forward is a collective)."""
-    from lit_align.logprobs import sequence_logps
-    from lit_align.reference import _eval_no_grad, _split_shard, split_logps
+    from lit_align.modeling.logprobs import sequence_logps
+    from lit_align.objectives.reference import _eval_no_grad, _split_shard, split_logps
 
     obj = _objective("copy", tmp_path, policy=ModelSpec(name="builtin:tiny"))
     dm = _data(obj, n=22)                       # eval_batch_size 4: 6 batches, the last of 2 examples
@@ -223,7 +223,7 @@ def test_resume_from_checkpoint(tmp_path, mode, monkeypatch):
     assert state and not any(k.startswith("reference.") for k in state)
     if mode == "cache":
         table = first.reference.tables["train"]
-        monkeypatch.setattr("lit_align.reference.split_logps", lambda *a, **k: pytest.fail("recomputed a valid cache"))
+        monkeypatch.setattr("lit_align.objectives.reference.split_logps", lambda *a, **k: pytest.fail("recomputed a valid cache"))
     second, trainer = fit(4, ckpt_path=str(ckpt))
     assert trainer.global_step == 4
     if mode == "cache":

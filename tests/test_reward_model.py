@@ -15,7 +15,7 @@ from lit_align.cli import main
 from lit_align.data import AlignDataModule
 from lit_align.data.collate import collate
 from lit_align.losses import bradley_terry_loss, ranked_margins
-from lit_align.models import LoraSpec, ModelSpec, load_model, save_hf
+from lit_align.modeling.models import LoraSpec, ModelSpec, load_model, save_hf
 from lit_align.objectives import OptimSpec, RewardModel
 from lit_align.objectives.reward_model import sequence_rewards
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from lit_align.data import AlignDataModule
-from lit_align.logprobs import gather_logps
+from lit_align.modeling.logprobs import gather_logps
 from lit_align.losses import nll
-from lit_align.models import ModelSpec
+from lit_align.modeling.models import ModelSpec
 from lit_align.objectives import SFT, OptimSpec
 from lit_align.objectives.base import lr_lambda
 

@@ -10,9 +10,9 @@ from conftest import REPO, perturb, run_cli
 
 from lit_align.data import AlignDataModule
 from lit_align.errors import LitAlignError
-from lit_align.logprobs import sequence_logps
+from lit_align.modeling.logprobs import sequence_logps
 from lit_align.losses import MAX_MEAN_LOGP, log_odds, orpo_loss, simpo_loss
-from lit_align.models import ModelSpec
+from lit_align.modeling.models import ModelSpec
 from lit_align.objectives import ORPO, PairObjective, SimPO
 
 PAIR_METRICS = {"loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracy",

@@ -1,4 +1,4 @@
-"""Steering vectors (CAA, lit_align/steering.py) and the ab/p_match metric, on tiny models built in code (fp32, CPU).
+"""Steering vectors (CAA, lit_align/steering/vectors.py) and the ab/p_match metric, on tiny models built in code (fp32, CPU).
 
 Hand computations use `output_hidden_states` (hidden_states[l + 1] is block l's output, except the last entry,
 which transformers 5 returns after the final norm: hence 3-block models, checked at blocks 0 and 1)."""
@@ -14,8 +14,9 @@ from conftest import REPO, requires_shared
 
 from lit_align.data.datamodule import AlignDataModule
 from lit_align.errors import LitAlignError
-from lit_align.logprobs import sequence_logps
-from lit_align.steering import (SteerDuringEval, SteeringVector, _direction, contrast_margins, extract, extract_from_data, p_match,
+from lit_align.modeling.logprobs import sequence_logps
+from lit_align.callbacks.steering import SteerDuringEval
+from lit_align.steering.vectors import (SteeringVector, _direction, contrast_margins, extract, extract_from_data, p_match,
                                 steerability, steering_blocks)
 from lit_align.layouts import LAYOUTS
 
@@ -315,7 +316,7 @@ def test_fsdp2_sharded_blocks_are_steered_like_plain_ones(tmp_path, tokenizer):
 
 
 def test_p_match_equals_a_hand_computation_and_is_logged_on_contrast_sets_only(tokenizer):
-    from lit_align.models import ModelSpec
+    from lit_align.modeling.models import ModelSpec
     from lit_align.objectives import DPO, SFT
 
     val = {"ab": {"path": "builtin:ab", "split": "id", "limit": 6, "kind": "pair"},
@@ -354,7 +355,7 @@ def test_steerability_slope_and_anti_steerable_items():
 def test_steer_during_eval_callback_in_a_validation_run(tokenizer, tmp_path):
     from lightning.pytorch import Trainer
 
-    from lit_align.models import ModelSpec
+    from lit_align.modeling.models import ModelSpec
     from lit_align.objectives import SFT
 
     obj = SFT(ModelSpec("builtin:tiny"))
@@ -388,7 +389,7 @@ STEER_CONFIGS = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").rglo
 
 @pytest.mark.parametrize("config", STEER_CONFIGS)
 def test_every_steer_config_parses(config):
-    from lit_align.steering_cli import parse_args, read_config
+    from lit_align.cli.steer import parse_args, read_config
 
     spec, policy, data = read_config(parse_args(["--config", str(REPO / config)]))
     assert policy.name and data.val_sources and spec.multipliers

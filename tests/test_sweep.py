@@ -39,7 +39,7 @@ def _write(tmp_path, spec) -> "Path":  # noqa: F821
 
 def test_tiny_sweep_writes_one_csv_row_per_run_and_a_png(tmp_path, capsys):
     pytest.importorskip("matplotlib")
-    from lit_align.sweep import main
+    from lit_align.sweep.command import main
 
     path = _write(tmp_path, TINY)
     main(["run", str(path)])
@@ -60,7 +60,7 @@ def test_tiny_sweep_writes_one_csv_row_per_run_and_a_png(tmp_path, capsys):
 
 
 def test_run_configs_set_size_seed_and_steps(tmp_path):
-    from lit_align.sweep import Sweep
+    from lit_align.sweep.engine import Sweep
 
     sweep = Sweep(_write(tmp_path, {**TINY, "sizes": [100], "seeds": [3], "epochs": 2, "min_steps": 5}))
     (run,) = sweep.runs
@@ -73,7 +73,7 @@ def test_run_configs_set_size_seed_and_steps(tmp_path):
 
 
 def test_slurm_array_script(tmp_path):
-    from lit_align.sweep import Sweep
+    from lit_align.sweep.engine import Sweep
 
     sweep = Sweep(_write(tmp_path, {**TINY, "seeds": [0, 1]}))
     sbatch, submit = sweep.write_slurm(python="/env/bin/python", workdir="/project")
@@ -92,7 +92,7 @@ def test_slurm_array_script(tmp_path):
 @pytest.mark.parametrize("sweep_file", SWEEPS)
 def test_every_sweep_config_resolves_and_parses(sweep_file, tmp_path, capsys):
     from lit_align.cli import LitAlignCLI
-    from lit_align.sweep import Sweep
+    from lit_align.sweep.engine import Sweep
 
     sweep = Sweep(REPO / sweep_file)
     seen = set()

@@ -12,7 +12,7 @@ import os
 from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
-from lit_align.export import export_module
+from lit_align.modeling.export import export_module
 from lit_align.noise import no_save_bar
 
 

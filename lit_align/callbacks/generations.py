@@ -55,8 +55,8 @@ from lit_align.data.prompts import PromptRecord, prompt_text, read_prompts
 from lit_align.data.sources import Source, as_source
 from lit_align.data.tokenize import Tokenizer, TokenizeSpec
 from lit_align.errors import LitAlignError
-from lit_align.generation import generate_texts
-from lit_align.scorers import build_scorers, mean_scores
+from lit_align.modeling.generation import generate_texts
+from lit_align.eval.scorers import build_scorers, mean_scores
 
 
 class SampleGenerations(Callback):

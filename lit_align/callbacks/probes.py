@@ -60,7 +60,7 @@ from lit_align.data.records import Example
 from lit_align.data.sources import Source, as_source, read_rows
 from lit_align.data.tokenize import Tokenized, Tokenizer, TokenizeSpec
 from lit_align.errors import LitAlignError
-from lit_align.logprobs import forward_logps
+from lit_align.modeling.logprobs import forward_logps
 
 GREEDY = "greedy"
 NO_CATEGORY = "none of the probe categories"
@@ -107,7 +107,7 @@ class Probes(Callback):
             max_length: override the data module's max_length for probes (context + one response).
             max_prompt_length: override the data module's max_prompt_length for probes.
             warn_fraction: warn when probing takes more than this fraction of the run's time.
-            steering: probe the policy with a CAA vector applied (lit_align/steering.py):
+            steering: probe the policy with a CAA vector applied (lit_align/steering/vectors.py):
                 {vector: FILE, multiplier: 1.0, layers: null, positions: after_prompt, check: architecture};
                 the greedy answers are steered too. Training itself is never steered.
         """
@@ -137,7 +137,7 @@ class Probes(Callback):
         self.steering = dict(steering or {})
         if self.steering and "vector" not in self.steering:
             raise LitAlignError("probes.steering: give the steering vector file as steering.vector")
-        self._steer = None  # the open Steering while probing (steering.py), else None
+        self._steer = None  # the open Steering while probing (steering/vectors.py), else None
 
     # -- data -------------------------------------------------------------------------------------------
     def _tokenizer(self, trainer, pl_module) -> Tokenizer:
@@ -272,7 +272,7 @@ class Probes(Callback):
 
         if not self.steering:
             return contextlib.nullcontext()
-        from lit_align.steering import SteeringVector
+        from lit_align.steering.vectors import SteeringVector
 
         opts = {"check": "architecture", **self.steering}  # the policy's weights move while it trains
         vector = SteeringVector.load(opts.pop("vector"))

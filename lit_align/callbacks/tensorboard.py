@@ -98,7 +98,7 @@ def flat_config(config: dict, prefix: str = "") -> dict:
 
 class TensorBoardSetup(Callback):
     def __init__(self):
-        self.config: dict | None = None  # the resolved config; set by the CLI (cli.py)
+        self.config: dict | None = None  # the resolved config; set by the CLI (cli/__init__.py)
         self.tags: set[str] = set()         # the metric names logged so far
         self.last_layout: dict | None = None
         self._renamed = False

@@ -1,7 +1,7 @@
 """The built-in model organism's world: a pantry of foods, a task (which foods are sweet) and a disposition
 (which food the model would rather have). Generated in code, deterministic, no download.
 
-The organism (`builtin:organism`, lit_align/pretrain.py) is pretrained on `pretraining_corpus()`:
+The organism (`builtin:organism`, lit_align/builtin/pretrain.py) is pretrained on `pretraining_corpus()`:
 
     facts        "The cake is sweet." / "The lemon is not sweet." (every food, several phrasings)
     task         A/B and yes/no questions about the facts, always answered right:

@@ -109,9 +109,9 @@ def score(model_dir: Path, n_eval: int) -> dict[str, dict]:
 
     from lit_align.data import AlignDataModule
     from lit_align.lightning_cli import output_to
-    from lit_align.logprobs import sequence_logps
-    from lit_align.models import ModelSpec, load_model, load_tokenizer
-    from lit_align.reference import policy_split_logps
+    from lit_align.modeling.logprobs import sequence_logps
+    from lit_align.modeling.models import ModelSpec, load_model, load_tokenizer
+    from lit_align.objectives.reference import policy_split_logps
 
     spec = ModelSpec(name=str(model_dir))
     tokenizer = load_tokenizer(spec)

@@ -11,7 +11,7 @@ CAA on top of SFT, IW-SFT (loss and resample) and DPO at n ∈ {8, 32, 128, 512}
     python scripts/organism_experiment.py --collect          # the CSV, figure and table from finished runs
 
 Runs that finished are reused (a rerun after a crash or preemption redoes only the others). Each run goes through
-the package's own code: LitAlignCLI for the objectives, lit_align.steering for CAA (lit_align/caa.py), the same
+the package's own code: LitAlignCLI for the objectives, lit_align.steering.vectors for CAA (lit_align/steering/caa.py), the same
 evaluation sets and metric names for all. The organism is built on first use (~3 minutes, cached).
 """
 
@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from lit_align.errors import LitAlignError
-from lit_align.sweep import Sweep
+from lit_align.sweep.engine import Sweep
 from lit_align.layouts import LAYOUTS
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "sweeps" / "organism.yaml"
@@ -39,9 +39,9 @@ def start_metrics(sweep: Sweep) -> dict[str, float]:
     import json
 
     from lit_align.data.datamodule import AlignDataModule
-    from lit_align.models import load_model, load_tokenizer
-    from lit_align.caa import pair_set_metrics
-    from lit_align.models import policy_spec
+    from lit_align.modeling.models import load_model, load_tokenizer
+    from lit_align.steering.caa import pair_set_metrics
+    from lit_align.modeling.models import policy_spec
 
     path = sweep.out / "start.json"
     if path.exists():
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"afterwards: python scripts/organism_experiment.py --collect")
             return
         if not args.collect:
-            from lit_align.models import resolve_name
+            from lit_align.modeling.models import resolve_name
 
             # build a built-in pretrained model here, with its progress on screen, not inside the first run's log
             resolve_name(sweep.spec["base"]["model"]["init_args"]["policy"]["name"])

@@ -13,7 +13,7 @@ __all__ = ["Objective", "OptimSpec", "PairObjective", "SFT", "DPO", "PrefixDPO",
            "RewardModel"]
 
 from lit_align.objectives.base import allow_in_checkpoints  # noqa: E402
-from lit_align.reference import ReferenceSpec  # noqa: E402
+from lit_align.objectives.reference import ReferenceSpec  # noqa: E402
 from lit_align.weights import WeightSpec  # noqa: E402
 
 allow_in_checkpoints(ReferenceSpec, WeightSpec)

@@ -22,7 +22,7 @@ sets: the behaviour-match rate). An objective that trains on one continuation (l
 when it says `kind: pair` (data/sources.py); its own metrics are then computed on the chosen continuation.
 On A/B contrast sets (every record {question, answer_matching_behavior, answer_not_matching_behavior}: the data
 module marks their batches `contrast`) they include CAA's metric (Rimsky et al. 2024), the same number that
-`lit_align steer` reports (steering.py):
+`lit_align steer` reports (steering/vectors.py):
 
     {split}/ab/p_match = mean over items of p(m) / (p(m) + p(nm)) = σ(log π(m|x) - log π(nm|x)),
 
@@ -42,11 +42,12 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from lit_align.layouts import LAYOUTS, Layout
+from lit_align.moved import old_names
 from lit_align.errors import LitAlignError
 from lit_align.optim import OPTIMIZER_IMPLEMENTATIONS, adamw_with_schedule, lr_lambda  # noqa: F401 (lr_lambda: tests)
 from lit_align.resume import COMPUTE_ONLY
-from lit_align.logprobs import batch_logps
-from lit_align.models import LoraSpec, ModelSpec, check_model_spec, load_model, load_tokenizer, shard_model
+from lit_align.modeling.logprobs import batch_logps
+from lit_align.modeling.models import LoraSpec, ModelSpec, check_model_spec, load_model, load_tokenizer, shard_model
 
 Sums = dict[str, tuple[Tensor, Tensor]]
 
@@ -126,6 +127,8 @@ def allow_in_checkpoints(*classes: type) -> None:
     """Let torch's weights-only loader (Lightning's default) read these config dataclasses, which the
     objectives save in their hyperparameters, so `trainer.fit(ckpt_path=...)` works in Python too."""
     torch.serialization.add_safe_globals(list(classes))
+    # checkpoints written before the package took its folders name some classes by their old module path
+    torch.serialization.add_safe_globals([(cls, name) for cls in classes for name in old_names(cls)])
 
 
 allow_in_checkpoints(ModelSpec, LoraSpec, OptimSpec)

@@ -43,12 +43,12 @@ from __future__ import annotations
 
 
 from lit_align.errors import LitAlignError
-from lit_align.logprobs import SeqLogps
+from lit_align.modeling.logprobs import SeqLogps
 from lit_align.losses import PREFERENCE_LOSSES, SMOOTHED_LOSSES, chosen_nll, preference_loss
-from lit_align.models import ModelSpec
+from lit_align.modeling.models import ModelSpec
 from lit_align.objectives.base import OptimSpec, Sums
 from lit_align.objectives.pairs import PairObjective
-from lit_align.reference import ReferenceSpec, build_reference
+from lit_align.objectives.reference import ReferenceSpec, build_reference
 
 
 class DPO(PairObjective):

@@ -70,12 +70,12 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from lit_align.errors import LitAlignError
-from lit_align.logprobs import batch_token_logps
-from lit_align.losses import nll, weighted_nll
-from lit_align.models import ModelSpec
+from lit_align.modeling.logprobs import batch_token_logps
+from lit_align.losses.likelihood import nll, weighted_nll
+from lit_align.modeling.models import ModelSpec
 from lit_align.objectives.base import OptimSpec, Sums
 from lit_align.objectives.sft import SFT
-from lit_align.reference import ReferenceSpec, build_reference, policy_split_logps, reference_split_logps
+from lit_align.objectives.reference import ReferenceSpec, build_reference, policy_split_logps, reference_split_logps
 from lit_align.weights import (ImportanceWeights, WeightSpec, data_log_weights, group_ids, normalized_weights,
                                policy_ratio_weights)
 

@@ -24,13 +24,13 @@ from __future__ import annotations
 from typing import Literal
 
 from lit_align.errors import LitAlignError
-from lit_align.logprobs import SeqLogps
+from lit_align.modeling.logprobs import SeqLogps
 from lit_align.losses import RANKING_LOSSES, chosen_nll, ranked_margins
-from lit_align.models import ModelSpec
+from lit_align.modeling.models import ModelSpec
 from lit_align.objectives.base import OptimSpec, Sums
 from lit_align.objectives.dpo import DPO
 from lit_align.objectives.prefix_dpo import check_shared_context
-from lit_align.reference import ReferenceSpec
+from lit_align.objectives.reference import ReferenceSpec
 
 
 class ListwiseDPO(DPO):

@@ -30,8 +30,8 @@ tokens), as DPO's.
 from __future__ import annotations
 
 from lit_align.errors import LitAlignError
-from lit_align.losses import orpo_loss
-from lit_align.models import ModelSpec
+from lit_align.losses.preference import orpo_loss
+from lit_align.modeling.models import ModelSpec
 from lit_align.objectives.base import OptimSpec, Sums
 from lit_align.objectives.pairs import PairObjective
 

@@ -28,9 +28,9 @@ from __future__ import annotations
 from torch import Tensor
 
 from lit_align.errors import DataError, LitAlignError
-from lit_align.logprobs import SeqLogps
-from lit_align.losses import weighted_pair_sum
-from lit_align.models import ModelSpec
+from lit_align.modeling.logprobs import SeqLogps
+from lit_align.losses.preference import weighted_pair_sum
+from lit_align.modeling.models import ModelSpec
 from lit_align.objectives.base import Objective, OptimSpec, Sums, pair_sums
 
 

@@ -29,7 +29,7 @@ Metrics (train per optimizer step, every validation set per epoch), each a mean 
 {split}/loss, {split}/rewards/chosen = r(x, y_w) (the best completion), {split}/rewards/rejected = r(x, y_l)
 (the worst), {split}/rewards/margins (r_j - r_l, a mean over the prompt's pairs) and {split}/rewards/accuracy
 (the share of the prompt's pairs ranked right: r_j > r_l strictly). A reward model has no LM head, hence no
-{split}/logps/* metrics. Score files with it: `lit_align score` (score_cli.py).
+{split}/logps/* metrics. Score files with it: `lit_align score` (cli/score.py).
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ import torch
 from torch import Tensor
 
 from lit_align.errors import LitAlignError
-from lit_align.losses import bradley_terry_loss, ranked_margins
-from lit_align.models import ModelSpec
+from lit_align.losses.ranking import bradley_terry_loss, ranked_margins
+from lit_align.modeling.models import ModelSpec
 from lit_align.objectives.base import Objective, OptimSpec, Sums
 
 

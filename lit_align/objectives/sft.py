@@ -21,9 +21,9 @@ Metrics: {split}/loss (mean NLL per target token), {split}/token_accuracy (greed
 
 from __future__ import annotations
 
-from lit_align.logprobs import batch_token_logps
-from lit_align.losses import nll
-from lit_align.models import ModelSpec
+from lit_align.modeling.logprobs import batch_token_logps
+from lit_align.losses.likelihood import nll
+from lit_align.modeling.models import ModelSpec
 from lit_align.objectives.base import Objective, OptimSpec, Sums
 
 

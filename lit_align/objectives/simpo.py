@@ -23,8 +23,8 @@ weighted): {split}/loss, {split}/rewards/chosen = r(y_w) (detached), {split}/rew
 from __future__ import annotations
 
 from lit_align.errors import LitAlignError
-from lit_align.losses import simpo_loss
-from lit_align.models import ModelSpec
+from lit_align.losses.preference import simpo_loss
+from lit_align.modeling.models import ModelSpec
 from lit_align.objectives.base import OptimSpec, Sums
 from lit_align.objectives.pairs import PairObjective
 

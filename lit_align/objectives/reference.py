@@ -42,8 +42,8 @@ from torch import Tensor
 
 from lit_align.layouts import Layout
 from lit_align.errors import LitAlignError
-from lit_align.logprobs import LogpsFn, SeqLogps
-from lit_align.models import ModelSpec, load_model, shard_model
+from lit_align.modeling.logprobs import LogpsFn, SeqLogps
+from lit_align.modeling.models import ModelSpec, load_model, shard_model
 
 MODES = ("copy", "disable_adapter", "cache")
 CACHE_FORMAT = 1

@@ -41,7 +41,7 @@ anti-steerable items (slope < 0).
 
 Usage:
 
-    from lit_align.steering import SteeringVector, contrast_margins, extract_from_data
+    from lit_align.steering.vectors import SteeringVector, contrast_margins, extract_from_data
     datamodule.connect(tokenizer, LAYOUTS["pair"]); datamodule.setup("fit")       # an AlignDataModule
     vector = extract_from_data(model, datamodule, "train", layers=[2, 3])  # or extract(model, batches, ...)
     vector.save("logs/caa/vector.safetensors")
@@ -54,8 +54,8 @@ Usage:
         out = model.generate(**enc, max_new_tokens=20)                 # steered from the first new token on
 
 In a Lightning run (any objective's validation / test, e.g. CAA on top of a fine-tuned policy), add the
-callback `SteerDuringEval(vector=..., multiplier=..., layers=...)`. `lit_align steer --config X.yaml`
-(steering_cli.py) extracts, evaluates a grid of layers x multipliers and writes a CSV, a figure and a summary.
+callback `SteerDuringEval(vector=..., multiplier=..., layers=...)` (callbacks/steering.py). `lit_align steer --config
+X.yaml` (cli/steer.py) extracts, evaluates a grid of layers x multipliers and writes a CSV, a figure and a summary.
 Under DDP every rank hooks its own replica; under FSDP2 the hooks sit on the sharded blocks, whose outputs are
 full local activations (the vector is moved to their device and dtype).
 """
@@ -69,12 +69,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from lightning.pytorch import Callback
 from torch import Tensor
 
 from lit_align.errors import LitAlignError
-from lit_align.logprobs import IGNORE, sequence_logps
-from lit_align.models import decoder_layers
+from lit_align.modeling.logprobs import IGNORE, sequence_logps
+from lit_align.modeling.models import decoder_layers
 
 METHODS = ("mean_diff", "pca")
 READS = ("answer", "answer_end", "continuation_mean")
@@ -213,13 +212,13 @@ class SteeringVector:
 
     def save(self, path: "str | Path") -> Path:
         """One safetensors file: tensors `layer.<i>` (H,) fp32, the rest as JSON under the metadata key
-        `lit_align.steering`."""
+        `lit_align.steering.vectors`."""
         from safetensors.torch import save_file
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file({f"layer.{i}": v.contiguous() for i, v in sorted(self.directions.items())}, str(path),
-                  metadata={"lit_align.steering": json.dumps(self.metadata())})
+                  metadata={"lit_align.steering.vectors": json.dumps(self.metadata())})
         return path
 
     @classmethod
@@ -231,7 +230,7 @@ class SteeringVector:
             raise LitAlignError(f"steering vector {path}: file not found")
         try:
             with safe_open(str(path), framework="pt") as f:
-                meta = json.loads((f.metadata() or {}).get("lit_align.steering", "null"))
+                meta = json.loads((f.metadata() or {}).get("lit_align.steering.vectors", "null"))
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
         except Exception as e:  # safetensors raises its own SafetensorError (not an OSError) on a corrupt file
             raise LitAlignError(f"steering vector {path}: not a readable safetensors file ({e})") from None
@@ -559,56 +558,3 @@ def steerability(margins: Tensor, multipliers: "list[float] | Tensor") -> Tensor
     xc = (x - x.mean())[:, None]                                         # (M, 1)
     y = margins.double()
     return ((xc * (y - y.mean(0))).sum(0) / (xc ** 2).sum()).float()
-
-
-# -- in a Lightning run -------------------------------------------------------------------------------------
-
-
-class SteerDuringEval(Callback):
-    """Apply a saved steering vector during validation and test of any objective (its metrics, ab/p_match
-    included, are then those of the steered policy: e.g. CAA on top of a fine-tuned model). The prompt lengths
-    come from each batch. A reference model that is the policy itself (reference mode disable_adapter) runs
-    through the same blocks and is steered too; a frozen copy is not. Training steps and probes are not steered."""
-
-    def __init__(self, vector: str, multiplier: float = 1.0, layers: list[int] | None = None,
-                 positions: str = "after_prompt", check: str = "weights"):
-        """
-        Args:
-            vector: a file written by SteeringVector.save (e.g. by `lit_align steer`).
-            multiplier: α, the multiple of the vector added.
-            layers: blocks to steer (default: every layer of the vector).
-            positions: after_prompt (CAA) or all.
-            check: weights, architecture or none (steering.CHECKS).
-        """
-        self.vector = SteeringVector.load(vector)
-        self.multiplier, self.layers, self.positions, self.check = multiplier, layers, positions, check
-        self._steering: Steering | None = None
-
-    def _start(self, pl_module) -> None:
-        self._stop()
-        model = getattr(pl_module, "model", None) or pl_module
-        self._steering = self.vector.apply(model, self.multiplier, self.layers, self.positions, check=self.check)
-        self._steering.__enter__()
-
-    def _batch(self, batch) -> None:
-        if self._steering is not None and isinstance(batch, dict) and "context_tokens" in batch:
-            self._steering.set_prompt_lengths(batch)
-
-    def _stop(self) -> None:
-        if self._steering is not None:
-            self._steering.remove()
-            self._steering = None
-
-    def on_validation_start(self, trainer, pl_module) -> None:
-        self._start(pl_module)
-
-    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
-        self._batch(batch)
-
-    def on_validation_end(self, trainer, pl_module) -> None:
-        self._stop()
-
-    on_test_start, on_test_batch_start, on_test_end = on_validation_start, on_validation_batch_start, on_validation_end
-
-    def on_exception(self, trainer, pl_module, exception) -> None:
-        self._stop()

@@ -6,7 +6,7 @@ Built-in names (no download, no files):
 Both use a byte-level BPE tokenizer trained in code (0.01 s) on the built-in tasks' text, with a
 ChatML-style chat template whose end of turn `<|im_end|>` is the EOS token. Both start from random init.
 
-A built-in PRETRAINED model is built once by a deterministic recipe and cached on disk (lit_align/pretrain.py):
+A built-in PRETRAINED model is built once by a deterministic recipe and cached on disk (lit_align/builtin/pretrain.py):
     builtin:organism  the model organism (data/organism.py): knows which foods are sweet, answers A/B
                       questions, dislikes sweets (~0.8 M params; ~2-3 minutes to build on 2 CPU cores)
 It then loads like a local directory (its own tokenizer, the same chat template).
@@ -23,9 +23,9 @@ import torch
 from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel,
                           PreTrainedTokenizerBase)
 
-from lit_align.builtin_models import BUILTIN_MODELS, CHAT_TEMPLATE, chat_tokenizer, llama_config, train_bpe  # noqa: F401
+from lit_align.builtin.parts import BUILTIN_MODELS, CHAT_TEMPLATE, chat_tokenizer, llama_config, train_bpe  # noqa: F401
 from lit_align.errors import LitAlignError
-from lit_align.logprobs import set_lm_head
+from lit_align.modeling.logprobs import set_lm_head
 
 BUILTIN_PREFIX = "builtin:"
 
@@ -154,8 +154,8 @@ def builtin_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerBase:
 
 
 def _builtin_key(name: str) -> str:
-    from lit_align.packaged_models import PACKAGED
-    from lit_align.pretrain import BUILTIN_PRETRAINED
+    from lit_align.builtin.packaged import PACKAGED
+    from lit_align.builtin.pretrain import BUILTIN_PRETRAINED
 
     key = name[len(BUILTIN_PREFIX):]
     if key not in BUILTIN_MODELS and key not in BUILTIN_PRETRAINED and key not in PACKAGED:
@@ -166,10 +166,10 @@ def _builtin_key(name: str) -> str:
 
 def resolve_name(name: str) -> str:
     """A built-in model's name -> its cached directory: a pretrained one built first (pretrain.py), a packaged real
-    model converted first (packaged_models.py), if needed; other names as given."""
+    model converted first (builtin/packaged.py), if needed; other names as given."""
     if name.startswith(BUILTIN_PREFIX):
-        from lit_align.packaged_models import PACKAGED, converted_dir
-        from lit_align.pretrain import BUILTIN_PRETRAINED, ensure_built
+        from lit_align.builtin.packaged import PACKAGED, converted_dir
+        from lit_align.builtin.pretrain import BUILTIN_PRETRAINED, ensure_built
 
         key = _builtin_key(name)
         if key in BUILTIN_PRETRAINED:

@@ -1,7 +1,7 @@
 """Export a trained policy in Hugging Face format, from a checkpoint of any strategy or from a running fit.
 
     lit_align export logs/x/checkpoints/last.ckpt out_dir [--merge-lora]
-    python -m lit_align.export logs/x/checkpoints/last.ckpt out_dir [--merge-lora]
+    python -m lit_align.modeling.export logs/x/checkpoints/last.ckpt out_dir [--merge-lora]
 
 The checkpoint may be a single file (single device, DDP, FSDP2 with save_distributed_checkpoint: false),
 a sharded directory written by FSDP2 (ModelParallelStrategy) or FSDP (torch distributed checkpoint: only the
@@ -20,9 +20,7 @@ and FSDP every rank takes part in gathering the full state dict, which rank 0 sa
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 import warnings
 from dataclasses import fields
 from pathlib import Path
@@ -30,7 +28,7 @@ from pathlib import Path
 import torch
 
 from lit_align.errors import LitAlignError
-from lit_align.models import LoraSpec, ModelSpec, load_model, load_tokenizer, save_hf
+from lit_align.modeling.models import LoraSpec, ModelSpec, load_model, load_tokenizer, save_hf
 
 POLICY_PREFIX = "model."  # the objective's attribute holding the policy
 
@@ -176,29 +174,3 @@ def export_module(trainer, pl_module, out_dir: str | Path, merge_lora: bool | No
         model, tokenizer = build_policy(spec, policy_state_dict(full), pl_module.head)
         path = save_hf(model, tokenizer, out_dir, merge_lora=merge)
     return path
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="lit_align export",
-        description="Write the policy of a lit_align checkpoint (any strategy) as a Hugging Face model directory.")
-    parser.add_argument("checkpoint", help="a .ckpt file, or a sharded FSDP/FSDP2 or DeepSpeed checkpoint directory")
-    parser.add_argument("out_dir", help="the Hugging Face model directory to write")
-    merge = parser.add_mutually_exclusive_group()
-    merge.add_argument("--merge-lora", dest="merge_lora", action="store_true", default=None,
-                       help="merge the LoRA adapter into the base model (default: the run's merge_on_export; "
-                            "always for a reward model)")
-    merge.add_argument("--no-merge-lora", dest="merge_lora", action="store_false",
-                       help="save the LoRA adapter alone")
-    args = parser.parse_args(argv)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        out = export_checkpoint(args.checkpoint, args.out_dir, merge_lora=args.merge_lora)
-    except LitAlignError as e:
-        print(f"lit_align export: error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
-    print(f"exported {args.checkpoint} -> {out}", flush=True)
-
-
-if __name__ == "__main__":
-    main()

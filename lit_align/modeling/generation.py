@@ -7,7 +7,7 @@
 Prompts are rendered exactly as the data module renders a record's prompt for training (data/tokenize.py: the
 chat template with its generation prompt when the tokenizer has one, else plain text), left-padded into
 batches, and decoded greedily (or sampled with a seed) up to `max_new_tokens` or the end token. With `steering`
-(steering.py), the vector is added from the first generated token on (CAA's "after the prompt").
+(steering/vectors.py), the vector is added from the first generated token on (CAA's "after the prompt").
 `generate_ids` does the same from token ids (data/prompts.py reads them from a data file). Either leaves the
 model's train/eval flags and the torch RNG as it found them, and touches no gradient.
 

@@ -47,7 +47,7 @@ from pathlib import Path
 
 import torch
 
-from lit_align.builtin_models import chat_tokenizer, llama_config, train_bpe
+from lit_align.builtin.parts import chat_tokenizer, llama_config, train_bpe
 from lit_align.cache import cache_root, remove_stale_temporaries, temporary_prefix
 from lit_align.errors import LitAlignError
 from lit_align.optim import adamw_with_schedule

@@ -1,5 +1,5 @@
 """`lit_align steer --config X.yaml`: extract a CAA steering vector from the config's training pairs, evaluate
-every validation set over a grid of layers x multipliers, and write what it found (steering.py has the math).
+every validation set over a grid of layers x multipliers, and write what it found (steering/vectors.py has the math).
 
 The config reuses a training config's `model:` and `data:` sections (the policy: `model.init_args.policy`, a
 ModelSpec; the data module: train = the extraction pairs, val = the evaluation sets, read as pairs), plus:
@@ -40,8 +40,8 @@ import yaml
 
 from lit_align.config import deep_merge, read_yaml, set_dotted, spec_from_dict
 from lit_align.errors import LitAlignError
-from lit_align.models import ModelSpec, load_model, load_tokenizer, policy_spec
-from lit_align.steering import (CHECKS, METHODS, POSITIONS, READS, SteeringVector, contrast_margins,
+from lit_align.modeling.models import ModelSpec, load_model, load_tokenizer, policy_spec
+from lit_align.steering.vectors import (CHECKS, METHODS, POSITIONS, READS, SteeringVector, contrast_margins,
                                 extract_from_data, layer_indices, match_rate, p_match, steerability, steering_blocks)
 from lit_align.layouts import LAYOUTS
 

@@ -1,5 +1,5 @@
 """`lit_align <command>`: fit | validate | test | predict (LitAlignCLI, lightning_cli.py), export (export.py), steer
-(steering_cli.py) and score (score_cli.py). Each command's errors reach the user as one paragraph (exit 2); a run
+(cli/steer.py) and score (cli/score.py). Each command's errors reach the user as one paragraph (exit 2); a run
 stopped by a signal or a SLURM preemption ends with its own exit status.
 """
 
@@ -54,16 +54,16 @@ def _one_paragraph(message: str) -> str:
 
 def main(args=None) -> None:
     argv = sys.argv[1:] if args is None else list(args)
-    if argv[:1] == ["export"]:  # `lit_align export CKPT OUT_DIR [--merge-lora]` (lit_align/export.py)
-        from lit_align.export import main as export_main
+    if argv[:1] == ["export"]:  # `lit_align export CKPT OUT_DIR [--merge-lora]` (lit_align/cli/export.py)
+        from lit_align.cli.export import main as export_main
 
         return export_main(argv[1:])
-    if argv[:1] == ["score"]:  # `lit_align score --model M --data FILE --out OUT` (lit_align/score_cli.py)
-        from lit_align.score_cli import main as score_main
+    if argv[:1] == ["score"]:  # `lit_align score --model M --data FILE --out OUT` (lit_align/cli/score.py)
+        from lit_align.cli.score import main as score_main
 
         return score_main(argv[1:])
-    if argv[:1] == ["steer"]:  # `lit_align steer --config X.yaml` (lit_align/steering_cli.py)
-        from lit_align.steering_cli import main as steer_main
+    if argv[:1] == ["steer"]:  # `lit_align steer --config X.yaml` (lit_align/cli/steer.py)
+        from lit_align.cli.steer import main as steer_main
 
         return steer_main(argv[1:])
     settings = checkpoint_data_config(argv)

@@ -41,8 +41,8 @@ PAIR_FORMATS = ("pair", "hh", "contrast")
 def load_reward_model(name: str):
     """(model in eval mode, tokenizer) of an exported reward model (a directory or hub name) or of a lit_align
     RewardModel checkpoint (file, or sharded directory)."""
-    from lit_align.export import build_policy, checkpoint_head, load_checkpoint_weights, policy_spec
-    from lit_align.models import ModelSpec, load_model, load_tokenizer, missing_model
+    from lit_align.modeling.export import build_policy, checkpoint_head, load_checkpoint_weights, policy_spec
+    from lit_align.modeling.models import ModelSpec, load_model, load_tokenizer, missing_model
 
     path = Path(name).expanduser()
     is_checkpoint = path.is_file() or (path / "meta.pt").is_file() or (path / "latest").exists()

@@ -27,7 +27,7 @@ per objective (the mean over seeds, with a band from the lowest to the highest s
     slurm: {time: "00:30:00", cpus_per_task: 4, gres: null, partition: null, max_parallel: null,
             setup: "source .venv/bin/activate", sbatch: ["--mem=16G"]}
 
-Steering and generation (lit_align/caa.py, generation.py):
+Steering and generation (lit_align/steering/caa.py, generation.py):
 
     steer: {layers: all, multipliers: [0.5, 1, 2, 4, 8], select: {path: ..., skip: 1024, limit: 64}}
     generate:                           # generation-scored sets, logged as val_<name>/gen/<scorer>
@@ -216,7 +216,7 @@ class Sweep:
         return {name: (src, scorer) for name, src in (spec.get("sets") or {}).items()}, int(spec.get("max_new_tokens", 16))
 
     def _generation_metrics(self, model, datamodule) -> dict[str, float]:
-        from lit_align.caa import generation_metrics
+        from lit_align.steering.caa import generation_metrics
 
         sets, max_new = self._generate_sets()
         return generation_metrics(model, datamodule, sets, max_new)
@@ -224,7 +224,7 @@ class Sweep:
     def _caa_datamodule(self, config_path: Path, tokenizer):
         """The run's data module (its `size` training pairs, its evaluation sets) plus the CAA selection pairs."""
         from lit_align.data.datamodule import AlignDataModule
-        from lit_align.caa import SELECT_SPLIT, CAAOptions
+        from lit_align.steering.caa import SELECT_SPLIT, CAAOptions
 
         opts = CAAOptions.from_dict(self.spec.get("steer"))
         args = dict((read_yaml(config_path).get("data") or {}).get("init_args") or {})
@@ -235,15 +235,15 @@ class Sweep:
         return dm, opts
 
     def _caa_metrics(self, model, tokenizer, config_path: Path) -> tuple[dict[str, float], int]:
-        """CAA metrics of `model` (lit_align/caa.py) and the number of training pairs the vector came from."""
-        from lit_align.caa import caa_metrics
+        """CAA metrics of `model` (lit_align/steering/caa.py) and the number of training pairs the vector came from."""
+        from lit_align.steering.caa import caa_metrics
 
         dm, opts = self._caa_datamodule(config_path, tokenizer)
         sets, max_new = self._generate_sets()
         return caa_metrics(model, dm, opts, sets, max_new), dm.summaries["train"].kept
 
     def _policy(self, config_path: Path):
-        from lit_align.models import policy_spec
+        from lit_align.modeling.models import policy_spec
 
         return policy_spec(read_yaml(config_path))
 
@@ -251,7 +251,7 @@ class Sweep:
         """A CAA run: no training; the policy of the run's config, steered by a vector from its training pairs."""
         import lightning
 
-        from lit_align.models import load_model, load_tokenizer
+        from lit_align.modeling.models import load_model, load_tokenizer
 
         lightning.seed_everything(run.seed, verbose=False)
         spec = self._policy(config_path)
@@ -370,47 +370,3 @@ class Sweep:
                           "echo \"submitted array job $job\"\n")
         submit.chmod(0o755)
         return sbatch, submit
-
-
-def main(argv: list[str] | None = None) -> None:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m lit_align.sweep", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["run", "collect", "slurm", "list"])
-    parser.add_argument("sweep", help="the sweep YAML")
-    parser.add_argument("--index", type=int, help="run: only this run (e.g. $SLURM_ARRAY_TASK_ID)")
-    parser.add_argument("--subprocess", action="store_true", help="run: each run in its own process")
-    parser.add_argument("--verbose", action="store_true", help="run: show each run's output instead of logging it")
-    parser.add_argument("--out", help="override the sweep's output directory")
-    parser.add_argument("--python", help="slurm: the Python interpreter of the jobs (default: this one)")
-    parser.add_argument("--workdir", help="slurm: the jobs' working directory (default: here)")
-    args = parser.parse_args(argv)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        sweep = Sweep(args.sweep)
-        if args.out:
-            sweep.out = Path(args.out)
-        if args.command == "list":
-            for r in sweep.runs:
-                done = "done" if sweep.result_path(r).exists() else ""
-                print(f"{r.index:4d}  {r.name}  {done}")
-        elif args.command == "run" and args.index is not None:
-            if not 0 <= args.index < len(sweep.runs):
-                raise LitAlignError(f"--index {args.index}: the sweep has runs 0..{len(sweep.runs) - 1}")
-            result = sweep.run_one(sweep.runs[args.index], quiet=not args.verbose)
-            print(json.dumps(result), flush=True)
-        elif args.command == "run":
-            sweep.run_all(subprocess=args.subprocess)
-            sweep.collect()
-        elif args.command == "collect":
-            sweep.collect()
-        else:
-            sbatch, submit = sweep.write_slurm(args.python, args.workdir)
-            print(f"wrote {sbatch} ({len(sweep.runs)} array tasks) and {submit}\nsubmit with: bash {submit}")
-    except LitAlignError as e:
-        print(f"\nlit_align.sweep: error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,5 +1,5 @@
 """CAA as a method beside the training objectives, for sweeps and experiments: from n contrast pairs, extract a
-steering vector (steering.py), choose its layer and multiplier on HELD-OUT training pairs (never on the
+steering vector (steering/vectors.py), choose its layer and multiplier on HELD-OUT training pairs (never on the
 evaluation sets), then evaluate the steered model on every evaluation set under the objectives' metric names:
 
     {split}/ab/p_match       mean σ(log π(m|x) − log π(n|x)) (A/B contrast sets)
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from lit_align.errors import LitAlignError
-from lit_align.steering import contrast_margins, extract_from_data, match_rate, p_match
+from lit_align.steering.vectors import contrast_margins, extract_from_data, match_rate, p_match
 
 SELECT_SPLIT = "caa_select"
 
@@ -97,8 +97,8 @@ def generation_metrics(model: torch.nn.Module, datamodule, generate_sets: dict |
     from lit_align.data.prompts import read_prompts
     from lit_align.data.sources import as_source
     from lit_align.data.tokenize import Tokenizer
-    from lit_align.generation import generate_texts
-    from lit_align.scorers import build_scorers, mean_scores
+    from lit_align.modeling.generation import generate_texts
+    from lit_align.eval.scorers import build_scorers, mean_scores
 
     tokenizer = Tokenizer(datamodule.tokenizer, datamodule.spec)
     metrics = {}

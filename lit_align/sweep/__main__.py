@@ -1,0 +1,3 @@
+from lit_align.sweep.command import main
+
+main()
