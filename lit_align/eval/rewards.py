@@ -30,10 +30,7 @@ import torch
 
 from lit_align.errors import LitAlignError
 
-try:
-    from lit_align.eval.scorers import Scorer, build_scorer
-except ImportError:  # the layout before the package took its folders
-    from lit_align.scorers import Scorer, build_scorer
+from lit_align.eval.scorers import Scorer, build_scorer
 
 
 @runtime_checkable

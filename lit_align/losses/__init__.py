@@ -6,6 +6,8 @@ which divides the summed loss by the global count of what it is averaged over.
   likelihood.py   SFT's NLL, IW-SFT's weighted NLL, DPO's optional NLL term
   preference.py   DPO's family (sigmoid, robust/cDPO, IPO, hinge), SimPO, ORPO, per-pair weights
   ranking.py      the reward model's Bradley-Terry loss, listwise DPO (Plackett-Luce, all pairs)
+  policy_gradient.py  online RL: group advantages (GRPO, Dr.GRPO, RLOO), KL estimators, the clipped surrogate,
+                  exact loss aggregation
 """
 
 from lit_align.losses.likelihood import chosen_nll, nll, weighted_nll
