@@ -23,6 +23,8 @@ reference (`Reference.configure`), so data, policy, reference and the reference 
     ranked              k ranked continuations, padded rows, continuation-major (listwise DPO without shared
                         context, the reward model)
     shared_ranked       k ranked continuations on one shared prompt (collate_prefix; listwise DPO's default)
+    prompt              prompts alone (collate_prompts): an online objective samples the continuations itself and
+                        builds its model inputs from them (objectives/grpo.py)
 
 Evaluation sets that ask for another record kind (`kind: pair` on an SFT run, data/sources.py) get the padded
 layout of that kind (`LAYOUTS[kind]`).
@@ -33,17 +35,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from lit_align.data.collate import collate, collate_packed, collate_prefix, packed_length, padded_length
+from lit_align.data.collate import (collate, collate_packed, collate_prefix, collate_prompts, packed_length, padded_length,
+                                    prompt_length)
 from lit_align.errors import LitAlignError
-from lit_align.modeling.logprobs import (LogpsFn, batch_logps, joined_context_logps, packed_logps, sequence_logps,
-                                shared_context_logps)
+from lit_align.modeling.logprobs import (LogpsFn, SeqLogps, batch_logps, joined_context_logps, packed_logps,
+                                         sequence_logps, shared_context_logps)
 
 
 @dataclass(frozen=True)
 class Layout:
     name: str
     records: str
-    """The record kind of data/records.py the examples are read as: sft, pair or ranked."""
+    """The record kind of data/records.py the examples are read as: sft, pair or ranked; or prompt (data/prompts.py)."""
     collate: Callable
     """items [(index, Tokenized)], pad_id, pad_to_multiple_of[, row_length] -> batch dict (data/collate.py)."""
     logps: LogpsFn
@@ -64,6 +67,12 @@ class Layout:
         return f"{self.name}/{self.logps.__name__}"
 
 
+def sampled_logps(model, batch: dict) -> SeqLogps:
+    """A prompt batch has no continuations to score: an online objective scores what it samples."""
+    raise LitAlignError("the prompt layout has no continuations to compute log-probs of: an online objective samples "
+                        "them itself (a reference cache cannot be precomputed for it)")
+
+
 LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (
     Layout("sft", "sft", collate, sequence_logps),
     # packed IW-SFT reads packed training rows and padded pair evaluation sets: batch_logps takes either
@@ -74,6 +83,7 @@ LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (
     Layout("prefix_pair_joined", "pair", collate_prefix, joined_context_logps),
     Layout("ranked", "ranked", collate, sequence_logps),
     Layout("shared_ranked", "ranked", collate_prefix, shared_context_logps),
+    Layout("prompt", "prompt", collate_prompts, sampled_logps, length=prompt_length),
 )}
 
 

@@ -62,7 +62,7 @@ def _values(metrics: dict) -> str:
 class PlainProgress(ProgressBar):
     # the headline metrics of each validation set (all of them are in TensorBoard)
     VALIDATION_SHOWN = ("/loss", "/token_accuracy", "/rewards/accuracy", "/rewards/ranking_accuracy", "/logps/accuracy",
-                        "/ab/p_match")
+                        "/ab/p_match", "/reward")
 
     def __init__(self, every_n_steps: int | None = None, stream=None):
         """

@@ -27,6 +27,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 # categories in the order they appear: (title, the metric names' first component)
 CATEGORIES = [("loss and accuracy", None), ("rewards (β·log π/π_ref)", "rewards"), ("log-probs (policy)", "logps"),
               ("importance weights", "weights"), ("A/B contrast", "ab"), ("generations", "gen"),
+              ("rewards per function (online RL)", "reward"), ("rollouts (online RL)", "rollout"),
+              ("policy update (online RL)", "policy"),
               ("optimization", "lr")]
 # charts within a category: these (the metric's last component) first, in this order, then the rest by name
 _FIRST = ["loss", "token_accuracy", "chosen", "rejected", "margins", "accuracy"]

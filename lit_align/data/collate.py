@@ -59,6 +59,17 @@ def packed_length(ex: Tokenized) -> int:
     return len(ex.context) + sum(len(c) for c in ex.continuations)
 
 
+def prompt_length(record) -> int:
+    """A prompt record's context length (data/prompts.py PromptRecord): online objectives' group_by_length key."""
+    return len(record.context)
+
+
+def collate_prompts(items: list, pad_id: int, pad_to_multiple_of: int = 1) -> dict:
+    """Prompt records [(index, PromptRecord)] -> {index (B,), records [PromptRecord]}: an online objective's batch,
+    whose model inputs it builds itself from what it samples (objectives/grpo.py)."""
+    return {"index": torch.tensor([i for i, _ in items], dtype=torch.long), "records": [r for _, r in items]}
+
+
 def padding_fraction(batch: dict) -> float:
     """Share of padding among the model-input positions of a collated batch: 1 - real / all, over
     attention_mask (N, T), plus context_mask (B, C) in the shared-context layout, token_mask (B, T) in the

@@ -78,6 +78,10 @@ def build_split(name: str, source: Source, kind: str, tokenizer: Tokenizer, skip
     from rich.progress import track
 
     summary = SplitSummary(name, source.label)
+    if kind == "prompt":  # online objectives: every record's prompt and its context ids (data/prompts.py)
+        prompts = read_prompts(name, source, tokenizer)
+        summary.rows = summary.kept = len(prompts)
+        return TokenizedSplit(name, prompts), summary
     examples: list[Tokenized] = []
     rows = read_rows(source)
     for where, row in track(rows, description=f"tokenizing {name}", transient=True,

@@ -25,10 +25,11 @@ from lit_align.data.tokenize import Tokenizer, TokenizeSpec
 @torch.no_grad()
 def generate_ids(model: torch.nn.Module, contexts: list[list[int]], pad_id: int, end_id: int | None,
                  max_new_tokens: int = 16, batch_size: int = 32, steering=None, do_sample: bool = False,
-                 seed: int = 0, synced_gpus: bool = False) -> list[list[int]]:
+                 seed: int = 0, synced_gpus: bool = False, generation_config=None) -> list[list[int]]:
     """The generated token ids after each context, up to and including the end token (when it came).
     `synced_gpus`: every rank keeps stepping until all are done (FSDP: each forward gathers sharded weights,
-    so every rank must run the same number of them)."""
+    so every rank must run the same number of them). `generation_config`: a transformers GenerationConfig that
+    replaces the model's own (sample_ids: exactly the sampling distribution asked for)."""
     device = next(model.parameters()).device
     modes = [(m, m.training) for m in model.modules()]
     rng = torch.get_rng_state()
@@ -48,9 +49,10 @@ def generate_ids(model: torch.nn.Module, contexts: list[list[int]], pad_id: int,
                 steering.set_prompt_lengths(mask.sum(-1))
             if do_sample:
                 torch.manual_seed(seed + start)
-            gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-                                 do_sample=do_sample, pad_token_id=pad_id, eos_token_id=end_id,
-                                 synced_gpus=synced_gpus)[:, width:].tolist()           # (B, <= max_new_tokens)
+            options = ({"generation_config": generation_config} if generation_config is not None else
+                       dict(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=pad_id, eos_token_id=end_id))
+            gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), synced_gpus=synced_gpus,
+                                 **options)[:, width:].tolist()                     # (B, <= max_new_tokens)
             for answer in gen:
                 out.append(answer[: answer.index(end_id) + 1] if end_id in answer else answer)
     finally:
@@ -60,6 +62,30 @@ def generate_ids(model: torch.nn.Module, contexts: list[list[int]], pad_id: int,
         if cuda_rng is not None:
             torch.cuda.set_rng_state_all(cuda_rng)
     return out
+
+
+def sampling_config(max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+                    pad_id: int | None = None, end_id: int | None = None):
+    """A GenerationConfig that samples from softmax(logits / temperature), restricted to the top_k tokens (0: no
+    limit) and the top_p nucleus (1: no limit), and does nothing else: it replaces the model's own generation
+    config, whose defaults (transformers' top_k 50, a release's temperature, repetition penalty) would otherwise
+    change the distribution behind the sampler's back. With top_k 0 and top_p 1 the tokens are drawn from exactly
+    the distribution whose log-probs logprobs.token_logps(..., temperature=T) computes."""
+    from transformers import GenerationConfig
+
+    return GenerationConfig(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k,
+                            max_new_tokens=max_new_tokens, pad_token_id=pad_id, eos_token_id=end_id)
+
+
+def sample_ids(model: torch.nn.Module, context: list[int], num_samples: int, pad_id: int, end_id: int | None,
+               max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, seed: int = 0,
+               synced_gpus: bool = False) -> list[list[int]]:
+    """`num_samples` completions of one context (token ids, each up to and including the end token when it came),
+    sampled with the torch RNG seeded by `seed` (and restored after): the samples depend on the model, the
+    context and the seed only, not on what else is in a batch. One batch of identical rows: no padding."""
+    config = sampling_config(max_new_tokens, temperature, top_p, top_k, pad_id, end_id)
+    return generate_ids(model, [context] * num_samples, pad_id, end_id, max_new_tokens, batch_size=num_samples,
+                        do_sample=True, seed=seed, synced_gpus=synced_gpus, generation_config=config)
 
 
 def generate(model: torch.nn.Module, tokenizer, prompts: list, max_new_tokens: int = 16, batch_size: int = 32,

@@ -67,11 +67,13 @@ class TokenLogps:
         return self.mask.sum(-1)
 
 
-def _pick_logps(rows: Tensor, ids: Tensor, chunk_rows: int = 4096) -> Tensor:
-    """rows (M, V) logits any dtype, ids (M,) -> log softmax(rows)[ids] (M,) fp32, a chunk at a time."""
+def _pick_logps(rows: Tensor, ids: Tensor, chunk_rows: int = 4096, temperature: float = 1.0) -> Tensor:
+    """rows (M, V) logits any dtype, ids (M,) -> log softmax(rows / temperature)[ids] (M,) fp32, a chunk at a time."""
     out = torch.empty(ids.shape[0], dtype=torch.float32, device=rows.device)
     for s in range(0, ids.shape[0], chunk_rows):
         chunk = rows[s: s + chunk_rows].float()               # (chunk, V) fp32: the only fp32 vocab tensor
+        if temperature != 1.0:  # as the sampler does: the fp32 logits divided by T (generation.sampling_config)
+            chunk = chunk / temperature
         out[s: s + chunk_rows] = chunk.gather(-1, ids[s: s + chunk_rows, None]).squeeze(-1) - chunk.logsumexp(-1)
     return out
 
@@ -83,7 +85,8 @@ def _scatter(values: Tensor, mask: Tensor, fill=0) -> Tensor:
     return out
 
 
-def gather_logps(logits: Tensor, labels: Tensor, with_accuracy: bool = False, chunk_rows: int = 4096) -> TokenLogps:
+def gather_logps(logits: Tensor, labels: Tensor, with_accuracy: bool = False, chunk_rows: int = 4096,
+                 temperature: float = 1.0) -> TokenLogps:
     """logits (N, T, V) any dtype, labels (N, T) with IGNORE where not a target -> TokenLogps.
 
     labels[:, t] is predicted by logits[:, t-1] (labels are not shifted; position 0 is never a target).
@@ -93,7 +96,7 @@ def gather_logps(logits: Tensor, labels: Tensor, with_accuracy: bool = False, ch
     full_mask[:, 1:] = labels[:, 1:] != IGNORE
     picked = logits[:, :-1][full_mask[:, 1:]]                # (M, V) only target positions, model dtype
     ids = labels[full_mask]                                  # (M,)
-    logps = _scatter(_pick_logps(picked, ids, chunk_rows), full_mask)
+    logps = _scatter(_pick_logps(picked, ids, chunk_rows, temperature), full_mask)
     correct = None
     if with_accuracy:
         hit = torch.cat([picked[s: s + chunk_rows].argmax(-1) == ids[s: s + chunk_rows]
@@ -131,17 +134,19 @@ def _plain_head(model: torch.nn.Module) -> torch.nn.Module | None:
     return model.get_output_embeddings()
 
 
-def _chunk_logps(project: Callable[[Tensor], Tensor], hidden: Tensor, ids: Tensor, with_accuracy: bool
-                 ) -> tuple[Tensor, Tensor]:
-    """hidden (m, H), ids (m,) -> log p(ids) (m,) fp32 and argmax hits (m,) bool (empty unless asked for);
-    the (m, V) logits die here."""
+def _chunk_logps(project: Callable[[Tensor], Tensor], hidden: Tensor, ids: Tensor, with_accuracy: bool,
+                 temperature: float = 1.0) -> tuple[Tensor, Tensor]:
+    """hidden (m, H), ids (m,) -> log p(ids) (m,) fp32 (of softmax(logits / temperature)) and argmax hits (m,) bool
+    (empty unless asked for); the (m, V) logits die here."""
     logits = project(hidden).float()                                   # (m, V) fp32
+    if temperature != 1.0:
+        logits = logits / temperature
     hits = logits.argmax(-1) == ids if with_accuracy else ids.new_empty(0, dtype=torch.bool)
     return logits.gather(-1, ids[:, None]).squeeze(-1) - logits.logsumexp(-1), hits
 
 
 def head_logps(project: Callable[[Tensor], Tensor], hidden: Tensor, ids: Tensor, chunk: int = 0,
-               with_accuracy: bool = False) -> tuple[Tensor, Tensor | None]:
+               with_accuracy: bool = False, temperature: float = 1.0) -> tuple[Tensor, Tensor | None]:
     """log softmax(project(hidden))[ids] for hidden (M, H), ids (M,) -> ((M,) fp32, (M,) bool argmax hits or
     None).
 
@@ -152,12 +157,13 @@ def head_logps(project: Callable[[Tensor], Tensor], hidden: Tensor, ids: Tensor,
     """
     rows = chunk or max(32, min(4096, 2 ** 23 // max(_vocab_size(project), 1)))
     if hidden.shape[0] <= rows:
-        parts = [_chunk_logps(project, hidden, ids, with_accuracy)]
+        parts = [_chunk_logps(project, hidden, ids, with_accuracy, temperature)]
     else:
         recompute = torch.is_grad_enabled() and hidden.requires_grad
-        parts = [checkpoint(_chunk_logps, project, hidden[s: s + rows], ids[s: s + rows], with_accuracy,
+        parts = [checkpoint(_chunk_logps, project, hidden[s: s + rows], ids[s: s + rows], with_accuracy, temperature,
                             use_reentrant=False)
-                 if recompute else _chunk_logps(project, hidden[s: s + rows], ids[s: s + rows], with_accuracy)
+                 if recompute else _chunk_logps(project, hidden[s: s + rows], ids[s: s + rows], with_accuracy,
+                                                temperature)
                  for s in range(0, hidden.shape[0], rows)]
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]) if with_accuracy else None
 
@@ -182,7 +188,7 @@ def _forward_replaced(module: torch.nn.Module, forward: Callable):
 
 
 def position_logps(model: torch.nn.Module, rows: Tensor, positions: Tensor, ids: Tensor, with_accuracy: bool = False,
-                   **inputs) -> tuple[Tensor, Tensor | None]:
+                   temperature: float = 1.0, **inputs) -> tuple[Tensor, Tensor | None]:
     """model(**inputs) -> log p(ids[m] | the hidden state of row rows[m] at position positions[m]), (M,) fp32,
     and the greedy hits (M,) bool when asked. Targets-only LM head unless the model is set to "all"."""
     head = _plain_head(model)
@@ -190,12 +196,12 @@ def position_logps(model: torch.nn.Module, rows: Tensor, positions: Tensor, ids:
         logits = model(**inputs).logits                      # (N, T, V)
         picked = logits[rows, positions]                     # (M, V)
         hits = picked.argmax(-1) == ids if with_accuracy else None
-        return _pick_logps(picked, ids), hits
+        return _pick_logps(picked, ids, temperature=temperature), hits
     project, hits = head.forward, []
 
     def targets_only(hidden: Tensor) -> Tensor:               # hidden (N, T, H) -> (M,) fp32 log-probs
         logps, hit = head_logps(project, hidden[rows, positions], ids, getattr(model, "lit_align_lm_head", ("", 0))[1],
-                                with_accuracy)
+                                with_accuracy, temperature)
         hits.append(hit)
         return logps
 
@@ -204,15 +210,17 @@ def position_logps(model: torch.nn.Module, rows: Tensor, positions: Tensor, ids:
     return logps, hits[0] if with_accuracy else None
 
 
-def token_logps(model: torch.nn.Module, labels: Tensor, with_accuracy: bool = False, **inputs) -> TokenLogps:
+def token_logps(model: torch.nn.Module, labels: Tensor, with_accuracy: bool = False, temperature: float = 1.0,
+                **inputs) -> TokenLogps:
     """model(**inputs) -> the fp32 log-probs of `labels` (N, T): labels[:, t] (IGNORE: not a target) is
-    predicted at position t-1."""
+    predicted at position t-1. `temperature` T: the log-probs of softmax(logits / T), the distribution a sampler
+    at temperature T draws from (online objectives score their samples with the same T)."""
     if _plain_head(model) is None:
-        return gather_logps(model(**inputs).logits, labels, with_accuracy=with_accuracy)
+        return gather_logps(model(**inputs).logits, labels, with_accuracy=with_accuracy, temperature=temperature)
     mask = torch.zeros(labels.shape, dtype=torch.bool, device=labels.device)
     mask[:, 1:] = labels[:, 1:] != IGNORE                    # (N, T) target positions
     rows, positions = mask.nonzero(as_tuple=True)            # (M,) each, row-major like labels[mask]
-    logps, hits = position_logps(model, rows, positions - 1, labels[mask], with_accuracy, **inputs)
+    logps, hits = position_logps(model, rows, positions - 1, labels[mask], with_accuracy, temperature, **inputs)
     correct = _scatter(hits, mask, False) if with_accuracy else None
     return TokenLogps(_scatter(logps, mask), mask, correct)
 

@@ -136,13 +136,15 @@ allow_in_checkpoints(ModelSpec, LoraSpec, OptimSpec)
 
 class Objective(LightningModule):
     head = "lm"
+    """What the model puts on the decoder (models.HEADS): "lm", a causal LM; "score", a scalar (reward model)."""
     compute_only_settings: frozenset = COMPUTE_ONLY
     """Settings (hyperparameter names, at any depth) that change how the numbers are computed, not the numbers: a
     resume may change them (resume.py). A subclass adds its own: `Objective.compute_only_settings | {...}`."""
     added_settings: dict = {}
     """Settings added after checkpoints were written -> the value their absence meant: a checkpoint without the key
     resumes under that value (resume.py)."""
-    """What the model puts on the decoder (models.HEADS): "lm", a causal LM; "score", a scalar (reward model)."""
+    progress_metrics: tuple = ("loss",)
+    """The train/ metrics shown on the progress bar (online RL adds its reward)."""
 
     def __init__(self, policy: ModelSpec | None = None, optim: OptimSpec | None = None):
         super().__init__()
@@ -248,7 +250,7 @@ class Objective(LightningModule):
                 p.grad.mul_(scale)
         for n, s, c in zip(names, sums, counts):
             if c > 0:
-                self.log(f"train/{n}", s / c, on_step=True, on_epoch=False, prog_bar=n == "loss",
+                self.log(f"train/{n}", s / c, on_step=True, on_epoch=False, prog_bar=n in self.progress_metrics,
                          rank_zero_only=True)
         # the learning rate of this step (one curve: every parameter group follows the same schedule)
         self.log("train/lr", float(optimizer.param_groups[0]["lr"]), on_step=True, on_epoch=False, rank_zero_only=True)

@@ -42,7 +42,7 @@ from torch import Tensor
 
 from lit_align.layouts import Layout
 from lit_align.errors import LitAlignError
-from lit_align.modeling.logprobs import LogpsFn, SeqLogps
+from lit_align.modeling.logprobs import LogpsFn, SeqLogps, token_logps
 from lit_align.modeling.models import ModelSpec, load_model, shard_model
 
 MODES = ("copy", "disable_adapter", "cache")
@@ -112,6 +112,25 @@ class Reference(torch.nn.Module):
     def forward(self, batch: dict, policy: torch.nn.Module) -> SeqLogps:
         raise NotImplementedError
 
+    def _token_model(self, policy: torch.nn.Module) -> tuple[torch.nn.Module, bool]:
+        """The model whose per-token log-probs are the reference's, and whether its adapter is switched off."""
+        raise LitAlignError(f"reference.mode: {self.spec.mode} gives sequence log-probs of a fixed data set only; an "
+                            "online objective needs mode copy or disable_adapter")
+
+    def token_logps(self, batch: dict, policy: torch.nn.Module, temperature: float = 1.0) -> Tensor:
+        """(N, T) fp32 log-probs of batch["labels"] (padded rows: input_ids, attention_mask, labels) under π_ref at
+        `temperature`, without gradient: an online objective's per-token KL on its own samples."""
+        model, disable = self._token_model(policy)
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad(), model.disable_adapter() if disable else nullcontext():
+                out = token_logps(model, batch["labels"], temperature=temperature, input_ids=batch["input_ids"],
+                                  attention_mask=batch["attention_mask"], use_cache=False)
+        finally:
+            model.train(was_training)
+        return out.logps
+
     def matching(self, batch: dict, policy: torch.nn.Module, tokens: Tensor) -> SeqLogps:
         """The reference's (B, k) log-probs of `batch`, checked to cover the policy's target tokens: `tokens` (B, j),
         the policy's token counts of the batch's first j <= k continuations (IW-SFT reads the first only)."""
@@ -162,6 +181,11 @@ class FrozenReference(Reference):
             raise LitAlignError("the reference model is not loaded: call configure_model() first")
         return self._logps(self.model, batch)
 
+    def _token_model(self, policy: torch.nn.Module) -> tuple[torch.nn.Module, bool]:
+        if self.model is None:
+            raise LitAlignError("the reference model is not loaded: call configure_model() first")
+        return self.model, False
+
 
 def _drop_state(module: torch.nn.Module, state_dict: dict, prefix: str, local_metadata) -> None:
     for key in [k for k in state_dict if k.startswith(prefix)]:
@@ -190,6 +214,9 @@ class AdapterReference(Reference):
 
     def forward(self, batch: dict, policy: torch.nn.Module) -> SeqLogps:
         return self._logps(policy, batch, disable_adapter=True)
+
+    def _token_model(self, policy: torch.nn.Module) -> tuple[torch.nn.Module, bool]:
+        return policy, True
 
 
 # -- (c) a precomputed cache file ----------------------------------------------------------------------

@@ -1,0 +1,185 @@
+"""Online RL (objectives/grpo.py): what the loss scores is what the sampler drew (temperature, positions, the end
+token when pad == eos), exact under gradient accumulation, exact resume, learning on a toy reward, and bad input.
+The pure losses have their hand-computed tests in test_policy_gradient_losses.py."""
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from conftest import REPO
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from lit_align.data import AlignDataModule
+from lit_align.errors import LitAlignError
+from lit_align.modeling.generation import sampling_config
+from lit_align.modeling.logprobs import token_logps
+from lit_align.modeling.models import ModelSpec
+from lit_align.objectives import GRPO, OptimSpec
+
+
+def digit_share(prompts, completions, records):
+    """Toy reward: the share of a completion's characters that are digits (varied from the first step on)."""
+    return [sum(ch.isdigit() for ch in c) / max(len(c), 1) for c in completions]
+
+
+def _objective(**options) -> GRPO:
+    options = {"rewards": {"function": "test_grpo:digit_share"}, "num_generations": 4, "max_new_tokens": 6, **options}
+    return GRPO(policy=ModelSpec("builtin:tiny"), optim=OptimSpec(lr=options.pop("lr", 1e-3), schedule="constant"),
+                **options)
+
+
+def _fit(model: GRPO, tmp_path, steps: int, batch_size: int = 4, accumulate: int = 1, logger=False, ckpt=None,
+         callbacks=()):
+    dm = AlignDataModule(train={"path": "builtin:sft", "limit": 32}, batch_size=batch_size, max_length=64,
+                         shuffle=False)
+    dm.connect(model.tokenizer, model.layout)
+    trainer = pl.Trainer(max_steps=steps, accumulate_grad_batches=accumulate, accelerator="cpu", logger=logger,
+                         enable_checkpointing=bool(callbacks), callbacks=list(callbacks), enable_progress_bar=False,
+                         enable_model_summary=False,
+                         default_root_dir=tmp_path, log_every_n_steps=1, num_sanity_val_steps=0)
+    trainer.fit(model, datamodule=dm, ckpt_path=ckpt)
+    return trainer
+
+
+def test_the_loss_scores_sampled_tokens_with_the_samplers_distribution():
+    """Sampling at T = 0.7 (the model's own generation config replaced: no hidden top_k), the log-probs the update
+    uses equal log softmax(logits / T) of the scores the sampler drew each token from (TRL #4159's class)."""
+    torch.manual_seed(0)
+    model = _objective(temperature=0.7)
+    model.configure_model()
+    net = model.model.eval()
+    contexts = [[1, 5, 9, 12], [1, 7]]                                    # two prompts of different lengths
+    rows_ids, rows_logps = [], []
+    for context in contexts:
+        config = sampling_config(6, temperature=0.7, pad_id=model.tokenizer.pad_token_id, end_id=None)
+        config.output_scores, config.return_dict_in_generate = True, True
+        torch.manual_seed(1)
+        out = net.generate(input_ids=torch.tensor([context]), attention_mask=torch.ones(1, len(context), dtype=torch.long),
+                           generation_config=config)
+        new = out.sequences[0, len(context):]
+        steps = torch.stack(out.scores, 1)[0].float().log_softmax(-1)    # (T, V): the processed scores it drew from
+        rows_ids.append(new.tolist())
+        rows_logps.append(steps.gather(-1, new[:, None]).squeeze(-1))
+    rows = model.rows(contexts, rows_ids)                                # right-padded context + completion rows
+    with torch.no_grad():
+        got = token_logps(net, rows["labels"], temperature=0.7, input_ids=rows["input_ids"],
+                          attention_mask=rows["attention_mask"], use_cache=False)
+    for i, expected in enumerate(rows_logps):
+        assert torch.allclose(got.logps[i][got.mask[i]], expected, atol=1e-5), i
+    # teeth: at temperature 1 the same tokens have other log-probs
+    with torch.no_grad():
+        plain = token_logps(net, rows["labels"], input_ids=rows["input_ids"], attention_mask=rows["attention_mask"])
+    assert not torch.allclose(plain.logps[0][plain.mask[0]], rows_logps[0], atol=1e-3)
+
+
+def test_the_end_token_is_a_target_when_pad_equals_eos():
+    """A completion closed by the end token keeps it as a target even where the pad id is that token; only what
+    follows it is padding (TRL #4970's class)."""
+    model = _objective()
+    eos = model.tokenizer.eos_token_id
+    model.tokenizer.pad_token = model.tokenizer.eos_token
+    assert model.tokenizer.pad_token_id == eos
+    rows = model.rows([[1, 2, 3], [1, 2]], [[7, 8, eos], [9]])
+    labels = rows["labels"]
+    assert labels[0, 3:6].tolist() == [7, 8, eos]                        # the end token is learned
+    assert labels[1, 2:3].tolist() == [9] and (labels[1, 3:] == -100).all()   # padding (eos ids) is not
+    assert (rows["input_ids"][1, 3:] == eos).all() and (rows["attention_mask"][1, 3:] == 0).all()
+
+
+class _Grads(GRPO):
+    def on_before_optimizer_step(self, optimizer):
+        super().on_before_optimizer_step(optimizer)
+        self.grads = {n: p.grad.detach().clone() for n, p in self.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("aggregation", ["sequence_mean", "token_mean", "constant_length"])
+def test_accumulation_equals_one_big_batch(aggregation, tmp_path):
+    """4 prompts in one micro-batch and 2 x 2 accumulated give the same samples (seeded per prompt and step), the
+    same rewards and the same gradient, for every loss aggregation (TRL #2617 / #3021's class)."""
+    grads = []
+    for batch_size, accumulate in ((4, 1), (2, 2)):
+        torch.manual_seed(0)
+        model = _Grads(rewards={"function": "test_grpo:digit_share"}, num_generations=4, max_new_tokens=6,
+                       policy=ModelSpec("builtin:tiny"), optim=OptimSpec(lr=1e-3), loss_aggregation=aggregation)
+        _fit(model, tmp_path, steps=1, batch_size=batch_size, accumulate=accumulate)
+        grads.append(model.grads)
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6, rtol=1e-4), name
+    assert any(g.abs().sum() > 0 for g in grads[0].values())            # a real gradient, not all-zero advantages
+
+
+def _scalars(logdir, tag: str) -> list[tuple[int, float]]:
+    from lit_align.plots import read_scalars
+
+    return read_scalars(str(logdir))[tag]
+
+
+def test_a_resumed_run_samples_and_learns_as_the_uninterrupted_one(tmp_path):
+    """4 steps in one go vs 2 steps, then a resume from the checkpoint to 4: the same rewards at every step and the
+    same final weights (the sampler's seed is a function of the step and the prompt, so a checkpoint holds it)."""
+    torch.manual_seed(0)
+    whole = _objective()
+    _fit(whole, tmp_path / "whole", steps=4, logger=TensorBoardLogger(tmp_path / "whole", name="tb"))
+    torch.manual_seed(0)
+    first = _objective()
+    ckpt_dir = tmp_path / "parts"
+    every_step = ModelCheckpoint(dirpath=ckpt_dir / "checkpoints", every_n_train_steps=1, save_last=True)
+    _fit(first, ckpt_dir, steps=2, logger=TensorBoardLogger(ckpt_dir, name="tb", version=0), callbacks=[every_step])
+    ckpt = ckpt_dir / "checkpoints" / "last.ckpt"                        # written mid-epoch, as by an interruption
+    torch.manual_seed(123)                                               # a different global RNG state on resume
+    resumed = _objective()
+    _fit(resumed, ckpt_dir, steps=4, logger=TensorBoardLogger(ckpt_dir, name="tb", version=1), ckpt=str(ckpt))
+    rewards_whole = _scalars(tmp_path / "whole" / "tb", "train/reward")
+    rewards_parts = _scalars(ckpt_dir / "tb" / "version_0", "train/reward") + _scalars(ckpt_dir / "tb" / "version_1",
+                                                                                        "train/reward")
+    assert [s for s, _ in rewards_whole] == [s for s, _ in rewards_parts] and len(rewards_whole) == 4
+    assert [v for _, v in rewards_whole] == pytest.approx([v for _, v in rewards_parts], abs=1e-7)
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_the_reward_rises_on_a_toy_task(tmp_path):
+    """A random tiny model rewarded for digits writes more of them within 30 steps (REINFORCE with a group baseline
+    does learn)."""
+    torch.manual_seed(0)
+    model = _objective(lr=1e-2, num_generations=8, temperature=1.0)
+    _fit(model, tmp_path, steps=30, logger=TensorBoardLogger(tmp_path, name="tb"))
+    rewards = [v for _, v in _scalars(tmp_path / "tb", "train/reward")]
+    first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
+    assert last > first + 0.2 and last > 2 * first, rewards
+
+
+def test_bad_options_and_input_are_one_paragraph(tmp_path):
+    with pytest.raises(LitAlignError, match="num_generations must be >= 2"):
+        _objective(num_generations=1)
+    with pytest.raises(LitAlignError, match="needs rewards"):
+        GRPO(policy=ModelSpec("builtin:tiny"))
+    with pytest.raises(LitAlignError, match="cannot hold the log-probs"):
+        from lit_align.objectives.reference import ReferenceSpec
+
+        _objective(beta=0.1, reference=ReferenceSpec(mode="cache"))
+    bad = tmp_path / "prompts.jsonl"
+    bad.write_text('{"prompt": "Count to 3."}\n{"text": "no prompt here"}\n')
+    model = _objective()
+    dm = AlignDataModule(train={"path": str(bad)}, batch_size=2, max_length=64)
+    dm.connect(model.tokenizer, model.layout)
+    with pytest.raises(LitAlignError, match=r"prompts.jsonl:2.*prompt"):
+        dm.setup("fit")
+
+
+def test_a_reward_function_that_fails_stops_the_run_in_one_paragraph(tmp_path):
+    model = _objective(rewards={"function": "test_grpo:not_a_list"})
+    with pytest.raises(LitAlignError, match="not_a_list"):
+        _fit(model, tmp_path, steps=1)
+
+
+def not_a_list(prompts, completions, records):
+    return None
+
+
+def test_the_example_config_parses():
+    from lit_align.lightning_cli import LitAlignCLI
+
+    cli = LitAlignCLI(args=["--config", str(REPO / "configs" / "grpo.yaml"), "--trainer.max_steps", "0"], run=False)
+    assert isinstance(cli.model, GRPO) and cli.model.num_generations == 8
