@@ -183,3 +183,16 @@ def test_the_example_config_parses():
 
     cli = LitAlignCLI(args=["--config", str(REPO / "configs" / "grpo.yaml"), "--trainer.max_steps", "0"], run=False)
     assert isinstance(cli.model, GRPO) and cli.model.num_generations == 8
+
+
+@pytest.mark.parametrize("kl_in", ["loss", "reward"])
+def test_the_kl_to_a_copied_reference_starts_at_zero_and_grows(kl_in, tmp_path):
+    """β > 0 builds a frozen copy of the starting policy: the first step's KL estimate is exactly 0 (policy =
+    reference), and it is positive once the policy has moved."""
+    from lit_align.objectives.reference import ReferenceSpec
+
+    torch.manual_seed(0)
+    model = _objective(beta=0.1, kl_in=kl_in, reference=ReferenceSpec(mode="copy"), lr=1e-2)
+    _fit(model, tmp_path, steps=4, logger=TensorBoardLogger(tmp_path, name="tb"))
+    kl = [v for _, v in _scalars(tmp_path / "tb", "train/policy/kl")]
+    assert kl[0] == 0.0 and kl[-1] > 0, kl
