@@ -10,6 +10,8 @@ Every task has known right answers, so learning is measurable on a tiny model in
             is the correction; no end token (partial generations)
     ranked  {prompt, completions, scores}: the right answer of a count or sum and two wrong ones, scored by how
             wrong they are (one item off vs three, off by 1 vs by 10 or more); k = 3, in a shuffled order
+    add     {prompt, completion}: the sums of `sft` alone ("What is 12 plus 30?" / "12 plus 30 is 42."): a task with
+            a checkable final number, for online RL with the final_number reward (configs/examples/grpo_add.yaml)
     ab      {question, answer_matching_behavior, answer_not_matching_behavior}: A/B questions whose
             matching answer is the correct one; split "id" compares numbers 0-49 ("Is a greater than b?"),
             split "ood" asks a different question about numbers 50-99 ("Which is smaller?")
@@ -26,7 +28,7 @@ import hashlib
 import random
 from typing import Callable
 
-TASKS = ("sft", "pairs", "steers", "ranked", "ab")
+TASKS = ("sft", "pairs", "steers", "ranked", "ab", "add")
 CORPUS_TASKS = ("sft", "pairs", "steers", "ab")
 """The tasks the built-in tokenizer was trained on (`ranked` reuses their words: adding it changed no token)."""
 DEFAULT_SIZE = {"train": 2000, "val": 200, "id": 200, "ood": 200}
@@ -72,6 +74,11 @@ def _qa(rng: random.Random) -> tuple[str, str, str]:
     article = "An" if fruit[0] in "aeiou" else "A"
     question = rng.choice(COLOUR_QUESTIONS).format(a=article.lower(), fruit=fruit)
     return question, f"{article} {fruit} is {colour}.", f"{article} {fruit} is {wrong}."
+
+
+def _add(rng: random.Random) -> dict:
+    a, b = rng.randint(0, 40), rng.randint(0, 40)
+    return {"prompt": f"What is {a} plus {b}?", "completion": f"{a} plus {b} is {a + b}."}
 
 
 def _sft(rng: random.Random) -> dict:
@@ -152,7 +159,7 @@ def builtin_records(task: str, split: str = "train", n: int | None = None, seed:
         raise ValueError(f"built-in task '{task}' has splits {', '.join(valid_splits)}, not '{split}'")
     n = DEFAULT_SIZE[split] if n is None else n
     make: Callable[[random.Random], dict] = {
-        "sft": _sft, "pairs": _pairs, "steers": _steers, "ranked": _ranked,
+        "sft": _sft, "pairs": _pairs, "steers": _steers, "ranked": _ranked, "add": _add,
         "ab": lambda r: _ab(r, ood=split == "ood"),
     }[task]
     want_held_out = split in ("val", "id")

@@ -143,6 +143,9 @@ class Objective(LightningModule):
     added_settings: dict = {}
     """Settings added after checkpoints were written -> the value their absence meant: a checkpoint without the key
     resumes under that value (resume.py)."""
+    allow_empty_steps: bool = False
+    """An optimizer step with nothing in its loss (count 0) is skipped instead of refused: online objectives, whose
+    samples may all tie or all be masked. Offline objectives refuse it (an empty mask is a data error)."""
     progress_metrics: tuple = ("loss",)
     """The train/ metrics shown on the progress bar (online RL adds its reward)."""
 
@@ -241,13 +244,15 @@ class Objective(LightningModule):
             return
         self._finite_step()
         count = counts[names.index("loss")]
-        if count <= 0:
+        if count <= 0 and not self.allow_empty_steps:
             raise LitAlignError("An optimizer step saw no loss targets (zero target tokens / pairs); refusing to "
                                 "average over nothing. Check max_length and the data summary above.")
-        scale = self.trainer.accumulate_grad_batches * self.trainer.world_size / count
+        scale = self.trainer.accumulate_grad_batches * self.trainer.world_size / count if count > 0 else 0.0
         for p in self.parameters():
-            if p.grad is not None:
+            if p.grad is not None and count > 0:
                 p.grad.mul_(scale)
+            elif count <= 0:  # nothing to learn from this step's samples (allow_empty_steps): no update
+                p.grad = None
         for n, s, c in zip(names, sums, counts):
             if c > 0:
                 self.log(f"train/{n}", s / c, on_step=True, on_epoch=False, prog_bar=n in self.progress_metrics,
