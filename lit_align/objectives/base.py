@@ -143,6 +143,9 @@ class Objective(LightningModule):
     added_settings: dict = {}
     """Settings added after checkpoints were written -> the value their absence meant: a checkpoint without the key
     resumes under that value (resume.py)."""
+    removed_settings: dict = {}
+    """Settings older checkpoints hold that the objective no longer has -> the only value they could have had there:
+    a checkpoint holding that value resumes (resume.py); any other value is refused, as a changed setting."""
     progress_metrics: tuple = ("loss",)
     """The train/ metrics shown on the progress bar (online RL adds its reward)."""
 
