@@ -242,7 +242,8 @@ class LitAlignCLI(LightningCLI):
         uses_total = self.model.optim_spec.uses_total_steps()
         objective = type(self.model)
         applied, refused = changed_settings(ckpt.get("hyper_parameters") or {}, dict(self.model.hparams),
-                                            objective.compute_only_settings, objective.added_settings)
+                                            objective.compute_only_settings, objective.added_settings,
+                                            objective.removed_settings)
         if callback is not None and callback.run_settings is not None and RUN_SETTINGS in ckpt:
             more_applied, more_refused = changed_run_settings(ckpt[RUN_SETTINGS], callback.run_settings, uses_total)
             applied, refused = applied + more_applied, refused + more_refused

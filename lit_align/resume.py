@@ -8,8 +8,9 @@ older checkpoints beside its own. Resume it with `--ckpt_path last`, or give the
 A resumed run continues its checkpoint's run exactly, so every setting that changes what the remaining steps
 compute must be the checkpoint's:
 - the objective's settings (its hyperparameters, stored by Lightning; `changed_settings`), apart from the
-  compute-only ones (`Objective.compute_only_settings`: how the numbers are computed, not the numbers), and a
-  setting added after the checkpoint was written read as its old meaning (`Objective.added_settings`);
+  compute-only ones (`Objective.compute_only_settings`: how the numbers are computed, not the numbers); a setting
+  added after the checkpoint was written reads as its old meaning (`Objective.added_settings`), and one since
+  removed passes where the checkpoint holds the only value it could have had (`Objective.removed_settings`);
 - the run's settings (`run_settings`, stored by RunCheckpoint under RUN_SETTINGS): the data module's options
   (sources, limits, splits, tokenization, batch size, seed, order), the seed, and the trainer options that change
   a step (accumulation, clipping, precision, the train-batch limit); max_steps / max_epochs only where the
@@ -80,13 +81,15 @@ def _said(key: str, old, new, missing) -> str:
             f"{'(absent)' if new is missing else repr(new)} now")
 
 
-def changed_settings(saved: dict, now: dict, compute_only=COMPUTE_ONLY,
-                     added: dict | None = None) -> tuple[list[str], list[str]]:
+def changed_settings(saved: dict, now: dict, compute_only=COMPUTE_ONLY, added: dict | None = None,
+                     removed: dict | None = None) -> tuple[list[str], list[str]]:
     """The model settings (hyperparameters) that differ between a checkpoint and this run, as `key: old -> new`:
-    (compute-only ones, the others). The objective declares both rules (`Objective.compute_only_settings`,
-    `added_settings`): `compute_only`, the names (at any depth) a resume may change; `added`, settings added after
-    checkpoints were written -> the value their absence meant (a checkpoint without the key resumes under it)."""
-    added = added or {}
+    (compute-only ones, the others). The objective declares the rules (`Objective.compute_only_settings`,
+    `added_settings`, `removed_settings`): `compute_only`, the names (at any depth) a resume may change; `added`,
+    settings added after checkpoints were written -> the value their absence meant (a checkpoint without the key
+    resumes under it); `removed`, settings the objective no longer has -> the only value they could have had (a
+    checkpoint holding it resumes)."""
+    added, removed = added or {}, removed or {}
     old, new = flat(saved), flat(now)
     if old.get("class_path") != new.get("class_path"):  # another objective: its settings are not comparable
         return [], [f"model.class_path (the objective): {old.get('class_path')!r} in the checkpoint, "
@@ -97,6 +100,8 @@ def changed_settings(saved: dict, now: dict, compute_only=COMPUTE_ONLY,
         a, b = old.get(key, missing), new.get(key, missing)
         if a is missing and key in added:
             a = added[key]
+        if b is missing and key in removed and a == removed[key]:
+            continue
         if a != b:
             line = _said(f"model.{'' if key == 'class_path' else 'init_args.'}{key}", a, b, missing)
             (applied if key.rsplit(".", 1)[-1] in compute_only else refused).append(line)

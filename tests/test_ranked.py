@@ -161,6 +161,22 @@ def test_listwise_dpo_trains_from_the_cli_with_a_cached_reference(tmp_path, monk
     assert len(scalars(run, "val/rewards/ranking_accuracy")) == 2
 
 
+def test_a_checkpoint_from_when_listwise_dpo_subclassed_dpo_resumes():
+    """ListwiseDPO was a DPO until issue 23: its checkpoints hold DPO's label_smoothing and length_normalize, which it
+    could not set (`removed_settings`); they resume, and another value of them would be refused."""
+    from lit_align.objectives import ListwiseDPO
+    from lit_align.resume import changed_settings
+
+    now = {"_class_path": "lit_align.objectives.ListwiseDPO", "policy": None, "optim": None, "packed": False,
+           "pair_weights": False, "beta": 0.1, "loss": "plackett_luce", "nll_weight": 0.5, "reference": None,
+           "shared_context": True}
+    saved = {**now, "label_smoothing": 0.0, "length_normalize": None}              # as written before issue 23
+    rules = ListwiseDPO.compute_only_settings, ListwiseDPO.added_settings, ListwiseDPO.removed_settings
+    assert changed_settings(saved, now, *rules) == ([], [])
+    assert changed_settings({**saved, "label_smoothing": 0.1}, now, *rules)[1]
+    assert set(ListwiseDPO(nll_weight=0.5).hparams) == set(now) - {"_class_path"}
+
+
 def test_the_reward_model_reads_ranked_lists():
     import torch
 

@@ -395,6 +395,39 @@ def test_every_steer_config_parses(config):
     assert policy.name and data.val_sources and spec.multipliers
 
 
+def test_the_steer_command_line_is_parsed_by_jsonargparse(tmp_path, capsys):
+    """`lit_align steer`'s options as `fit`'s: repeated --config merged in order, overrides at any depth of model /
+    data / steer, a training config as it is (its other sections ignored); the choices checked at parsing; a missing
+    file, an unknown key or a bad value said in one sentence (exit 2), nothing loaded."""
+    from lit_align.cli import main
+    from lit_align.cli.steer import parse_args, read_config
+
+    steer = str(REPO / "configs" / "steer.yaml")
+    cfg = parse_args(["--config", steer, "--steer.layers", "[1]", "--steer.multipliers", "[-8, 0, 8]",
+                      "--model.init_args.policy.name", "builtin:tiny", "--data.init_args.val.id.limit", "6"])
+    spec, policy, data = read_config(cfg)
+    assert (spec.layers, spec.multipliers, spec.name, policy.name) == ([1], [-8.0, 0.0, 8.0], "steer", "builtin:tiny")
+    assert data.val_sources["id"].limit == 6 and data.val_sources["ood"].limit == 200 and cfg["_files"] == [steer]
+    spec, policy, _ = read_config(parse_args(["--config", str(REPO / "configs" / "dpo.yaml"), "--config", steer]))
+    assert policy.name == "builtin:organism" and spec.layers == "all"           # the later file wins
+    extra = tmp_path / "extra.yaml"
+    for yaml_text, said in [("steer:\n  bogus: 1\n", "bogus"), ("steer:\n  method: magic\n", "mean_diff, pca"),
+                            ("steer:\n  read: [1]\n", "steer.read"), ("steer:\n  multipliers: []\n", "non-empty"),
+                            ("steer:\n  layers: some\n", "list of block indices or all")]:
+        extra.write_text(yaml_text)
+        with pytest.raises(LitAlignError, match=said):
+            read_config(parse_args(["--config", steer, "--config", str(extra)]))
+    for argv, said in [([], "give a config"), (["--config", str(tmp_path / "none.yaml")], "does not exist"),
+                       (["--config", steer, "--steer.method", "magic"],
+                        "option steer.method: must be one of mean_diff, pca, not 'magic'"),
+                       (["--config", steer, "--steer.positions"], "expected one argument")]:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as e:
+            main(["steer", *argv])
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 2 and said in err and len(err.splitlines()) == 1, err
+
+
 def test_lit_align_steer_writes_the_grid_csv_summary_and_png(tmp_path, monkeypatch, capsys):
     from lit_align.cli import main
 

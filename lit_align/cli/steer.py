@@ -17,8 +17,13 @@ ModelSpec; the data module: train = the extraction pairs, val = the evaluation s
       name: null                   # default the logger's name (trainer.logger.init_args.name), else the file's
       device: auto                 # auto (cuda when there is one), cpu, cuda, cuda:1, ...
 
-Other sections (trainer, seed_everything, ...) are ignored. Any key can be overridden on the command line as
-`--steer.layers "[1, 2]"` or `--data.init_args.train.limit 64` (values are read as YAML).
+The command line is parsed by jsonargparse, as `fit`'s (lightning_cli.py): `--config FILE` (repeatable: merged in
+order), `steer:` typed by the `SteerSpec` dataclass (its choices Literal types, checked at parsing), `model:` and
+`data:` typed as `fit` types them (an objective, default SFT, of which only `init_args.policy` is read; a data module,
+default AlignDataModule), so any key is overridden as in `fit`: `--steer.layers "[1, 2]"`,
+`--data.init_args.train.limit 64`. A training config's other sections (`TRAINING_SECTIONS`: trainer, seed_everything,
+...) are accepted and ignored, but for the logger's name. A missing config file, an unknown key or a value of the
+wrong type is said in one sentence (exit 2).
 
 Outputs under `out`: vector.safetensors; steer.csv (set, layer, multiplier, p_match, match_rate, margin, n);
 steer_summary.csv and steer_summary.md (per set and layer: p_match at multiplier 0 and at the ends of the grid,
@@ -34,11 +39,11 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
-import yaml
 
-from lit_align.config import deep_merge, read_yaml, set_dotted, spec_from_dict
+from lit_align.config import spec_from_dict
 from lit_align.errors import LitAlignError
 from lit_align.modeling.models import ModelSpec, load_model, load_tokenizer, policy_spec
 from lit_align.steering.vectors import (CHECKS, METHODS, POSITIONS, READS, SteeringVector, contrast_margins,
@@ -49,26 +54,49 @@ CSV_COLUMNS = ("set", "layer", "multiplier", "p_match", "match_rate", "margin", 
 SUMMARY_COLUMNS = ("set", "layer", "p_match_0", "p_match_m_min", "p_match_m_max", "steerability", "anti_steerable", "n")
 
 
+TRAINING_SECTIONS = {"trainer": dict | None, "seed_everything": bool | int | None, "ckpt_path": str | None,
+                     "checkpoint": dict | None, "export": dict | None, "nonfinite": dict | None,
+                     "requeue": dict | None, "generate": dict | None}
+"""The sections of a `fit` config (lightning_cli.py) besides model and data: accepted so that a training config can be
+given as it is, and ignored (but for `trainer.logger.init_args.name`, the default `steer.name`)."""
+
+
 @dataclass
 class SteerSpec:
-    """The `steer:` section (module docstring)."""
+    """The `steer:` section (module docstring); jsonargparse checks the types, `validate` what they cannot say.
 
-    layers: "list[int] | str" = "all"
+    Args:
+        layers: blocks to extract and evaluate: a list of indices (0-based; negative from the end), one, or all.
+        multipliers: the grid's α: the residual stream at a block gets + α·v.
+        positions: after_prompt (CAA: from the first answer token on) or all.
+        method: mean_diff (CAA) or pca.
+        read: where the activations are read: answer (the letter token), answer_end or continuation_mean.
+        n_pairs: extract from at most this many training pairs (null: all).
+        vector: a saved vector to evaluate instead of extracting one.
+        check: with `vector`: weights, architecture (a fine-tuned descendant) or none.
+        out: the output folder (default logs/<name>/steer).
+        name: default the logger's name (trainer.logger.init_args.name), else the last config file's.
+        device: auto (cuda when there is one), cpu, cuda, cuda:1, ...
+    """
+
+    layers: list[int] | int | str = "all"                # "all" or indices; another string: `validate` refuses it
     multipliers: list[float] = field(default_factory=lambda: [-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0])
-    positions: str = "after_prompt"
-    method: str = "mean_diff"
-    read: str = "answer"
+    positions: Literal[POSITIONS] = "after_prompt"
+    method: Literal[METHODS] = "mean_diff"
+    read: Literal[READS] = "answer"
     n_pairs: int | None = None
     vector: str | None = None
-    check: str = "weights"
+    check: Literal[CHECKS] = "weights"
     out: str | None = None
     name: str | None = None
     device: str = "auto"
 
     def validate(self) -> None:
         for key, allowed in (("positions", POSITIONS), ("method", METHODS), ("read", READS), ("check", CHECKS)):
-            if getattr(self, key) not in allowed:
+            if getattr(self, key) not in allowed:   # (a SteerSpec built in Python, not parsed)
                 raise LitAlignError(f"steer.{key} must be one of {', '.join(allowed)}, not '{getattr(self, key)}'")
+        if isinstance(self.layers, str) and self.layers != "all":
+            raise LitAlignError(f"steer.layers must be a list of block indices or all, not '{self.layers}'")
         if not isinstance(self.multipliers, list) or not self.multipliers or not all(
                 isinstance(m, (int, float)) and not isinstance(m, bool) for m in self.multipliers):
             raise LitAlignError(f"steer.multipliers must be a non-empty list of numbers, not {self.multipliers!r}")
@@ -77,38 +105,44 @@ class SteerSpec:
 # -- the config ---------------------------------------------------------------------------------------------
 
 
+def build_parser():
+    """The jsonargparse parser of `lit_align steer` (module docstring); it raises its errors (parse_args says them)."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    from lit_align.data.datamodule import AlignDataModule
+    from lit_align.objectives.base import Objective
+
+    parser = ArgumentParser(prog="lit_align steer", description=__doc__.split("\n\n")[0], exit_on_error=False)
+    parser.add_argument("--config", action=ActionConfigFile, help="a config file (YAML; repeatable, merged in order)")
+    parser.add_argument("--steer", type=SteerSpec, default=SteerSpec(), help="the steering grid (SteerSpec)")
+    parser.add_subclass_arguments(Objective, "model", required=False, help="the objective: only init_args.policy is read")
+    parser.add_subclass_arguments(AlignDataModule, "data", required=False,
+                                  help="train: the extraction pairs; val: the evaluation sets")
+    parser.set_defaults({"model": {"class_path": "lit_align.objectives.SFT"},
+                         "data": {"class_path": "lit_align.data.AlignDataModule"}})
+    for name, kind in TRAINING_SECTIONS.items():
+        parser.add_argument(f"--{name}", type=kind, default=None, help="(a training config's: ignored)")
+    return parser
+
+
 def parse_args(argv: list[str]) -> dict:
-    """`--config FILE` (once or more, merged in order) and `--a.b.c VALUE` overrides -> the config dict."""
-    cfg: dict = {}
-    overrides: list[tuple[str, object]] = []
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg in ("-h", "--help"):
-            print(__doc__)
-            sys.exit(0)
-        if not arg.startswith("--"):
-            raise LitAlignError(f"steer: unexpected argument '{arg}' (usage: lit_align steer --config X.yaml "
-                                "[--steer.layers '[1, 2]'] ...)")
-        key, eq, value = arg[2:].partition("=")
-        if not eq:
-            if i + 1 >= len(argv):
-                raise LitAlignError(f"steer: --{key} needs a value")
-            value, i = argv[i + 1], i + 1
-        i += 1
-        if key == "config":
-            path = Path(value)
-            if not path.is_file():
-                raise LitAlignError(f"steer: config file {path} not found")
-            cfg = deep_merge(cfg, read_yaml(path))
-            cfg.setdefault("_files", []).append(str(path))
-        else:
-            overrides.append((key, yaml.safe_load(value)))
-    for key, value in overrides:
-        set_dotted(cfg, key, value, f"--{key}")
-    if "_files" not in cfg:
+    """`--config FILE` (once or more, merged in order) and `--a.b.c VALUE` overrides -> the config as plain data:
+    {"_files": [the config files], "steer": {...}, "model": {"class_path", "init_args"}, "data": {...}, ...}."""
+    from jsonargparse import ArgumentError
+
+    from lit_align.lightning_cli import parse_error_sentence  # (and `fit`'s YAML loader and data-path rules)
+
+    parser = build_parser()
+    try:
+        parsed = parser.parse_args(argv)
+    except ArgumentError as e:
+        raise LitAlignError(f"{' '.join(parse_error_sentence(str(e)).split())} (all options: lit_align steer --help)"
+                            ) from None
+    cfg = parsed.as_dict()
+    files = [str(path) for path in cfg.pop("config", None) or []]
+    if not files:
         raise LitAlignError("steer: give a config: lit_align steer --config configs/steer.yaml")
-    return cfg
+    return {"_files": files, **cfg}
 
 
 def _datamodule(cfg: dict):

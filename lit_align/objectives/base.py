@@ -146,6 +146,9 @@ class Objective(LightningModule):
     allow_empty_steps: bool = False
     """An optimizer step with nothing in its loss (count 0) is skipped instead of refused: online objectives, whose
     samples may all tie or all be masked. Offline objectives refuse it (an empty mask is a data error)."""
+    removed_settings: dict = {}
+    """Settings older checkpoints hold that the objective no longer has -> the only value they could have had there:
+    a checkpoint holding that value resumes (resume.py); any other value is refused, as a changed setting."""
     progress_metrics: tuple = ("loss",)
     """The train/ metrics shown on the progress bar (online RL adds its reward)."""
 

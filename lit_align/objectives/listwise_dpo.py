@@ -14,7 +14,10 @@ For k = 2 both are DPO's sigmoid loss. Each prompt runs once and its k continuat
 (`shared_context`, the layout of prefix-DPO: collate_prefix, logprobs.shared_context_logps; rows
 continuation-major: [0:B] the best of each prompt, ..., [(k-1)B:kB] the worst), or with `shared_context: false`
 prompt + continuation in each of the k·B rows of one forward pass (collate.py); the reference is DPO's (a frozen
-copy, the LoRA base, or a cache). Metrics: the shared naming with chosen = the best and rejected
+copy, the LoRA base, or a cache). ListwiseDPO is a pair objective of its own (objectives/pairs.py: layout,
+`pair_weights`, the shared metrics), not a DPO: DPO's options that mean nothing on a ranking (label_smoothing,
+length_normalize, packed) are not among its options (`removed_settings`: checkpoints written while it subclassed DPO
+hold their only values, and resume). Metrics: the shared naming with chosen = the best and rejected
 = the worst completion ({split}/rewards/{chosen, rejected, margins, accuracy}, {split}/logps/*), plus
 {split}/rewards/ranking_accuracy: the share of the C(k,2) pairs whose rewards are in the ranking's order.
 """
@@ -28,12 +31,14 @@ from lit_align.modeling.logprobs import SeqLogps
 from lit_align.losses import RANKING_LOSSES, chosen_nll, ranked_margins
 from lit_align.modeling.models import ModelSpec
 from lit_align.objectives.base import OptimSpec, Sums
-from lit_align.objectives.dpo import DPO
-from lit_align.objectives.prefix_dpo import check_shared_context
-from lit_align.objectives.reference import ReferenceSpec
+from lit_align.objectives.pairs import PairObjective, check_shared_context
+from lit_align.objectives.reference import ReferenceSpec, build_reference
 
 
-class ListwiseDPO(DPO):
+class ListwiseDPO(PairObjective):
+    removed_settings = {"label_smoothing": 0.0, "length_normalize": None}
+    # (hyperparameters of the DPO it subclassed until issue 23, which it could not set: a checkpoint holds these)
+
     def __init__(
         self,
         policy: ModelSpec | None = None,
@@ -60,11 +65,15 @@ class ListwiseDPO(DPO):
         """
         if loss not in RANKING_LOSSES:
             raise LitAlignError(f"loss must be one of {', '.join(RANKING_LOSSES)}, not '{loss}'")
-        super().__init__(policy, optim, beta=beta, nll_weight=nll_weight, reference=reference,
-                         pair_weights=pair_weights)
+        if beta <= 0:
+            raise LitAlignError(f"beta must be > 0, not {beta}")
+        if nll_weight < 0:
+            raise LitAlignError(f"nll_weight must be >= 0, not {nll_weight}")
+        super().__init__(policy, optim, packed=False, pair_weights=pair_weights)
+        self.beta, self.loss_name, self.nll_weight = beta, loss, nll_weight
         self.shared_context = shared_context
         check_shared_context(self)
-        self.loss_name = loss
+        self.reference = build_reference(reference)
 
     def layout_name(self) -> str:  # (B, k) log-probs
         return "shared_ranked" if self.shared_context else "ranked"

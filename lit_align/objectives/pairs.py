@@ -1,4 +1,5 @@
-"""What every preference objective on pairs (x, y_w, y_l) shares: DPO, prefix-DPO, SimPO and ORPO.
+"""What every preference objective on pairs (x, y_w, y_l) shares: DPO, prefix-DPO, SimPO, ORPO and listwise DPO
+(a ranking of k; its pair is the best and the worst).
 
 `PairObjective` holds, in one place:
 - the batch layout (layouts.py): padded rows, chosen and rejected in ONE forward pass (collate.py, layout
@@ -96,3 +97,11 @@ def check_pair_weights(datamodule) -> None:
             if ex.weight is not None and not ex.weight > 0:
                 raise DataError(ex.where, f"pair_weights: true needs a weight > 0 on every pair, got {ex.weight!r} "
                                 "(leave the pair out instead, or set pair_weights: false)", field="weight")
+
+
+def check_shared_context(objective) -> None:
+    """Refuse `shared_context` (prefix-DPO, listwise DPO: the context once, its continuations on its key/value
+    cache) with gradient checkpointing, which turns the cache off."""
+    if objective.shared_context and objective.policy_spec.gradient_checkpointing:
+        raise LitAlignError(f"{type(objective).__name__}: gradient checkpointing turns the key/value cache off; "
+                            "set shared_context: false with it")

@@ -26,12 +26,7 @@ from __future__ import annotations
 from lit_align.errors import LitAlignError
 from lit_align.objectives.base import Sums
 from lit_align.objectives.dpo import DPO
-
-
-def check_shared_context(objective) -> None:
-    if objective.shared_context and objective.policy_spec.gradient_checkpointing:
-        raise LitAlignError(f"{type(objective).__name__}: gradient checkpointing turns the key/value cache off; "
-                            "set shared_context: false with it")
+from lit_align.objectives.pairs import check_shared_context
 
 
 class PrefixDPO(DPO):
