@@ -2,6 +2,7 @@
 
     bash scripts/setup.sh bench                  # lit_align + the bench extra (trl, matplotlib)
     .venv/bin/python scripts/bench.py            # ~2-10 M param Llama, fp32, CPU: a few minutes
+    .venv/bin/python scripts/bench.py --sections grpo --optimizer fused   # GRPO beside TRL's GRPOTrainer only
     .venv/bin/python scripts/bench.py --hidden 896 --layers 24 --heads 14 --kv-heads 2 --intermediate 4864 \
         --vocab 151936 --batch 8 --max-length 1024 --device cuda --precision bf16   # ~0.5 B on a GPU
 
@@ -16,6 +17,12 @@ forked process:
     memory    peak resident memory during training minus the resident memory before it (the model, its
               reference and the data are loaded before): activations, gradients, optimizer state,
               temporaries. On CUDA: torch.cuda.max_memory_allocated.
+GRPO (`--sections grpo`, opt-in): lit_align's online objective beside TRL's GRPOTrainer on the same model and
+HH-RLHF prompts (chat messages), `--grpo-prompts` prompts x `--grpo-generations` completions per step, up to
+`--grpo-max-new-tokens` tokens each, temperature 1, top_k 0, top_p 1, beta 0 (no reference model), GRPO advantages
+and loss (sequence mean), one update per sample batch, the same deterministic reward (length_reward), no
+accumulation. Per row: step time (median, sampling included), samples/s (completions / s), the median sampling
+time within the step, real prompt + completion tokens per step, the mean completion length, and peak memory.
 Set BENCH_VERBOSE=1 to see the rows' own output. Ratios are against the TRL row of the same objective (>1: lit_align faster / TRL uses more memory).
 
 The prefix-sharing table times one forward + backward of prefix-DPO's policy log-probs on synthetic pairs
@@ -181,6 +188,7 @@ class Meter:
     def __init__(self, device: str):
         self.device, self.ends, self.tokens = device, [], []
         self.real, self.slots = [], []  # real tokens and token slots (real + padding) of the model inputs
+        self.samples, self.completion_tokens, self.sampling_s = [], [], []  # online RL: per step's rollout
 
     def padding(self) -> float:
         return 1 - sum(self.real) / sum(self.slots) if self.slots else float("nan")
@@ -212,9 +220,24 @@ class Meter:
         gaps = [b - a for a, b in zip(self.ends[warmup:], self.ends[warmup + 1:])]
         toks = self.tokens[warmup + 1: warmup + 1 + len(gaps)]
         step = statistics.median(gaps)
-        return {"step_s": step, "tokens_per_s": sum(toks) / sum(gaps), "peak_mb": self.peak_mb(),
-                "peak_total_mb": self.peak_total_mb(), "tokens_per_step": statistics.mean(toks),
-                "padding": self.padding()}
+        out = {"step_s": step, "tokens_per_s": sum(toks) / sum(gaps), "peak_mb": self.peak_mb(),
+               "peak_total_mb": self.peak_total_mb(), "tokens_per_step": statistics.mean(toks),
+               "padding": self.padding()}
+        if self.samples:  # online RL: completions per second, sampling time, completion length
+            timed = slice(warmup + 1, warmup + 1 + len(gaps))
+            samples = self.samples[timed]
+            out.update(samples_per_s=sum(samples) / sum(gaps), samples_per_step=statistics.mean(samples),
+                       sampling_s=statistics.median(self.sampling_s[timed]),
+                       completion_length=sum(self.completion_tokens[timed]) / sum(samples))
+        return out
+
+    def rollout(self, prompt_tokens: int, completion_lengths: list[int], seconds: float) -> None:
+        """One step's samples (online RL): real prompt tokens (once per completion), each completion's length, and
+        the time spent sampling them."""
+        self.tokens.append(prompt_tokens + sum(completion_lengths))
+        self.samples.append(len(completion_lengths))
+        self.completion_tokens.append(sum(completion_lengths))
+        self.sampling_s.append(seconds)
 
 
 def _status_kb(key: str) -> int:
@@ -410,6 +433,146 @@ def flops(cfg, C: int, L: int, shared: bool, head_everywhere: bool = False) -> f
     return tokens * per_token + 4 * H * layers * attn_pairs + head
 
 
+# -- online RL: GRPO beside TRL's GRPOTrainer ---------------------------------------------------------------
+
+
+def grpo_cases(args) -> list[Case]:
+    rows = [Case("GRPO", "TRL"), Case("GRPO", "lit_align")]
+    return [r for r in rows if args.trl != "off" or r.impl != "TRL"]
+
+
+def length_reward(prompts, completions, *records, **kwargs) -> list[float]:
+    """The GRPO rows' reward, the same function on both sides (deterministic): a completion's length in characters
+    / 100. lit_align passes completions as text; TRL, for chat prompts, as [{"role": "assistant", "content"}]."""
+    return [len(c if isinstance(c, str) else c[-1]["content"]) / 100 for c in completions]
+
+
+def prepare_prompts(args, model_dir: Path, out: Path) -> tuple[Path, int]:
+    """The prompts (chat messages) of the first HH-RLHF pairs that fit max_length (prepare_pairs's order), enough
+    for every step of a GRPO row, as {prompt} JSONL: a prompt alone for lit_align, the prompt column for TRL."""
+    need = args.grpo_prompts * (args.warmup + args.steps + 1)
+    pairs, n = write_fitting_pairs(hh_pairs(args.data), model_dir, args.max_length, need,
+                                   out.with_name(out.stem + "_pairs.jsonl"))
+    rows = [{"prompt": json.loads(line)["prompt"]} for line in pairs.read_text().splitlines()]
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return out, n
+
+
+def run_lit_align_grpo(case: Case, args, model_dir: Path, data: Path, cache_dir: str) -> dict:
+    import lightning as L
+
+    from lit_align.data import AlignDataModule
+    from lit_align.modeling.models import ModelSpec
+    from lit_align.objectives import GRPO, OptimSpec
+
+    meter = Meter(args.device)
+    obj = GRPO(policy=ModelSpec(name=str(model_dir), dtype="float32"),
+               optim=OptimSpec(lr=1e-5, schedule="constant", implementation=args.optimizer),
+               rewards=length_reward, num_generations=args.grpo_generations,
+               max_new_tokens=args.grpo_max_new_tokens, temperature=1.0, top_p=1.0, top_k=0, beta=0.0,
+               advantage="grpo", loss_aggregation="sequence_mean", log_samples_every_n_steps=0, **case.extra)
+    dm = AlignDataModule(train=str(data), batch_size=args.grpo_prompts, max_length=args.max_length, shuffle=False)
+    dm.connect(obj.tokenizer, obj.layout)
+    obj.configure_model()
+    sample = obj.sample
+
+    def timed_sample(batch):
+        if args.device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        contexts, completions = sample(batch)
+        if args.device == "cuda":
+            torch.cuda.synchronize()
+        meter.rollout(sum(map(len, contexts)), [len(y) for y in completions], time.perf_counter() - start)
+        return contexts, completions
+
+    obj.sample = timed_sample
+
+    class Timer(L.Callback):
+        def on_train_start(self, trainer, module):
+            meter.start()
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            meter.step_end()
+
+    trainer = L.Trainer(accelerator=args.device, devices=1, precision=_lightning_precision(args), logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        max_steps=args.warmup + args.steps + 1, limit_val_batches=0, num_sanity_val_steps=0,
+                        callbacks=[Timer()])
+    trainer.fit(obj, datamodule=dm)
+    return meter.result(args.warmup)
+
+
+def run_trl_grpo(case: Case, args, model_dir: Path, data: Path, out_dir: str) -> dict:
+    from datasets import Dataset
+    from transformers import AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    meter = Meter(args.device)
+    dataset = Dataset.from_list([json.loads(line) for line in data.read_text().splitlines()])
+    P, G = args.grpo_prompts, args.grpo_generations
+    config = GRPOConfig(
+        output_dir=out_dir, per_device_train_batch_size=P * G, gradient_accumulation_steps=1, num_generations=G,
+        max_completion_length=args.grpo_max_new_tokens, temperature=1.0, top_p=1.0, top_k=0, min_p=None,
+        repetition_penalty=1.0, beta=0.0, num_iterations=1, loss_type="grpo", scale_rewards="group", epsilon=0.2,
+        mask_truncated_completions=False, shuffle_dataset=False, use_vllm=False, log_completions=False,
+        learning_rate=1e-5, lr_scheduler_type="constant", max_steps=args.warmup + args.steps + 1,
+        bf16=args.precision == "bf16", fp16=False, gradient_checkpointing=False, logging_steps=10 ** 6,
+        save_strategy="no", report_to="none", disable_tqdm=True, dataloader_num_workers=0, seed=0,
+        use_cpu=args.device == "cpu",
+        # lit_align's --optimizer: fused is the same torch AdamW; otherwise torch's default for the device
+        # (for_loop on CPU, foreach on CUDA), which transformers' adamw_torch leaves unset
+        optim="adamw_torch_fused" if args.optimizer == "fused" else "adamw_torch", **case.extra)
+    trainer = GRPOTrainer(model=str(model_dir), reward_funcs=length_reward, args=config, train_dataset=dataset,
+                          processing_class=AutoTokenizer.from_pretrained(model_dir))
+    generate, rollout = trainer._generate, trainer._generate_and_score_completions
+    spans = []
+
+    def timed_generate(prompts):  # tokenizing the prompts (chat template) and sampling the completions
+        if args.device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        out = generate(prompts)
+        if args.device == "cuda":
+            torch.cuda.synchronize()
+        spans.append(time.perf_counter() - start)
+        return out
+
+    def counting_rollout(inputs):
+        out = rollout(inputs)
+        meter.rollout(int(out["prompt_mask"].sum()), out["completion_mask"].sum(1).tolist(), spans.pop())
+        return out
+
+    trainer._generate, trainer._generate_and_score_completions = timed_generate, counting_rollout
+
+    class Timer(TrainerCallback):
+        def on_train_begin(self, *a, **k):
+            meter.start()
+
+        def on_step_end(self, *a, **k):
+            meter.step_end()
+
+    trainer.add_callback(Timer())
+    trainer.train()
+    return meter.result(args.warmup)
+
+
+def grpo_table(results: list[tuple[Case, dict]]) -> str:
+    """Side by side: step time, samples/s, the sampling part of the step, tokens, memory; ratios lit_align / TRL."""
+    trl = {c.objective: r for c, r in results if c.impl == "TRL"}
+    lines = ["| objective | implementation | step (ms) | samples/s | of which sampling (ms) | tokens/step | "
+             "completion length | peak memory (MB) | samples/s vs TRL | memory vs TRL |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for c, r in results:
+        ref = trl.get(c.objective)
+        speed = f"{r['samples_per_s'] / ref['samples_per_s']:.2f}x" if ref and c.impl != "TRL" else ""
+        mem = f"{r['peak_mb'] / ref['peak_mb']:.2f}x" if ref and c.impl != "TRL" else ""
+        lines.append(f"| {c.objective} | {c.impl} | {r['step_s'] * 1e3:.0f} | {r['samples_per_s']:.1f} | "
+                     f"{r['sampling_s'] * 1e3:.0f} | {r['tokens_per_step']:.0f} | {r['completion_length']:.1f} | "
+                     f"{r['peak_mb']:.0f} | {speed} | {mem} |")
+    return "\n".join(lines)
+
+
 # -- running each row in a fresh process --------------------------------------------------------------------
 
 
@@ -547,7 +710,11 @@ def main(argv=None) -> None:
     p.add_argument("--continuation", type=int, default=64, help="prefix table: tokens per continuation")
     p.add_argument("--prefix-batch", type=int, default=4)
     p.add_argument("--prefix-repeats", type=int, default=4)
-    p.add_argument("--sections", nargs="*", default=["speed", "memory", "prefix"])
+    p.add_argument("--sections", nargs="*", default=["speed", "memory", "prefix"],
+                   help="tables to run, among speed, memory, prefix and grpo (GRPO beside TRL's GRPOTrainer: opt-in)")
+    p.add_argument("--grpo-prompts", type=int, default=4, help="grpo: prompts per step")
+    p.add_argument("--grpo-generations", type=int, default=4, help="grpo: completions per prompt (G)")
+    p.add_argument("--grpo-max-new-tokens", type=int, default=16, help="grpo: the longest completion")
     p.add_argument("--optimizer", choices=list(OPTIMIZER_IMPLEMENTATIONS), default=OptimSpec.implementation,
                    help="lit_align's AdamW implementation (OptimSpec.implementation)")
     p.add_argument("--objectives", nargs="*", help="speed table: only these objectives' rows (e.g. SFT IW-SFT)")
@@ -609,6 +776,21 @@ def main(argv=None) -> None:
         rows = [in_fresh_process(prefix_case, args.threads, args, model_dir, r) for r in args.prefix_ratios]
         out += ["### Prefix sharing (prefix-DPO policy forward + backward)", "", prefix_table(rows), ""]
         print("\n" + prefix_table(rows) + "\n", flush=True)
+    if "grpo" in args.sections:
+        prompts, n_prompts = prepare_prompts(args, model_dir, work / "prompts.jsonl")
+        results = []
+        for c in grpo_cases(args):
+            runner = run_trl_grpo if c.impl == "TRL" else run_lit_align_grpo
+            print(f"  {c.objective} / {c.impl} ...", end="", flush=True)
+            r = in_fresh_process(runner, args.threads, c, args, model_dir, prompts, tempfile.mkdtemp(dir=work))
+            print(f" {r['step_s'] * 1e3:.0f} ms/step, {r['samples_per_s']:.1f} samples/s, {r['peak_mb']:.0f} MB",
+                  flush=True)
+            results.append((c, r))
+        title = (f"### GRPO vs TRL's GRPOTrainer ({args.grpo_prompts} prompts x {args.grpo_generations} completions "
+                 f"of up to {args.grpo_max_new_tokens} tokens per step, temperature 1, beta 0; {n_prompts} HH-RLHF "
+                 f"prompts)")
+        out += [title, "", grpo_table(results), ""]
+        print("\n" + grpo_table(results) + "\n", flush=True)
     if args.out:
         Path(args.out).write_text("\n".join(out) + "\n")
         print(f"tables written to {args.out}")
