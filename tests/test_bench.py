@@ -1,4 +1,5 @@
-"""scripts/bench.py runs end to end without TRL (CI has no TRL), and its FLOP model behaves as it should."""
+"""scripts/bench.py runs end to end without TRL (CI has no TRL), its GRPO row and table too, and its FLOP model
+behaves as it should."""
 
 import subprocess
 import sys
@@ -37,3 +38,32 @@ def test_flop_ideal_of_prefix_sharing():
     assert ideal[0] == pytest.approx(1.0)                     # nothing shared: nothing to save
     assert all(a < b for a, b in zip(ideal, ideal[1:]))       # the more is shared, the more it saves
     assert ideal[-1] < 2.0 and ideal[-1] > 1.9                # two continuations: at most 2x
+
+
+@requires_shared
+@pytest.mark.slow
+def test_bench_grpo_lit_align_row_runs_without_trl(tmp_path):
+    out = tmp_path / "bench.md"
+    cmd = [sys.executable, str(REPO / "scripts" / "bench.py"), "--sections", "grpo", "--trl", "off",
+           "--hidden", "32", "--intermediate", "64", "--layers", "1", "--heads", "2", "--kv-heads", "1",
+           "--vocab", "1000", "--steps", "1", "--warmup", "0", "--grpo-prompts", "2", "--grpo-generations", "2",
+           "--grpo-max-new-tokens", "4", "--max-length", "128", "--threads", "1", "--out", str(out)]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    table = out.read_text()
+    assert "### GRPO vs TRL's GRPOTrainer (2 prompts x 2 completions of up to 4 tokens" in table, table
+    assert "| GRPO | lit_align |" in table and "| TRL" not in table, table
+
+
+def test_grpo_reward_and_table():
+    """The reward reads lit_align's text completions and TRL's chat-message ones alike; the table's ratios are
+    lit_align / TRL."""
+    assert bench.length_reward(["p"] * 2, ["abc", ""], [{}, {}]) == [0.03, 0.0]
+    assert bench.length_reward(prompts=[[{"role": "user", "content": "p"}]],
+                               completions=[[{"role": "assistant", "content": "abcd"}]], completion_ids=[[1]]) == [0.04]
+    row = {"step_s": 0.5, "samples_per_s": 32.0, "sampling_s": 0.3, "tokens_per_step": 900, "completion_length": 16.0,
+           "peak_mb": 100.0}
+    table = bench.grpo_table([(bench.Case("GRPO", "TRL"), row),
+                              (bench.Case("GRPO", "lit_align"), {**row, "samples_per_s": 16.0, "peak_mb": 50.0})])
+    assert "| GRPO | TRL | 500 | 32.0 | 300 | 900 | 16.0 | 100 |  |  |" in table, table
+    assert "| GRPO | lit_align | 500 | 16.0 | 300 | 900 | 16.0 | 50 | 0.50x | 0.50x |" in table, table
