@@ -196,3 +196,47 @@ def test_the_kl_to_a_copied_reference_starts_at_zero_and_grows(kl_in, tmp_path):
     _fit(model, tmp_path, steps=4, logger=TensorBoardLogger(tmp_path, name="tb"))
     kl = [v for _, v in _scalars(tmp_path / "tb", "train/policy/kl")]
     assert kl[0] == 0.0 and kl[-1] > 0, kl
+
+
+def constant(prompts, completions, records):
+    return [1.0] * len(completions)
+
+
+def _online_dpo(**options):
+    from lit_align.objectives import OnlineDPO
+
+    options = {"rewards": {"function": "test_grpo:digit_share"}, "max_new_tokens": 6, **options}
+    return OnlineDPO(policy=ModelSpec("builtin:tiny"), optim=OptimSpec(lr=options.pop("lr", 1e-3), schedule="constant"),
+                     **options)
+
+
+def test_online_dpo_starts_at_log_2(tmp_path):
+    """Online DPO's first step: the policy is its reference, so DPO's loss is log 2 on every untied pair and every
+    implicit reward is 0; the steps after it move the policy (the loss leaves log 2)."""
+    torch.manual_seed(0)
+    model = _online_dpo(lr=1e-2)
+    _fit(model, tmp_path, steps=6, logger=TensorBoardLogger(tmp_path, name="tb"))
+    s = {tag: [v for _, v in _scalars(tmp_path / "tb", tag)] for tag in ("train/loss", "train/rewards/accuracy",
+                                                                           "train/rollout/ties")}
+    assert s["train/loss"][0] == pytest.approx(0.6931472, abs=1e-6)
+    assert s["train/rewards/accuracy"][0] == 0.0                         # β·(log π - log π_ref) = 0 on both sides
+    assert any(abs(v - 0.6931472) > 1e-3 for v in s["train/loss"][1:]), s
+    assert all(0 <= t < 1 for t in s["train/rollout/ties"])
+
+
+def test_a_step_whose_pairs_all_tie_makes_no_update(tmp_path):
+    """Every pair ties (a constant reward): nothing says which sample is better, so the weights do not move and
+    the run does not stop (offline objectives refuse an empty step; online ones skip it)."""
+    torch.manual_seed(0)
+    model = _online_dpo(rewards={"function": "test_grpo:constant"}, lr=1e-2)
+    model.configure_model()
+    before = {k: v.clone() for k, v in model.model.state_dict().items()}
+    _fit(model, tmp_path, steps=2)
+    assert all(torch.equal(before[k], v) for k, v in model.model.state_dict().items())
+
+
+def test_online_dpo_orders_each_pair_by_its_reward():
+    from lit_align.objectives.online_dpo import order_pairs
+
+    pick, untied = order_pairs(torch.tensor([[0.2, 0.9], [1.0, 0.0], [0.5, 0.5]]))
+    assert pick.tolist() == [[1, 0], [0, 1], [0, 1]] and untied.tolist() == [True, True, False]

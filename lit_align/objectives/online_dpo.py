@@ -36,6 +36,13 @@ from lit_align.objectives.online import OnlineObjective
 from lit_align.objectives.reference import ReferenceSpec, build_reference
 
 
+def order_pairs(rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """rewards (P, 2) of each prompt's two samples -> (columns (P, 2): [the better sample's, the other's], untied (P,)
+    bool). A tie keeps the sampled order and is marked, to be left out of the loss."""
+    order = (rewards[:, 1] > rewards[:, 0]).long()                               # (P,) column of the winner
+    return torch.stack([order, 1 - order], -1), rewards[:, 0] != rewards[:, 1]
+
+
 class OnlineDPO(OnlineObjective):
     def __init__(
         self,
@@ -95,9 +102,7 @@ class OnlineDPO(OnlineObjective):
         policy, reference = out.sequence.view(P, 2), ref.sum(-1).view(P, 2)       # (P, 2) sequence log-probs
         tokens = out.tokens.view(P, 2)
         r = scores.total.to(self.device).view(P, 2)                               # (P, 2)
-        order = (r[:, 1] > r[:, 0]).long()                                        # (P,) column of the winner
-        untied = r[:, 0] != r[:, 1]                                               # (P,)
-        pick = torch.stack([order, 1 - order], -1)                                # (P, 2) [winner, loser]
+        pick, untied = order_pairs(r)                                             # (P, 2) [winner, loser], (P,)
         result = preference_loss(self.loss_name, policy.gather(1, pick), reference.gather(1, pick),
                                  tokens.gather(1, pick), self.beta, self.label_smoothing)
         n = untied.sum()
