@@ -456,3 +456,53 @@ def test_new_objectives_under_two_processes_equal_one(tmp_path, monkeypatch, one
                   env=ONE_THREAD, timeout=400)
     assert out.returncode == 0, out.stderr[-4000:]
     assert_same_curves(tmp_path / "logs" / "one" / "version_0", tmp_path / "logs" / "two" / "version_0", tags)
+
+
+GRPO_CONFIG = """\
+model:
+  class_path: lit_align.objectives.GRPO
+  init_args:
+    policy: {name: builtin:tiny}
+    optim: {lr: 3.0e-3, schedule: constant}
+    rewards: [{name: regex, pattern: "[0-9]"}]
+    num_generations: 4
+    max_new_tokens: 6
+    loss_aggregation: token_mean
+data:
+  class_path: lit_align.data.AlignDataModule
+  init_args:
+    train: {path: builtin:sft, limit: 64}
+    val:
+      val: {path: builtin:sft, split: val, limit: 8}
+    max_length: 64
+trainer:
+  max_steps: 3
+  val_check_interval: 3
+  log_every_n_steps: 1
+  accelerator: cpu
+  enable_model_summary: false
+  logger:
+    class_path: lightning.pytorch.loggers.TensorBoardLogger
+    init_args: {save_dir: logs, name: one, default_hp_metric: false}
+export: {enabled: false}
+"""
+
+
+def test_grpo_under_two_processes_equals_one(tmp_path, monkeypatch, one_thread):  # noqa: F811
+    """Online RL under DDP: 2 processes x 2 prompts sample what 1 process x 4 prompts samples (each prompt's samples
+    are seeded by the step and its index, not by a rank's RNG), so rewards, losses and weights agree: the loss is
+    divided by the global token count of both ranks (DAPO's token_mean), not averaged per rank."""
+    config = tmp_path / "grpo.yaml"
+    config.write_text(GRPO_CONFIG)
+    run_in_process(["fit", "--config", str(config), "--data.init_args.batch_size", "4"], tmp_path, monkeypatch)
+    out = run_cli(["fit", "--config", str(config), "--config", str(STRATEGIES / "ddp.yaml"), "--trainer.devices", "2",
+                   "--data.init_args.batch_size", "2", "--trainer.logger.init_args.name", "two"], cwd=tmp_path,
+                  env=ONE_THREAD, timeout=400)
+    assert out.returncode == 0, out.stderr[-4000:]
+    logs = tmp_path / "logs"
+    assert_same_curves(logs / "one" / "version_0", logs / "two" / "version_0",
+                       ("train/loss", "train/reward", "train/rollout/completion_length", "val/reward"))
+    spread = scalars(logs / "one" / "version_0", "train/rollout/zero_spread")
+    assert spread and min(spread.values()) < 1, spread  # groups with a reward spread: a real gradient to compare
+    assert_same_state(logs / "one" / "checkpoints" / "last.ckpt", logs / "two" / "checkpoints" / "last.ckpt",
+                      atol=WTOL)
