@@ -72,6 +72,29 @@ def test_run_configs_set_size_seed_and_steps(tmp_path):
     assert cfg["trainer"]["logger"]["init_args"]["name"] == "sft-n100-s3"
 
 
+def test_an_online_method_is_budgeted_in_reward_queries(tmp_path):
+    """`budget: reward_queries`: an online method's size is its labels, so GRPO with 4 completions per prompt gets
+    size / 4 prompts, each used once; offline methods keep training examples; both get a `labels` column, the
+    figure's axis, in one CSV."""
+    from lit_align.sweep.engine import Sweep
+
+    grpo = {"budget": "reward_queries", "model": {"class_path": "lit_align.objectives.GRPO", "init_args": {
+        "policy": {"name": "builtin:tiny"}, "rewards": ["ab_letter"], "num_generations": 4, "max_new_tokens": 4}}}
+    spec = {**TINY, "sizes": [32], "objectives": {**TINY["objectives"], "grpo": grpo}}
+    sweep = Sweep(_write(tmp_path, spec))
+    online = next(r for r in sweep.runs if r.objective == "grpo")
+    cfg = sweep.config(online)
+    assert cfg["data"]["init_args"]["train"]["limit"] == 8 and cfg["trainer"]["max_steps"] == 1  # 32 / 4 prompts
+    rows = [sweep.run_one(r) for r in sweep.runs]
+    by = {r["objective"]: r for r in rows}
+    assert by["grpo"]["labels"] == 32 and by["grpo"]["train_examples"] == 8
+    assert by["sft"]["labels"] == by["sft"]["train_examples"] == 32
+    assert 0.0 <= by["grpo"]["val_id/logps/accuracy"] <= 1.0    # the same evaluation sets as the offline method
+    with pytest.raises(Exception, match="budget must be examples or reward_queries"):
+        bad = Sweep(_write(tmp_path, {**spec, "objectives": {"grpo": {**grpo, "budget": "steps"}}}))
+        bad.config(bad.runs[0])
+
+
 def test_slurm_array_script(tmp_path):
     from lit_align.sweep.engine import Sweep
 

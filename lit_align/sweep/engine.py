@@ -38,6 +38,16 @@ Steering and generation (lit_align/steering/caa.py, generation.py):
       caa: {caa: true, model: ...}      # no training: CAA from the run's `size` training pairs (the policy steered)
       sft: {then_caa: sft_caa, model: ...}   # after training, CAA on top of the trained policy: result "sft_caa"
 
+Online methods (objectives/grpo.py, online_dpo.py) are budgeted in labels, the reward queries they make:
+
+    objectives:
+      grpo: {budget: reward_queries, model: {class_path: lit_align.objectives.GRPO, init_args: ...}}
+
+Their `size` is then the number of reward queries: size / (completions per prompt) prompts, each used once (epochs
+and min_steps do not apply). Every result has a `labels` column (training examples for the others), and a sweep
+with an online method draws its figure against it, so offline methods at n pairs and online RL at n reward queries
+share one axis.
+
 A CAA run has the same result keys as a trained run (the evaluation sets' logps/accuracy, ab/p_match, ...), so
 one CSV and one figure hold both.
 
@@ -83,7 +93,8 @@ class Run:
 class Sweep:
     KEYS = {"name", "out", "sizes", "seeds", "epochs", "min_steps", "metrics", "config", "base", "objectives", "slurm",
             "steer", "generate", "draw_per_seed"}
-    METHOD_KEYS = ("caa", "then_caa")  # sweep-level keys of an objective entry (not LightningCLI config)
+    METHOD_KEYS = ("caa", "then_caa", "budget")  # sweep-level keys of an objective entry (not LightningCLI config)
+    ONLINE_SAMPLES = {"lit_align.objectives.OnlineDPO": 2}  # completions per prompt fixed by the objective
 
     def __init__(self, path: "str | Path", overrides: dict | None = None):
         self.path = Path(path).resolve()
@@ -141,6 +152,11 @@ class Sweep:
         trainer = cfg.setdefault("trainer", {})
         accumulate = int(trainer.get("accumulate_grad_batches", 1))
         trainer["max_steps"] = max(self.min_steps, math.ceil(self.epochs * run.size / (batch * accumulate)))
+        per_prompt = self.reward_queries_per_prompt(run, cfg)
+        if per_prompt:  # an online method's size is its label budget: reward queries, each prompt used once
+            prompts = max(1, run.size // per_prompt)
+            train["limit"] = prompts
+            trainer["max_steps"] = max(1, math.ceil(prompts / (batch * accumulate)))
         trainer["max_epochs"] = -1
         trainer["check_val_every_n_epoch"] = 1_000_000   # the result is one validation of the final model
         trainer["num_sanity_val_steps"] = 0
@@ -151,6 +167,20 @@ class Sweep:
         cfg["checkpoint"] = {**(cfg.get("checkpoint") or {}), "save_last": False, "save_top_k": 0}
         cfg["export"] = {**(cfg.get("export") or {}), "enabled": False}
         return cfg
+
+    def reward_queries_per_prompt(self, run: Run, cfg: dict | None = None) -> int | None:
+        """Reward queries (labels) one training prompt costs an online method whose entry says
+        `budget: reward_queries` (its completions per prompt); None for a method whose size is training examples."""
+        entry = self.objectives[run.objective] or {}
+        if entry.get("budget", "examples") == "examples":
+            return None
+        if entry["budget"] != "reward_queries":
+            raise LitAlignError(f"objective {run.objective}: budget must be examples or reward_queries, not "
+                                f"'{entry['budget']}'")
+        cfg = self.config(run) if cfg is None else cfg
+        model = cfg.get("model") or {}
+        return self.ONLINE_SAMPLES.get(model.get("class_path"),
+                                       int((model.get("init_args") or {}).get("num_generations", 4)))
 
     # -- running ---------------------------------------------------------------------------------------
     def result_path(self, run: Run) -> Path:
@@ -203,8 +233,12 @@ class Sweep:
                                   time.perf_counter() - start)
 
     def _write_result(self, run: Run, metrics: dict, examples: int, steps: int, wall_s: float) -> dict:
+        # labels: what the method was given: training examples (pairs, completions), or an online method's reward
+        # queries (prompts x completions per prompt), so offline and online methods share one axis
+        per_prompt = self.reward_queries_per_prompt(run) if run.index >= 0 else None
+        labels = examples * per_prompt if per_prompt else examples
         result = {"run": run.name, "objective": run.objective, "size": run.size, "seed": run.seed,
-                  "train_examples": examples, "steps": steps, "wall_s": round(wall_s, 2), **metrics}
+                  "train_examples": examples, "labels": labels, "steps": steps, "wall_s": round(wall_s, 2), **metrics}
         self.result_path(run).write_text(json.dumps(result, indent=1))
         return result
 
@@ -295,7 +329,7 @@ class Sweep:
         rows = self.results() if rows is None else rows
         if not rows:
             raise LitAlignError(f"no finished runs under {self.out / 'runs'}")
-        fixed = ["run", "objective", "size", "seed", "train_examples", "steps", "wall_s"]
+        fixed = ["run", "objective", "size", "seed", "train_examples", "labels", "steps", "wall_s"]
         columns = fixed + sorted({k for r in rows for k in r} - set(fixed))
         self.out.mkdir(parents=True, exist_ok=True)
         csv_path = self.out / "results.csv"
@@ -310,8 +344,11 @@ class Sweep:
             pass
         else:
             try:
-                png = plot_sweep(rows, self.metrics(rows), self.out / f"{self.name}.png", x="train_examples",
-                                 title=f"{self.name}: final model, by training examples ({len(self.seeds)} seeds)")
+                online = any((entry or {}).get("budget") == "reward_queries" for entry in self.objectives.values())
+                x, by = ("labels", "labels: training examples or reward queries") if online else \
+                    ("train_examples", "training examples")
+                png = plot_sweep(rows, self.metrics(rows), self.out / f"{self.name}.png", x=x,
+                                 title=f"{self.name}: final model, by {by} ({len(self.seeds)} seeds)")
             except ImportError:
                 print("matplotlib is not installed: no figure (pip install matplotlib)", file=sys.stderr)
         done = {r["run"] for r in rows}
