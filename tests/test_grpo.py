@@ -240,3 +240,29 @@ def test_online_dpo_orders_each_pair_by_its_reward():
 
     pick, untied = order_pairs(torch.tensor([[0.2, 0.9], [1.0, 0.0], [0.5, 0.5]]))
     assert pick.tolist() == [[1, 0], [0, 1], [0, 1]] and untied.tolist() == [True, True, False]
+
+
+def test_a_trained_reward_model_is_a_reward_equal_to_lit_align_score(tmp_path):
+    """{reward_model: DIR}: the exported reward model scores prompt + completion exactly as `lit_align score` scores
+    the record {prompt, completion}; GRPO trains on it."""
+    from lit_align.cli.score import score_rows
+    from lit_align.eval.rewards import build_rewards
+    from lit_align.modeling.models import load_model, load_tokenizer, save_hf
+    from lit_align.modeling.reward_models import load_reward_model
+
+    torch.manual_seed(0)
+    spec = ModelSpec("builtin:tiny")
+    tokenizer = load_tokenizer(spec)
+    save_hf(load_model(spec, tokenizer, head="score"), tokenizer, tmp_path / "rm")
+    rewards = build_rewards([{"reward_model": str(tmp_path / "rm"), "max_length": 64}])
+    prompts, completions = ["Count from 3 to 5.", "What is 2 plus 2?"], ["3, 4, 5.", "2 plus 2 is 5."]
+    got = rewards(prompts, completions, [{}, {}]).per_function["reward_model"]
+    model, tok = load_reward_model(str(tmp_path / "rm"))
+    rows, _ = score_rows(model, tok, [(f"r{i}", {"prompt": p, "completion": c})
+                                      for i, (p, c) in enumerate(zip(prompts, completions))], max_length=64)
+    assert got.tolist() == pytest.approx([r["reward"] for r in rows], abs=1e-6) and got[0] != got[1]
+    model = _objective(rewards=[{"reward_model": str(tmp_path / "rm"), "max_length": 64}])
+    trainer = _fit(model, tmp_path, steps=1)
+    assert trainer.global_step == 1
+    with pytest.raises(LitAlignError, match="reward_model"):
+        build_rewards([{"reward_model": str(tmp_path / "rm"), "temperature": 2}])

@@ -34,44 +34,9 @@ from pathlib import Path
 import torch
 
 from lit_align.errors import LitAlignError
+from lit_align.modeling.reward_models import load_reward_model, sequence_rewards
 
 PAIR_FORMATS = ("pair", "hh", "contrast")
-
-
-def load_reward_model(name: str):
-    """(model in eval mode, tokenizer) of an exported reward model (a directory or hub name) or of a lit_align
-    RewardModel checkpoint (file, or sharded directory)."""
-    from lit_align.modeling.export import build_policy, checkpoint_head, load_checkpoint_weights, policy_spec
-    from lit_align.modeling.models import ModelSpec, load_model, load_tokenizer, missing_model
-
-    path = Path(name).expanduser()
-    is_checkpoint = path.is_file() or (path / "meta.pt").is_file() or (path / "latest").exists()
-    if is_checkpoint:
-        weights, meta = load_checkpoint_weights(path)
-        if checkpoint_head(meta) != "score":
-            raise LitAlignError(f"--model {name}: this checkpoint is of a causal LM, not of a reward model "
-                                "(lit_align.objectives.RewardModel): it has no score head")
-        model, tokenizer = build_policy(policy_spec(meta.get("hyper_parameters", {})), weights, head="score")
-        return model.eval(), tokenizer
-    from transformers import AutoConfig
-
-    spec = ModelSpec(name=name)
-    problem = missing_model(name)  # (a path that does not exist: at once, not after the hub's retries)
-    if problem is None:
-        try:
-            config = AutoConfig.from_pretrained(name)
-        except (OSError, ValueError) as e:
-            problem = f"{type(e).__name__}: {e}"
-    if problem is not None:
-        raise LitAlignError(f"--model {name}: not a checkpoint, and no Hugging Face model can be read there "
-                            f"({problem})")
-    architectures = config.architectures or []
-    if not any(a.endswith("ForSequenceClassification") for a in architectures) or config.num_labels != 1:
-        raise LitAlignError(f"--model {name} is not a reward model (architectures {architectures}, num_labels "
-                            f"{config.num_labels}): give a directory exported from a RewardModel run "
-                            "(<log dir>/hf_model) or its checkpoint")
-    tokenizer = load_tokenizer(spec)
-    return load_model(spec, tokenizer, head="score").eval(), tokenizer
 
 
 def _units(row: object, where: str, fmt: str, tokenizer) -> tuple[str, list]:
@@ -112,7 +77,6 @@ def score_rows(model, tokenizer, rows, batch_size: int = 8, max_length: int = 51
     """The output rows (one per scorable record, in order) for (where, row) pairs, and {reason: records skipped}."""
     from lit_align.data.collate import collate
     from lit_align.data.tokenize import Tokenizer, TokenizeSpec
-    from lit_align.objectives.reward_model import sequence_rewards
 
     tok = Tokenizer(tokenizer, TokenizeSpec(max_length=max_length, chat_template=chat_template))
     records, units, skipped = [], [], {}

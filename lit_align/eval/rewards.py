@@ -14,8 +14,12 @@ In YAML a reward function is
 Every entry may carry `weight` (default 1.0; 0 logs a function without training on it) and `label` (the logged
 name; default the scorer's name or the function's __name__). A reward is a finite number for every completion: a
 function that raises, returns the wrong count, None, a non-number, NaN or inf stops the run with one paragraph
-naming it. A trained reward model will be one more RewardFunction (a `label`, a `weight` and
-`__call__(prompts, completions, records) -> list[float]`) built from its own mapping key in build_reward.
+naming it.
+
+    a trained reward model (objectives/reward_model.py's RewardModel: its exported directory, a hub name, or a
+    checkpoint), scoring prompt + completion tokenized as `lit_align score` does (the reward model's tokenizer and
+    chat template; the end token after the completion), loaded on first use:
+        rewards: [{reward_model: logs/reward_model/version_0/hf_model, weight: 1.0, max_length: 512}]
 """
 
 from __future__ import annotations
@@ -29,7 +33,6 @@ from typing import Callable, Protocol, runtime_checkable
 import torch
 
 from lit_align.errors import LitAlignError
-
 from lit_align.eval.scorers import Scorer, build_scorer
 
 
@@ -69,6 +72,52 @@ class CallableReward:
 
     def __call__(self, prompts: list, completions: list[str], records: list[dict]) -> list[float]:
         return self.fn(prompts, completions, records)
+
+
+@dataclass
+class RewardModelReward:
+    """A trained reward model's score of prompt + completion (modeling/reward_models.py), one per completion."""
+
+    path: str
+    label: str = "reward_model"
+    weight: float = 1.0
+    max_length: int = 512
+    batch_size: int = 16
+
+    def __post_init__(self):
+        self._model = self._tokenizer = None
+
+    def _load(self):
+        if self._model is None:
+            from lit_align.modeling.reward_models import load_reward_model
+
+            self._model, self._tokenizer = load_reward_model(self.path, what=f"reward {self.label!r}: reward_model")
+            self._model.requires_grad_(False)
+        return self._model, self._tokenizer
+
+    @torch.no_grad()
+    def __call__(self, prompts: list, completions: list[str], records: list[dict]) -> list[float]:
+        from lit_align.data.collate import collate
+        from lit_align.data.records import Example
+        from lit_align.data.tokenize import Tokenizer, TokenizeSpec
+        from lit_align.modeling.reward_models import sequence_rewards
+
+        model, tokenizer = self._load()
+        tok = Tokenizer(tokenizer, TokenizeSpec(max_length=self.max_length))
+        device = next(model.parameters()).device
+        rows = []
+        for prompt, text in zip(prompts, completions):
+            tokenized = tok(Example(prompt, [text]))
+            if isinstance(tokenized, str):  # data/tokenize.py's reason (e.g. nothing left after truncation)
+                raise LitAlignError(f"reward {self.label!r}: the reward model cannot score a completion ({tokenized}); "
+                                    f"raise max_length (now {self.max_length})")
+            rows.append(tokenized)
+        out: list[float] = []
+        for s in range(0, len(rows), self.batch_size):
+            batch = collate(list(enumerate(rows[s: s + self.batch_size])), tokenizer.pad_token_id)
+            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            out += sequence_rewards(model, batch).tolist()                   # (n,)
+        return out
 
 
 @dataclass
@@ -114,6 +163,15 @@ def build_reward(spec: "str | dict | RewardFunction | Callable") -> RewardFuncti
     weight = options.pop("weight", 1.0)
     if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not math.isfinite(weight):
         raise LitAlignError(f"reward {spec!r}: the weight must be a finite number, got {weight!r}")
+    if "reward_model" in options:
+        path = options.pop("reward_model")
+        unknown = set(options) - {"label", "max_length", "batch_size"}
+        if unknown or not isinstance(path, str):
+            raise LitAlignError(f"reward {spec!r}: a reward model reward takes reward_model (a directory, hub name or "
+                                "checkpoint), label, weight, max_length and batch_size"
+                                + (f", not {', '.join(sorted(unknown))}" if unknown else ""))
+        return RewardModelReward(path, str(options.get("label", "reward_model")), float(weight),
+                                 int(options.get("max_length", 512)), int(options.get("batch_size", 16)))
     if "function" not in options:
         return ScorerReward(build_scorer(options), float(weight))  # the scorer says what is wrong with the rest
     path = options.pop("function")

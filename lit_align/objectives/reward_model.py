@@ -34,20 +34,11 @@ Metrics (train per optimizer step, every validation set per epoch), each a mean 
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
-
 from lit_align.errors import LitAlignError
 from lit_align.losses.ranking import bradley_terry_loss, ranked_margins
 from lit_align.modeling.models import ModelSpec
+from lit_align.modeling.reward_models import sequence_rewards  # noqa: F401 (also the tests' import)
 from lit_align.objectives.base import Objective, OptimSpec, Sums
-
-
-def sequence_rewards(model: torch.nn.Module, batch: dict) -> Tensor:
-    """The scalar reward of every row of a padded batch (collate.py), (N,) fp32: the sequence-classification
-    model's score at the last non-pad token (transformers' own pooling, hence the exported model's numbers)."""
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-    return out.logits.squeeze(-1).float()                                   # (N, 1) -> (N,)
 
 
 class RewardModel(Objective):
