@@ -38,6 +38,9 @@ def test_final_number_scorer():
     assert score(ref, "#### 1072.00") == 1.0
     assert score(ref, "1072 clips, then 24") == 0.0                   # the last number counts
     assert score(ref, "I do not know") == 0.0
+    partial = build_scorer({"name": "final_number", "partial": True})  # a dense reward: 1 / (1 + |difference|)
+    assert partial(ref, "1072") == 1.0 and partial(ref, "1073") == 0.5 and partial(ref, "1068") == 0.2
+    assert partial(ref, "I do not know") == 0.0
     assert score({"reference": "no answer"}, "42") == 0.0             # no reference number: never a match
     assert score({"reference": None}, "42") == 0.0
 

@@ -2,7 +2,8 @@
 `{split}/gen/<label>` (the sample-generations callback, `lit_align predict`, the sweeps' generation-scored sets).
 
     final_number   the last number of the generation (or the one after its `####`) equals the reference's final
-                   answer (after its `####` in GSM8K answers, else its last number); commas in 1,234 ignored
+                   answer (after its `####` in GSM8K answers, else its last number); commas in 1,234 ignored;
+                   option partial: 1 / (1 + |difference|) for a wrong number (a dense reward for online RL)
     ab_letter      the letter the generation picks, "(A)" or a bare "B", is the record's matching letter (the
                    `answer_matching_behavior` of an A/B contrast pair, else the reference's letter)
     regex          the generation matches `pattern` (re.search); options pattern, ignore_case
@@ -45,10 +46,15 @@ def final_number(text: str) -> float | None:
     return None if found is None else float(found.group().replace(",", ""))
 
 
-def final_number_match(record: dict, text: str) -> float:
-    """1 if the generation's final number equals the reference's final answer."""
+def final_number_match(record: dict, text: str, partial: bool = False) -> float:
+    """1 if the generation's final number equals the reference's final answer (0 without a number). With `partial`,
+    a wrong number still earns 1 / (1 + |got - want|): a dense reward for online RL (0.5 when off by one)."""
     want, got = final_number(record.get("reference") or ""), final_number(text)
-    return float(want is not None and got is not None and abs(want - got) < 1e-6)
+    if want is None or got is None:
+        return 0.0
+    if partial:
+        return 1.0 / (1.0 + abs(want - got))
+    return float(abs(want - got) < 1e-6)
 
 
 def chosen_letter(text: str) -> str | None:
