@@ -93,7 +93,7 @@ def test_scorer_labels_and_means():
     ("bleu", "unknown scorer 'bleu'"),
     ({"name": "regex"}, "missing a required argument: 'pattern'"),
     ({"name": "regex", "pattern": "("}, "not a regular expression"),
-    ({"name": "final_number", "tolerance": 1}, "options of final_number: none"),
+    ({"name": "final_number", "tolerance": 1}, "options of final_number: partial"),
     ({"name": "regex", "pattern": "x", "label": "a/b"}, "no '/'"),
 ])
 def test_bad_scorers_are_said_in_one_sentence(spec, said):
