@@ -12,7 +12,7 @@ from lit_align.layouts import LAYOUTS, layout_named
 
 # task -> the example kinds it feeds (an SFT record has no rejected answer for a preference objective)
 KINDS = {"sft": ("sft",), "pairs": ("sft", "pair", "ranked"), "steers": ("sft", "pair"), "ab": ("sft", "pair"),
-         "ranked": ("sft", "pair", "ranked")}
+         "ranked": ("sft", "pair", "ranked"), "add": ("sft",)}
 
 
 def prompt_of(record: dict) -> str:
@@ -123,3 +123,17 @@ def test_ab_has_id_and_ood_splits(tokenizer):
         assert datamodule(tokenizer, "ab", "pair", val_split=split).summaries["val"].kept == 12
     with pytest.raises(LitAlignError, match="splits train, val"):
         datamodule(tokenizer, "pairs", "pair", val_split="ood")
+
+
+def test_the_add_task_as_prompts_for_online_rl(tokenizer):
+    """builtin:add read in the prompt layout (online objectives): prompt records with their context ids and the
+    reference answer the final_number reward checks."""
+    from lit_align.eval.scorers import build_scorer
+
+    dm = datamodule(tokenizer, "add", "prompt")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["index"].shape == (8,) and len(batch["records"]) == 8
+    record = batch["records"][0]
+    assert record.context and record.prompt.startswith("What is ") and record.reference.endswith(".")
+    a, b = (int(x) for x in record.prompt[len("What is "):-1].split(" plus "))
+    assert build_scorer("final_number")(record.record, f"It is {a + b}.") == 1.0
