@@ -106,3 +106,15 @@ def test_progress_lines_without_a_terminal(tmp_path):
     for noise in ("litlogger", "LeafSpec", "in eval mode", "exists and is not empty", "v_num", "━━",
                   "Writing model shards"):
         assert noise not in out.stdout + out.stderr, noise
+
+
+def test_online_rl_metrics_get_their_own_categories_and_the_reward_is_charted_once():
+    from lit_align.callbacks.tensorboard import layout_for
+
+    layout = layout_for({"train/loss", "train/reward", "val/reward", "train/reward/exact", "train/reward/close",
+                         "train/rollout/entropy", "train/policy/kl", "train/lr"})
+    charts = {category: set(c) for category, c in layout.items()}
+    assert "reward" in charts["loss and accuracy"]
+    assert charts["rewards per function (online RL)"] == {"reward/exact", "reward/close"}
+    assert charts["rollouts (online RL)"] == {"rollout/entropy"} and charts["policy update (online RL)"] == {"policy/kl"}
+    assert charts["optimization"] == {"lr"}

@@ -63,7 +63,9 @@ def layout_for(tags: set[str]) -> dict:
     layout: dict[str, dict] = {}
     for title, group in CATEGORIES:
         charts: dict[str, list] = {}
-        names = [m for m in by_metric if (m.split("/")[0] == group if group else "/" not in m and m != "lr")]
+        # a category holds its group's metrics ("reward" alone is a headline, charted once, beside the loss)
+        names = [m for m in by_metric if (m.split("/")[0] == group and ("/" in m or m == "lr") if group
+                                          else "/" not in m and m != "lr")]
         names = sorted(names, key=lambda m: (_FIRST.index(m.rsplit("/", 1)[-1]) if m.rsplit("/", 1)[-1] in _FIRST
                                              else len(_FIRST), m))
         done = set()
