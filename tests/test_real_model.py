@@ -155,3 +155,28 @@ def test_steering_runs_on_it(tmp_path, monkeypatch):
         rows = list(csv.DictReader(f))
     assert [(r["set"], r["layer"], float(r["multiplier"])) for r in rows] == [("lm", "12", 0.0), ("lm", "12", 4.0)]
     assert all(0 <= float(r["p_match"]) <= 1 and r["n"] == "4" for r in rows)
+
+
+@requires_smollm2
+def test_online_rl_runs_on_it_with_an_adapter_disabled_reference(tmp_path, monkeypatch):
+    """GRPO and online DPO on the real model (its chat template, its own generation config replaced, LoRA, the KL
+    to the model with its adapter disabled): a step each, and the KL starts at exactly 0."""
+    from conftest import REPO
+    from test_resume import scalars
+
+    from lit_align.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    small = ["--data.init_args.train.limit", "2", "--data.init_args.val.val.limit", "2", "--data.init_args.batch_size",
+             "2", "--model.init_args.max_new_tokens", "6", "--trainer.max_steps", "1", "--trainer.val_check_interval",
+             "1"]
+    main(["fit", "--config", str(REPO / "configs" / "examples" / "smollm2_grpo.yaml"), *small,
+          "--model.init_args.num_generations", "2", "--trainer.logger.init_args.name", "grpo"])
+    version = tmp_path / "logs" / "grpo" / "version_0"
+    assert scalars(version, "train/policy/kl") == {0: 0.0} and 0 in scalars(version, "train/reward")
+    assert scalars(version, "val/reward")
+    main(["fit", "--config", str(REPO / "configs" / "examples" / "smollm2_grpo.yaml"), *small,
+          "--model", "lit_align.objectives.OnlineDPO", "--model.init_args.policy.name", f"builtin:{NAME}",
+          "--model.init_args.policy.lora", "{r: 4, alpha: 8}", "--model.init_args.rewards", "[final_number]",
+          "--model.init_args.reference", "{mode: disable_adapter}", "--trainer.logger.init_args.name", "odpo"])
+    assert 0 in scalars(tmp_path / "logs" / "odpo" / "version_0", "train/reward")
