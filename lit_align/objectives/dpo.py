@@ -51,6 +51,19 @@ from lit_align.objectives.pairs import PairObjective
 from lit_align.objectives.reference import ReferenceSpec, build_reference
 
 
+def check_preference_options(loss: str, beta: float, label_smoothing: float) -> None:
+    """DPO's loss options, checked in one place (DPO and online DPO)."""
+    if loss not in PREFERENCE_LOSSES:
+        raise LitAlignError(f"loss must be one of {', '.join(PREFERENCE_LOSSES)}, not '{loss}'")
+    if beta <= 0:
+        raise LitAlignError(f"beta must be > 0, not {beta}")
+    if not 0 <= label_smoothing < 0.5:
+        raise LitAlignError(f"label_smoothing must be in [0, 0.5), not {label_smoothing}")
+    if label_smoothing > 0 and loss not in SMOOTHED_LOSSES:
+        raise LitAlignError(f"label_smoothing {label_smoothing} has no effect with loss {loss} (only "
+                            f"{' and '.join(SMOOTHED_LOSSES)} use it); set label_smoothing: 0 or another loss")
+
+
 class DPO(PairObjective):
     def __init__(
         self,
@@ -85,15 +98,7 @@ class DPO(PairObjective):
                 Σ w·ℓ / Σ w over its pairs (objectives/pairs.py). false: the weights are not read.
         """
         super().__init__(policy, optim, packed, pair_weights)
-        if loss not in PREFERENCE_LOSSES:
-            raise LitAlignError(f"loss must be one of {', '.join(PREFERENCE_LOSSES)}, not '{loss}'")
-        if beta <= 0:
-            raise LitAlignError(f"beta must be > 0, not {beta}")
-        if not 0 <= label_smoothing < 0.5:
-            raise LitAlignError(f"label_smoothing must be in [0, 0.5), not {label_smoothing}")
-        if label_smoothing > 0 and loss not in SMOOTHED_LOSSES:
-            raise LitAlignError(f"label_smoothing {label_smoothing} has no effect with loss {loss} (only "
-                                f"{' and '.join(SMOOTHED_LOSSES)} use it); set label_smoothing: 0 or another loss")
+        check_preference_options(loss, beta, label_smoothing)
         if nll_weight < 0:
             raise LitAlignError(f"nll_weight must be >= 0, not {nll_weight}")
         self.beta, self.loss_name, self.label_smoothing = beta, loss, label_smoothing

@@ -48,8 +48,8 @@ from lit_align.losses.policy_gradient import (add_kl_to_loss, aggregate, clipped
 from lit_align.modeling.logprobs import token_logps
 from lit_align.modeling.models import ModelSpec
 from lit_align.objectives.base import OptimSpec, Sums
-from lit_align.objectives.online import OnlineObjective
-from lit_align.objectives.reference import ReferenceSpec, build_reference
+from lit_align.objectives.online import OnlineObjective, online_reference
+from lit_align.objectives.reference import ReferenceSpec
 
 
 class GRPO(OnlineObjective):
@@ -112,14 +112,11 @@ class GRPO(OnlineObjective):
         for ok, message in checks:
             if not ok:
                 raise LitAlignError(message)
-        if beta > 0 and reference is not None and reference.mode == "cache":
-            raise LitAlignError("reference.mode: cache cannot hold the log-probs of completions sampled during "
-                                "training; use mode copy or disable_adapter")
         self.advantage, self.loss_aggregation = advantage, loss_aggregation
         self.epsilon_low, self.epsilon_high = epsilon, epsilon if epsilon_high is None else epsilon_high
         self.beta, self.kl_estimator, self.kl_in = beta, kl_estimator, kl_in
         self.mask_truncated = mask_truncated
-        self.reference = build_reference(reference) if beta > 0 else None
+        self.reference = online_reference(reference) if beta > 0 else None
 
     # -- the update ----------------------------------------------------------------------------------------
     def step(self, batch: dict) -> Sums:

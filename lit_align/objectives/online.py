@@ -27,6 +27,16 @@ from lit_align.modeling.generation import generate_ids, sample_ids
 from lit_align.modeling.logprobs import IGNORE, batch_logps, batch_token_logps
 from lit_align.modeling.models import ModelSpec
 from lit_align.objectives.base import Objective, OptimSpec, Sums, pair_sums
+from lit_align.objectives.reference import Reference, ReferenceSpec, build_reference
+
+
+def online_reference(spec: ReferenceSpec | None) -> Reference:
+    """An online objective's reference: a frozen copy or the adapter-disabled policy (its log-probs are of samples not
+    drawn yet, which a precomputed cache cannot hold)."""
+    if spec is not None and spec.mode == "cache":
+        raise LitAlignError("reference.mode: cache cannot hold the log-probs of completions sampled during "
+                            "training; use mode copy or disable_adapter")
+    return build_reference(spec)
 
 
 class OnlineObjective(Objective):

@@ -27,13 +27,13 @@ from typing import Literal
 
 import torch
 
-from lit_align.errors import LitAlignError
-from lit_align.losses.preference import PREFERENCE_LOSSES, SMOOTHED_LOSSES, preference_loss
+from lit_align.losses.preference import preference_loss
 from lit_align.modeling.logprobs import token_logps
 from lit_align.modeling.models import ModelSpec
 from lit_align.objectives.base import OptimSpec, Sums
-from lit_align.objectives.online import OnlineObjective
-from lit_align.objectives.reference import ReferenceSpec, build_reference
+from lit_align.objectives.dpo import check_preference_options
+from lit_align.objectives.online import OnlineObjective, online_reference
+from lit_align.objectives.reference import ReferenceSpec
 
 
 def order_pairs(rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,17 +80,9 @@ class OnlineDPO(OnlineObjective):
         """
         super().__init__(policy, optim, rewards, 2, max_new_tokens, temperature, top_p, top_k, sample_seed,
                          eval_max_new_tokens, log_samples_every_n_steps)
-        if loss not in PREFERENCE_LOSSES:
-            raise LitAlignError(f"loss must be one of {', '.join(PREFERENCE_LOSSES)}, not '{loss}'")
-        if beta <= 0:
-            raise LitAlignError(f"beta must be > 0, not {beta}")
-        if label_smoothing and loss not in SMOOTHED_LOSSES:
-            raise LitAlignError(f"label_smoothing has no effect with loss {loss}")
-        if reference is not None and reference.mode == "cache":
-            raise LitAlignError("reference.mode: cache cannot hold the log-probs of completions sampled during "
-                                "training; use mode copy or disable_adapter")
+        check_preference_options(loss, beta, label_smoothing)
         self.beta, self.loss_name, self.label_smoothing = beta, loss, label_smoothing
-        self.reference = build_reference(reference)
+        self.reference = online_reference(reference)
 
     def step(self, batch: dict) -> Sums:
         P = len(batch["records"])

@@ -32,7 +32,7 @@ import json
 import os
 import struct
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Literal
@@ -74,15 +74,22 @@ def _is_peft(model: torch.nn.Module) -> bool:
     return isinstance(model, PeftModel)
 
 
-def _eval_no_grad(model: torch.nn.Module, batch: dict, logps_fn: LogpsFn, disable_adapter: bool = False) -> SeqLogps:
-    """logps_fn(model, batch) in eval mode (no dropout), without gradient, restoring the training mode."""
+@contextmanager
+def _evaluating(model: torch.nn.Module, disable_adapter: bool = False):
+    """`model` in eval mode (no dropout), without gradient, its LoRA adapter off if asked; the training mode restored."""
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad(), model.disable_adapter() if disable_adapter else nullcontext():
-            out = logps_fn(model, batch)
+            yield model
     finally:
         model.train(was_training)
+
+
+def _eval_no_grad(model: torch.nn.Module, batch: dict, logps_fn: LogpsFn, disable_adapter: bool = False) -> SeqLogps:
+    """logps_fn(model, batch) in eval mode (no dropout), without gradient, restoring the training mode."""
+    with _evaluating(model, disable_adapter):
+        out = logps_fn(model, batch)
     return SeqLogps(out.logps.detach(), out.tokens)
 
 
@@ -121,14 +128,9 @@ class Reference(torch.nn.Module):
         """(N, T) fp32 log-probs of batch["labels"] (padded rows: input_ids, attention_mask, labels) under π_ref at
         `temperature`, without gradient: an online objective's per-token KL on its own samples."""
         model, disable = self._token_model(policy)
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad(), model.disable_adapter() if disable else nullcontext():
-                out = token_logps(model, batch["labels"], temperature=temperature, input_ids=batch["input_ids"],
-                                  attention_mask=batch["attention_mask"], use_cache=False)
-        finally:
-            model.train(was_training)
+        with _evaluating(model, disable):
+            out = token_logps(model, batch["labels"], temperature=temperature, input_ids=batch["input_ids"],
+                              attention_mask=batch["attention_mask"], use_cache=False)
         return out.logps
 
     def matching(self, batch: dict, policy: torch.nn.Module, tokens: Tensor) -> SeqLogps:

@@ -73,9 +73,25 @@ def _lightning_precision(args) -> str:
 # -- TRL ----------------------------------------------------------------------------------------------------
 
 
+def _train_timed(trainer, meter, warmup: int) -> dict:
+    """Train a TRL trainer with the meter timing every optimizer step; its result after `warmup` steps."""
+    from transformers import TrainerCallback
+
+    class Timer(TrainerCallback):
+        def on_train_begin(self, *a, **k):
+            meter.start()
+
+        def on_step_end(self, *a, **k):
+            meter.step_end()
+
+    trainer.add_callback(Timer())
+    trainer.train()
+    return meter.result(warmup)
+
+
 def run_trl(case: Case, args, model_dir: Path, data: Path, out_dir: str) -> dict:
     from datasets import Dataset
-    from transformers import AutoTokenizer, TrainerCallback
+    from transformers import AutoTokenizer
 
     meter = Meter(args.device)
     rows = [json.loads(line) for line in data.read_text().splitlines()]
@@ -111,16 +127,7 @@ def run_trl(case: Case, args, model_dir: Path, data: Path, out_dir: str) -> dict
 
     trainer.data_collator = counting_collator
 
-    class Timer(TrainerCallback):
-        def on_train_begin(self, *a, **k):
-            meter.start()
-
-        def on_step_end(self, *a, **k):
-            meter.step_end()
-
-    trainer.add_callback(Timer())
-    trainer.train()
-    return meter.result(args.warmup)
+    return _train_timed(trainer, meter, args.warmup)
 
 
 
@@ -174,7 +181,7 @@ def run_lit_align_grpo(case: Case, args, model_dir: Path, data: Path, cache_dir:
 
 def run_trl_grpo(case: Case, args, model_dir: Path, data: Path, out_dir: str) -> dict:
     from datasets import Dataset
-    from transformers import AutoTokenizer, TrainerCallback
+    from transformers import AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
     meter = Meter(args.device)
@@ -214,16 +221,7 @@ def run_trl_grpo(case: Case, args, model_dir: Path, data: Path, out_dir: str) ->
 
     trainer._generate, trainer._generate_and_score_completions = timed_generate, counting_rollout
 
-    class Timer(TrainerCallback):
-        def on_train_begin(self, *a, **k):
-            meter.start()
-
-        def on_step_end(self, *a, **k):
-            meter.step_end()
-
-    trainer.add_callback(Timer())
-    trainer.train()
-    return meter.result(args.warmup)
+    return _train_timed(trainer, meter, args.warmup)
 
 
 
