@@ -4,7 +4,7 @@ generation-scored open-ended set, the CSV, the figure, the table, and reuse of f
 
 import csv
 
-from lit_align.experiments import organism
+from experiments import organism
 
 
 def test_quick_experiment_runs_every_method_and_reuses_finished_runs(tmp_path, monkeypatch, capsys):

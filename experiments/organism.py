@@ -26,7 +26,8 @@ from lit_align.errors import LitAlignError
 from lit_align.sweep.engine import Sweep
 from lit_align.layouts import LAYOUTS
 
-CONFIG = Path(__file__).resolve().parents[2] / "configs" / "sweeps" / "organism.yaml"
+REPO = Path(__file__).resolve().parents[1]  # experiments/ lives in the repository, never installed
+CONFIG = REPO / "configs" / "sweeps" / "organism.yaml"
 QUICK = {"sizes": [8, 32], "seeds": [0]}
 COLUMNS = (("val_id/ab/p_match", "ID p_match"), ("val_ood/ab/p_match", "OOD p_match"),
            ("val_open/logps/accuracy", "open: log-prob match"), ("val_open/gen/match", "open: generation match"),

@@ -52,17 +52,13 @@ METHODS = {
     "iw_sft_lengthnorm": ("ab_iw_sft_lengthnorm.yaml", "IW-SFT, loss, per-token (length-normalised)"),
 }
 DEFAULT_METHODS = ["sft", "iw_sft_loss", "iw_sft_resample", "dpo", "iw_sft_refresh"]
-CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "experiments"
+REPO = Path(__file__).resolve().parents[1]  # experiments/ lives in the repository, never installed
+CONFIGS = REPO / "configs" / "experiments"
 EVAL_SETS = {"id": "val_id", "ood": "val_ood"}
 
 
 def _config(name: str, out: Path, run: str, overrides: dict) -> Path:
     """The YAML of one run: configs/experiments/<name> with this experiment's paths and `overrides`."""
-    if not (CONFIGS / name).is_file():
-        from lit_align.errors import LitAlignError
-
-        raise LitAlignError(f"{CONFIGS / name} is missing: run the experiment from a checkout of the repository "
-                            "(the package installed in editable mode)")
     cfg = read_yaml(CONFIGS / name)
     set_dotted(cfg, "trainer.logger.init_args.save_dir", str(out / "runs"))
     set_dotted(cfg, "trainer.logger.init_args.name", run)

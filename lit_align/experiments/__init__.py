@@ -1,1 +1,0 @@
-"""Experiments run through the package (each has a thin entry point under scripts/)."""
