@@ -164,7 +164,8 @@ class LitAlignCLI(LightningCLI):
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
-        self.datamodule.connect(self.model.tokenizer, self.model.layout, self.model.train_sampling_weights)
+        self.datamodule.connect(self.model.tokenizer, self.model.layout, self.model.train_sampling_weights,
+                                self.model.repeat_steps)
         config = self.config.get(self.config.get("subcommand") or "", self.config)
         resolved = json.loads(json.dumps(config.as_dict(), default=str))  # (paths and the like as text)
         resolved.pop("config", None)

@@ -2,6 +2,8 @@
 token when pad == eos), exact under gradient accumulation, exact resume, learning on a toy reward, and bad input.
 The pure losses have their hand-computed tests in test_policy_gradient_losses.py."""
 
+import functools
+
 import lightning.pytorch as pl
 import pytest
 import torch
@@ -32,7 +34,7 @@ def _fit(model: GRPO, tmp_path, steps: int, batch_size: int = 4, accumulate: int
          callbacks=()):
     dm = AlignDataModule(train={"path": "builtin:sft", "limit": 32}, batch_size=batch_size, max_length=64,
                          shuffle=False)
-    dm.connect(model.tokenizer, model.layout)
+    dm.connect(model.tokenizer, model.layout, repeat_steps=model.repeat_steps)
     trainer = pl.Trainer(max_steps=steps, accumulate_grad_batches=accumulate, accelerator="cpu", logger=logger,
                          enable_checkpointing=bool(callbacks), callbacks=list(callbacks), enable_progress_bar=False,
                          enable_model_summary=False,
@@ -92,16 +94,19 @@ class _Grads(GRPO):
         self.grads = {n: p.grad.detach().clone() for n, p in self.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("aggregation", ["sequence_mean", "token_mean", "constant_length"])
-def test_accumulation_equals_one_big_batch(aggregation, tmp_path):
+@pytest.mark.parametrize("aggregation, num_iterations", [("sequence_mean", 1), ("token_mean", 1),
+                                                         ("constant_length", 1), ("sequence_mean", 2)])
+def test_accumulation_equals_one_big_batch(aggregation, num_iterations, tmp_path):
     """4 prompts in one micro-batch and 2 x 2 accumulated give the same samples (seeded per prompt and step), the
-    same rewards and the same gradient, for every loss aggregation (TRL #2617 / #3021's class)."""
+    same rewards and the same gradient, for every loss aggregation (TRL #2617 / #3021's class); with sample reuse,
+    also on the second update of the same rollout (ratio != 1)."""
     grads = []
     for batch_size, accumulate in ((4, 1), (2, 2)):
         torch.manual_seed(0)
         model = _Grads(rewards={"function": "test_grpo:digit_share"}, num_generations=4, max_new_tokens=6,
-                       policy=ModelSpec("builtin:tiny"), optim=OptimSpec(lr=1e-3), loss_aggregation=aggregation)
-        _fit(model, tmp_path, steps=1, batch_size=batch_size, accumulate=accumulate)
+                       policy=ModelSpec("builtin:tiny"), optim=OptimSpec(lr=1e-2), loss_aggregation=aggregation,
+                       num_iterations=num_iterations)
+        _fit(model, tmp_path, steps=num_iterations, batch_size=batch_size, accumulate=accumulate)
         grads.append(model.grads)
     assert grads[0].keys() == grads[1].keys() and grads[0]
     for name in grads[0]:
@@ -115,9 +120,12 @@ def _scalars(logdir, tag: str) -> list[tuple[int, float]]:
     return read_scalars(str(logdir))[tag]
 
 
-def test_a_resumed_run_samples_and_learns_as_the_uninterrupted_one(tmp_path):
+@pytest.mark.parametrize("num_iterations", [1, 3])
+def test_a_resumed_run_samples_and_learns_as_the_uninterrupted_one(num_iterations, tmp_path):
     """4 steps in one go vs 2 steps, then a resume from the checkpoint to 4: the same rewards at every step and the
-    same final weights (the sampler's seed is a function of the step and the prompt, so a checkpoint holds it)."""
+    same final weights (the sampler's seed is a function of the step and the prompt, so a checkpoint holds it).
+    With 3 updates per rollout the stop falls inside a rollout's updates: the checkpoint holds the rollout."""
+    _objective = functools.partial(globals()["_objective"], num_iterations=num_iterations)
     torch.manual_seed(0)
     whole = _objective()
     _fit(whole, tmp_path / "whole", steps=4, logger=TensorBoardLogger(tmp_path / "whole", name="tb"))
@@ -137,6 +145,27 @@ def test_a_resumed_run_samples_and_learns_as_the_uninterrupted_one(tmp_path):
     assert [v for _, v in rewards_whole] == pytest.approx([v for _, v in rewards_parts], abs=1e-7)
     for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_sample_reuse_updates_on_one_rollout_with_the_ratio_clipped(tmp_path):
+    """num_iterations 2: steps 0 and 1 train on the same samples (the same rewards), step 2 samples anew; the first
+    update of a rollout is on-policy (ratio exactly 1: nothing clipped), the second is not (a tight clip bites)."""
+    torch.manual_seed(0)
+    model = _objective(num_iterations=2, lr=3e-2, epsilon=1e-3, num_generations=8)
+    _fit(model, tmp_path, steps=4, logger=TensorBoardLogger(tmp_path, name="tb"))
+    rewards = [v for _, v in _scalars(tmp_path / "tb", "train/reward")]
+    clipped = [v for _, v in _scalars(tmp_path / "tb", "train/policy/clip_fraction")]
+    assert rewards[0] == rewards[1] and rewards[2] == rewards[3] and rewards[1] != rewards[2], rewards
+    assert clipped[0] == 0 and clipped[2] == 0 and clipped[1] > 0 and clipped[3] > 0, clipped
+    with pytest.raises(LitAlignError, match="num_iterations must be >= 1"):
+        _objective(num_iterations=0)
+    # a data module that does not repeat the batches: the second update finds no rollout, and says why
+    dm = AlignDataModule(train={"path": "builtin:sft", "limit": 32}, batch_size=4, max_length=64, shuffle=False)
+    dm.connect(model.tokenizer, model.layout)
+    trainer = pl.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    with pytest.raises(LitAlignError, match="repeat_steps"):
+        trainer.fit(_objective(num_iterations=2), datamodule=dm)
 
 
 def test_the_reward_rises_on_a_toy_task(tmp_path):

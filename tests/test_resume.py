@@ -97,6 +97,27 @@ def test_sampler_resumes_inside_an_epoch():
     assert counted.state_dict()["consumed"] == 6
 
 
+@pytest.mark.parametrize("stop", [0, 2, 5, 7, 9, 11])
+def test_a_repeating_sampler_gives_each_window_mu_times_and_resumes_inside_a_repeat(stop):
+    """repeat 3, window 4 per rank (GRPO's num_iterations over batch x accumulation), 2 ranks, 22 examples: each
+    rank's whole windows of 4, three times each, the last partial window left out; a resume after `stop` batches of
+    2 (inside a window's repeats or between windows) yields exactly the rest of the uninterrupted stream."""
+    data = list(range(22))
+    make = lambda: ResumableSampler(data, num_replicas=2, rank=1, seed=4, repeat=3, window=4)  # noqa: E731
+    full = make()
+    stream = list(full)
+    shard = list(ResumableSampler(data, num_replicas=2, rank=1, seed=4))           # 11 indices on rank 1
+    assert stream == shard[0:4] * 3 + shard[4:8] * 3 and len(full) == len(stream) == 24   # shard[8:11]: partial
+    saved = make().state_dict(consumed=stop * 2 * 2)                                # stop batches of 2, on 2 ranks
+    resumed = make()
+    resumed.load_state_dict(saved)
+    assert list(resumed) == stream[stop * 2:]
+    assert make().state_dict(consumed=24 * 2)["epoch"] == 1                          # the epoch is done
+    other = ResumableSampler(data, num_replicas=2, rank=1, seed=4, repeat=2, window=4)
+    other.load_state_dict(saved)                                                    # another repeat: start over
+    assert list(other) == shard[0:4] * 2 + shard[4:8] * 2
+
+
 # -- kill and resume through the CLI -------------------------------------------------------------------------
 
 

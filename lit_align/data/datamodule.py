@@ -235,13 +235,19 @@ class AlignDataModule(LightningDataModule):
         self.summaries: dict[str, SplitSummary] = {}
         self.split_layouts: dict = {}  # split -> its batches' layout (Source.kind's, else self.layout)
 
-    def connect(self, tokenizer, layout: "Layout", train_weights: Callable | None = None) -> None:  # noqa: F821
+    def connect(self, tokenizer, layout: "Layout", train_weights: Callable | None = None,  # noqa: F821
+                repeat_steps: int = 1) -> None:
         """Wire in run-time values: the model's tokenizer and the objective's batch layout (`objective.layout`, or
         one of lit_align/layouts.py's LAYOUTS by name: LAYOUTS["pair"]). The data layer reads the layout (its record
         kind, collate, row packing and length) and never imports the table of layouts (which sits above it).
         `train_weights` (`objective.train_sampling_weights`: IW-SFT's mode resample): a callable giving the (n,)
-        weights the training examples are drawn by, read when an epoch's draw begins."""
-        self.train_weights = train_weights
+        weights the training examples are drawn by, read when an epoch's draw begins. `repeat_steps`
+        (`objective.repeat_steps`: online RL's num_iterations): each optimizer step's training batches are given this
+        many optimizer steps in a row (data/samplers.py, "Repeating optimizer steps")."""
+        if repeat_steps < 1 or (repeat_steps > 1 and train_weights is not None):
+            raise LitAlignError(f"AlignDataModule.connect: repeat_steps must be >= 1 and cannot be combined with "
+                                f"sampling weights (repeat_steps {repeat_steps})")
+        self.train_weights, self.repeat_steps = train_weights, repeat_steps
         if isinstance(layout, str):
             raise LitAlignError(f"AlignDataModule.connect: give the layout itself (lit_align.layouts.LAYOUTS"
                                 f"[{layout!r}], or objective.layout), not its name")
@@ -373,6 +379,9 @@ class AlignDataModule(LightningDataModule):
     # epoch's draw begins. The training order then comes from WeightedResampler (same sharding and resume as
     # ResumableSampler).
     train_weights = None
+    # Set by an objective that updates several times on one step's batches (GRPO's num_iterations, by connect):
+    # the sampler yields each optimizer step's indices this many times in a row.
+    repeat_steps = 1
 
     def train_dataloader(self) -> DataLoader:
         dist = (self.trainer.distributed_sampler_kwargs if self.trainer is not None else None) or {}
@@ -383,9 +392,15 @@ class AlignDataModule(LightningDataModule):
         else:
             length = self.split_layouts.get("train", self.layout).length
             lengths = [length(ex) for ex in self.splits["train"].examples] if self.group_by_length else None
+            window = self.batch_size * (self.trainer.accumulate_grad_batches if self.trainer is not None else 1)
             self._train_sampler = ResumableSampler(self.splits["train"], num_replicas=dist.get("num_replicas", 1),
                                                    rank=dist.get("rank", 0), shuffle=self.shuffle, seed=self.seed,
-                                                   lengths=lengths, group_size=self.group_by_length)
+                                                   lengths=lengths, group_size=self.group_by_length,
+                                                   repeat=self.repeat_steps, window=window)
+            if self.repeat_steps > 1 and len(self._train_sampler) == 0:
+                raise LitAlignError(f"train: {len(self.splits['train'])} examples do not fill one optimizer step of "
+                                    f"{window} per device (batch_size x accumulate_grad_batches), which updates "
+                                    f"{self.repeat_steps} times on the same batches (num_iterations)")
         if self._train_sampler_state:
             self._train_sampler.load_state_dict(self._train_sampler_state)
         return self._loader("train", self.batch_size, shuffle=True, sampler=self._train_sampler)

@@ -33,6 +33,14 @@ optimizer step, and the resume skip above works unchanged. A batch straddling tw
 lengths; with group_size a multiple of the global batch size (batch size x ranks) none does. The state
 records `group_size`: a state saved with another one names other examples, and the epoch starts over (as
 for another seed). WeightedResampler draws with replacement and does not group.
+
+Repeating optimizer steps. With `repeat` = μ > 1 and `window` = W (indices per rank in one optimizer step: batch
+size x gradient accumulation), each rank's shard is cut into windows of W indices and each window is yielded μ times
+in a row, so μ consecutive optimizer steps see the same batches (online RL's sample reuse, num_iterations: the
+objective samples on the first and reuses its rollouts on the others). A last window with fewer than W indices is left
+out of the epoch (repeated, it would straddle optimizer steps). The resume position then counts whole windows in the
+epoch's order (`consumed`, a multiple of W x ranks) plus the indices of the current window's repeats already yielded
+(`repeat_skip`, per rank); a state saved with another `repeat` or `window` starts the epoch over.
 """
 
 from __future__ import annotations
@@ -50,11 +58,14 @@ class ResumableSampler(DistributedSampler):
     """
 
     def __init__(self, dataset: Sized, num_replicas: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0,
-                 drop_last: bool = False, lengths: Sequence[int] | None = None, group_size: int = 0):
+                 drop_last: bool = False, lengths: Sequence[int] | None = None, group_size: int = 0,
+                 repeat: int = 1, window: int = 0):
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} is not in [0, {num_replicas})")
         if group_size < 0:
             raise ValueError(f"group_size must be >= 0, not {group_size}")
+        if repeat < 1 or (repeat > 1 and window < 1):
+            raise ValueError(f"repeat must be >= 1 and, above 1, window >= 1 (repeat {repeat}, window {window})")
         if lengths is not None and len(lengths) != len(dataset):
             raise ValueError(f"{len(lengths)} lengths for {len(dataset)} examples")
         # DistributedSampler.__init__ would query torch.distributed when num_replicas/rank are None; we always
@@ -70,6 +81,8 @@ class ResumableSampler(DistributedSampler):
         self._iter_start = 0                 # prefix skipped by the current iteration
         self.lengths = None if lengths is None else [int(x) for x in lengths]
         self.group_size = group_size if lengths is not None else 0  # 0: no grouping (also without lengths)
+        self.repeat, self.window = repeat, window if repeat > 1 else 0
+        self._repeat_skip: dict[int, int] = {}  # epoch -> indices of the current window's repeats already yielded
 
     def order(self, epoch: int) -> list[int]:
         """The global order of epoch `epoch` (before sharding)."""
@@ -97,15 +110,24 @@ class ResumableSampler(DistributedSampler):
     def __iter__(self) -> Iterator[int]:
         epoch = self.epoch
         start = self._skip.pop(epoch, 0)
+        repeat_skip = self._repeat_skip.pop(epoch, 0)
         self._iter_start, self._handed_out = start, 0
         rest = self.order(epoch)[start:]
-        for i in self._shard(rest) if rest else []:
+        shard = self._shard(rest) if rest else []
+        if self.repeat > 1:  # each whole window of W indices, μ times in a row (module docstring)
+            W = self.window
+            shard = [i for w in range(0, len(shard) - W + 1, W) for _ in range(self.repeat) for i in shard[w:w + W]]
+            shard = shard[repeat_skip:]
+            self._handed_out = repeat_skip
+        for i in shard:
             self._handed_out += 1
             yield i
 
     def __len__(self) -> int:
         # The full epoch's length, also when resuming inside it: Lightning counts the batches already done
         # (batch_progress) and expects the iterator to yield the remaining ones only.
+        if self.repeat > 1:
+            return self.num_samples // self.window * self.window * self.repeat
         return self.num_samples
 
     def set_epoch(self, epoch: int) -> None:
@@ -114,13 +136,28 @@ class ResumableSampler(DistributedSampler):
     # -- resuming ---------------------------------------------------------------------------------------
     def state_dict(self, consumed: int | None = None) -> dict:
         """`consumed`: examples of the current epoch's order trained on so far, all ranks together."""
+        if self.repeat > 1:
+            return self._repeating_state(consumed)
         if consumed is None:
             consumed = self._iter_start + self._handed_out * self.num_replicas
         epoch, n = self.epoch, len(self.dataset)
         if consumed >= (n - n % self.num_replicas if self.drop_last else n):
             epoch, consumed = epoch + 1, 0  # the epoch is done: the next one starts from its beginning
+        return self._state(epoch, consumed)
+
+    def _state(self, epoch: int, consumed: int, repeat_skip: int = 0) -> dict:
         return {"epoch": epoch, "consumed": int(consumed), "seed": self.seed, "shuffle": self.shuffle,
-                "dataset_size": n, "num_replicas": self.num_replicas, "group_size": self.group_size}
+                "dataset_size": len(self.dataset), "num_replicas": self.num_replicas, "group_size": self.group_size,
+                "repeat": self.repeat, "window": self.window, "repeat_skip": int(repeat_skip)}
+
+    def _repeating_state(self, consumed: int | None) -> dict:
+        """`consumed`: indices yielded by all ranks (repeats included); -> whole windows of the epoch's order done,
+        and the current window's repeats yielded on each rank."""
+        W, R, mu = self.window, self.num_replicas, self.repeat
+        yielded = (self._iter_start // R * mu + self._handed_out) if consumed is None else consumed // R  # per rank
+        if yielded >= len(self):
+            return self._state(self.epoch + 1, 0)  # the epoch is done (its last partial window is left out)
+        return self._state(self.epoch, yielded // (W * mu) * W * R, yielded % (W * mu))
 
     def load_state_dict(self, state: dict) -> None:
         """Resume in epoch `state["epoch"]` after its first `state["consumed"]` examples. A state saved on
@@ -130,9 +167,13 @@ class ResumableSampler(DistributedSampler):
         self._skip.clear()
         same_data = (state.get("dataset_size") == len(self.dataset) and state.get("seed") == self.seed
                      and state.get("shuffle", True) == self.shuffle
-                     and state.get("group_size", 0) == self.group_size)
+                     and state.get("group_size", 0) == self.group_size
+                     and state.get("repeat", 1) == self.repeat and state.get("window", 0) == self.window)
+        self._repeat_skip.clear()
         if same_data and state.get("consumed", 0) > 0:
             self._skip[self.epoch] = int(state["consumed"])
+        if same_data and state.get("repeat_skip", 0) > 0:
+            self._repeat_skip[self.epoch] = int(state["repeat_skip"])
 
 
 class WeightedResampler(ResumableSampler):

@@ -185,6 +185,12 @@ class Objective(LightningModule):
         sampler's uniform order (IW-SFT's mode resample gives its importance weights)."""
         return None
 
+    @property
+    def repeat_steps(self) -> int:
+        """How many optimizer steps in a row see each step's training batches, handed to the data module with the
+        layout (`connect`): 1, or GRPO's num_iterations (it updates several times on one rollout)."""
+        return 1
+
     # -- model ----------------------------------------------------------------------------------------
     def configure_model(self) -> None:
         if self.model is None:

@@ -13,8 +13,12 @@ Each training micro-batch holds P prompts x (any record with a prompt: data/prom
 
         ℓ_it = -min(ρ_it A_i, clip(ρ_it, 1 - ε_low, 1 + ε_high) A_i)   [+ β KL_it when kl_in: loss]
 
-     Each sample is used for one update (π_old = π_θ, detached), so ρ = 1 exactly and the gradient is -A_i ∇log π_θ:
-     REINFORCE with a group baseline. KL_it estimates KL(π_θ || π_ref) per token (k1, k2, k3);
+     With num_iterations μ = 1 each sample is used for one update (π_old = π_θ, detached), so ρ = 1 exactly and the
+     gradient is -A_i ∇log π_θ: REINFORCE with a group baseline. With μ > 1 (sample reuse, PPO-style) the data module
+     gives each optimizer step's prompts for μ optimizer steps in a row (data/samplers.py); the first samples and
+     stores the rollout (completions, rewards, advantages, π_old's token log-probs), the next μ - 1 update on it
+     again, where ρ ≠ 1 and the clip acts. The stored rollouts are part of the checkpoint. KL_it estimates
+     KL(π_θ || π_ref) per token (k1, k2, k3), recomputed at every update (in the reward: once, at sampling);
   5. aggregated over the whole optimizer step (losses/policy_gradient.aggregate, divided by the global count in
      objectives/base.py): sequence_mean Σ_i (Σ_t ℓ_it / |y_i|) / N (GRPO), token_mean Σ_it ℓ_it / Σ_i |y_i|
      (DAPO), constant_length Σ_it ℓ_it / (N · max_new_tokens) (Dr.GRPO). Exact under gradient accumulation and
@@ -38,6 +42,7 @@ completions scored by the same rewards (val/reward, ...); on pair sets (`kind: p
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 import torch
@@ -52,7 +57,27 @@ from lit_align.objectives.online import OnlineObjective, online_reference
 from lit_align.objectives.reference import ReferenceSpec
 
 
+@dataclass
+class Rollout:
+    """One micro-batch's samples, kept for the num_iterations - 1 updates that reuse them (N = P·G rows)."""
+    window: int                          # the optimizer step that sampled it, // num_iterations
+    contexts: list[list[int]]
+    completions: list[list[int]]
+    rewards: torch.Tensor                # (N,) the total reward (KL-shaped when kl_in: reward)
+    per_function: dict[str, torch.Tensor]  # label -> (N,)
+    advantages: torch.Tensor             # (N,)
+    old_logps: torch.Tensor              # (N, L) fp32 log π_old of the sampled tokens (0 elsewhere)
+
+
+def _to_cpu(value):
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    return {k: _to_cpu(v) for k, v in value.items()} if isinstance(value, dict) else value
+
+
 class GRPO(OnlineObjective):
+    added_settings = {"num_iterations": 1}  # (added after the first GRPO checkpoints)
+
     def __init__(
         self,
         policy: ModelSpec | None = None,
@@ -65,6 +90,7 @@ class GRPO(OnlineObjective):
         top_k: int = 0,
         advantage: Literal["grpo", "dr_grpo", "rloo"] = "grpo",
         loss_aggregation: Literal["sequence_mean", "token_mean", "constant_length"] = "sequence_mean",
+        num_iterations: int = 1,
         epsilon: float = 0.2,
         epsilon_high: float | None = None,
         beta: float = 0.0,
@@ -90,6 +116,8 @@ class GRPO(OnlineObjective):
             top_k: sample among the k likeliest tokens (0: off). Biases the ratio.
             advantage: grpo (group mean and std), dr_grpo (group mean only), rloo (leave-one-out mean).
             loss_aggregation: sequence_mean (GRPO), token_mean (DAPO), constant_length (Dr.GRPO).
+            num_iterations: μ, the updates made on each rollout (1: on-policy, ρ = 1; > 1: the data module repeats
+                each optimizer step's prompts μ times and the clipped ratio keeps the later updates near π_old).
             epsilon: ε_low, the clip range below 1 (and above, unless epsilon_high).
             epsilon_high: ε_high, the clip range above 1 (DAPO's clip-higher, e.g. 0.28); None: epsilon.
             beta: β, the weight of the KL to the reference (0: no reference is built).
@@ -108,7 +136,8 @@ class GRPO(OnlineObjective):
         checks = [(num_generations >= 2, f"num_generations must be >= 2 (the baseline is the group's), not "
                                          f"{num_generations}"),
                   (epsilon > 0 and (epsilon_high is None or epsilon_high > 0), "epsilon and epsilon_high must be > 0"),
-                  (beta >= 0, f"beta must be >= 0, not {beta}")]
+                  (beta >= 0, f"beta must be >= 0, not {beta}"),
+                  (num_iterations >= 1, f"num_iterations must be >= 1, not {num_iterations}")]
         for ok, message in checks:
             if not ok:
                 raise LitAlignError(message)
@@ -116,28 +145,51 @@ class GRPO(OnlineObjective):
         self.epsilon_low, self.epsilon_high = epsilon, epsilon if epsilon_high is None else epsilon_high
         self.beta, self.kl_estimator, self.kl_in = beta, kl_estimator, kl_in
         self.mask_truncated = mask_truncated
+        self.num_iterations = num_iterations
+        self.rollouts: dict[tuple[int, ...], Rollout] = {}  # the batch's data indices -> its stored rollout
         self.reference = online_reference(reference) if beta > 0 else None
+
+    @property
+    def repeat_steps(self) -> int:
+        return self.num_iterations
 
     # -- the update ----------------------------------------------------------------------------------------
     def step(self, batch: dict) -> Sums:
         P, G = len(batch["records"]), self.num_generations
-        contexts, completions, _, scores = self.rollout(batch)
+        window, iteration = divmod(self.trainer.global_step, self.num_iterations)
+        key = tuple(batch["index"].tolist())
+        stored = self.rollouts.get(key) if iteration > 0 else None
+        if iteration > 0 and (stored is None or stored.window != window):
+            raise LitAlignError(f"GRPO num_iterations {self.num_iterations}: no stored rollout for this batch's prompts "
+                                f"at step {self.trainer.global_step}; the data module must give each optimizer step's "
+                                "batches num_iterations times (AlignDataModule.connect(..., repeat_steps="
+                                "objective.repeat_steps), as `lit_align fit` does)")
+        if stored is None:
+            contexts, completions, _, scores = self.rollout(batch)
+        else:
+            contexts, completions = stored.contexts, stored.completions
         rows = self.rows(contexts, completions)
         out = token_logps(self.model, rows["labels"], temperature=self.temperature, input_ids=rows["input_ids"],
                           attention_mask=rows["attention_mask"], use_cache=False)     # (N, L) fp32, with gradient
         mask = out.mask                                                                # (N, L) completion tokens
         ended = self.ended(completions)                                               # (N,) bool
-        rewards = scores.total.to(self.device)                                        # (N,)
         kl = None
         if self.beta > 0:
             ref = self.reference.token_logps(rows, self.model, self.temperature)     # (N, L) fp32, constants
             kl = kl_estimate(out.logps, ref, self.kl_estimator) * mask                # (N, L)
-            if self.kl_in == "reward":
+        if stored is None:  # a fresh rollout: π_old is the policy that sampled it, so ρ = 1 exactly
+            rewards = scores.total.to(self.device)                                    # (N,)
+            if kl is not None and self.kl_in == "reward":
                 rewards = kl_shaped_rewards(rewards, kl.detach(), mask, self.beta)
+            stored = Rollout(window, contexts, completions, rewards, dict(scores.per_function),
+                             group_advantages(rewards.view(P, G), self.advantage).reshape(-1), out.logps.detach())
+            if self.num_iterations > 1:
+                self.rollouts = {k: r for k, r in self.rollouts.items() if r.window == window}  # drop older windows
+                self.rollouts[key] = stored
+        rewards, advantages, old_logps = (t.to(self.device) for t in (stored.rewards, stored.advantages,
+                                                                       stored.old_logps))
         grouped = rewards.view(P, G)
-        advantages = group_advantages(grouped, self.advantage).reshape(-1)            # (N,)
-        loss = clipped_policy_loss(out.logps, out.logps.detach(), advantages, mask, self.epsilon_low,
-                                   self.epsilon_high)
+        loss = clipped_policy_loss(out.logps, old_logps, advantages, mask, self.epsilon_low, self.epsilon_high)
         token_losses = loss.token_losses
         if kl is not None and self.kl_in == "loss":
             token_losses = add_kl_to_loss(token_losses, kl, mask, self.beta)
@@ -147,16 +199,26 @@ class GRPO(OnlineObjective):
         sums = {
             "loss": (loss_sum, count),
             "reward": (rewards.detach().sum(), N),
-            **{f"reward/{label}": (r.sum(), N) for label, r in scores.per_function.items()
-               if len(scores.per_function) > 1},
+            **{f"reward/{label}": (r.sum(), N) for label, r in stored.per_function.items()
+               if len(stored.per_function) > 1},
             "rollout/reward_std": (grouped.std(-1).detach().sum(), P),
             "rollout/zero_spread": (zero_spread_share(grouped.detach()) * P, P),
             "rollout/advantage_abs": (advantages.abs().detach().sum(), N),
             "rollout/completion_length": (mask.sum().float(), N),
             "rollout/truncated": ((~ended).sum().float(), N),
-            "rollout/entropy": (-(out.logps.detach() * mask).sum(), tokens),
+            "rollout/entropy": (-(old_logps * mask).sum(), tokens),   # of the distribution that sampled them
             "policy/clip_fraction": ((loss.clipped & mask).sum().float(), tokens),
         }
         if kl is not None:
             sums["policy/kl"] = (kl.detach().sum(), tokens)
         return sums
+
+    # -- the stored rollouts are part of the checkpoint (a run stopped mid-way through μ updates resumes them) ---
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        if self.rollouts:
+            checkpoint["grpo_rollouts"] = [(list(k), _to_cpu(asdict(r))) for k, r in self.rollouts.items()]
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self.rollouts = {tuple(k): Rollout(**r) for k, r in checkpoint.get("grpo_rollouts", [])}
