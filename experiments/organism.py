@@ -2,7 +2,8 @@
 a disposition it lacks (the sweet food, p_match ≈ 0.13 at the start), how many pairs it needs, whether the change
 reaches new foods and phrasings (ood) and open-ended answers without letters (open), and what it costs the
 capability (task accuracy). The methods, sizes and seeds are the sweep configs/sweeps/organism.yaml: CAA, SFT,
-CAA on top of SFT, IW-SFT (loss and resample) and DPO at n ∈ {8, 32, 128, 512} training pairs x 3 seeds.
+CAA on top of SFT, IW-SFT (loss and resample), DPO and online RL (GRPO, budgeted in reward queries) at
+n ∈ {8, 32, 128, 512} training pairs (labels) x 3 seeds.
 
     python scripts/organism_experiment.py                    # every run here (~30 min on 2 CPU cores), then:
         logs/experiments/organism/{results.csv, organism.png, table.md}
@@ -67,13 +68,14 @@ def start_metrics(sweep: Sweep) -> dict[str, float]:
 def with_start(rows: list[dict], start: dict[str, float]) -> list[dict]:
     """`rows` plus the starting model at every training-set size (a flat line in the figure)."""
     sizes = sorted({int(r["size"]) for r in rows})
-    return [{"run": f"start-n{n}", "objective": "start", "size": n, "seed": 0, "train_examples": n, **start}
+    return [{"run": f"start-n{n}", "objective": "start", "size": n, "seed": 0, "train_examples": n, "labels": n,
+             **start}
             for n in sizes] + rows
 
 
 def table(rows: list[dict]) -> str:
     """Markdown: per method and n, the mean over seeds of each column (± half the seeds' range)."""
-    lines = ["| method | n | " + " | ".join(c for _, c in COLUMNS) + " | seeds |",
+    lines = ["| method | n (pairs; online RL: reward queries) | " + " | ".join(c for _, c in COLUMNS) + " | seeds |",
              "|---|---|" + "---|" * len(COLUMNS) + "---|"]
     methods = list(dict.fromkeys(r["objective"] for r in rows))
     for m in methods:

@@ -13,23 +13,25 @@ def test_quick_experiment_runs_every_method_and_reuses_finished_runs(tmp_path, m
     organism.main(["--quick", "--policy", "builtin:tiny", "--out", str(out)])
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert {r["objective"] for r in rows} == {"start", "caa", "sft", "sft_caa", "iw_sft_loss", "iw_sft_resample",
-                                              "dpo"}
+                                              "dpo", "grpo"}
     for r in rows:
         for key in ("val_id/ab/p_match", "val_ood/ab/p_match", "val_task/logps/accuracy", "val_open/gen/match"):
             assert 0.0 <= float(r[key]) <= 1.0, (r["run"], key)
         assert "val_caa_select/ab/p_match" not in r or r["val_caa_select/ab/p_match"] == ""  # never reported
-        assert int(r["train_examples"]) == 8
+        assert int(r["labels"]) == 8
+        # online RL is budgeted in labels: 8 reward queries are 1 question x 8 samples
+        assert int(r["train_examples"]) == (1 if r["objective"] == "grpo" else 8)
     caa = next(r for r in rows if r["objective"] == "caa")
     assert caa["steps"] == "0" and int(float(caa["caa/layer"])) in (0, 1) and float(caa["caa/multiplier"]) in (
         0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
     assert float(caa["caa/select_p_match"]) >= 0.0
     assert (out / "organism.png").stat().st_size > 10_000
     md = (out / "table.md").read_text()
-    assert md.count("\n") == 2 + 7 and "| sft_caa | 8 |" in md and "| start (no training) | any |" in md
+    assert md.count("\n") == 2 + 8 and "| sft_caa | 8 |" in md and "| start (no training) | any |" in md
     start = next(r for r in rows if r["objective"] == "start")
     unsteered = [r for r in rows if r["objective"] == "caa" and float(r["caa/multiplier"]) == 0]
     for r in unsteered:   # CAA at multiplier 0 is the starting model
         assert abs(float(r["val_id/ab/p_match"]) - float(start["val_id/ab/p_match"])) < 1e-6
     capsys.readouterr()
     organism.main(["--quick", "--policy", "builtin:tiny", "--out", str(out)])   # everything finished: reused
-    assert capsys.readouterr().out.count("done already") == 5
+    assert capsys.readouterr().out.count("done already") == 6
