@@ -48,7 +48,7 @@ def start_metrics(sweep: Sweep) -> dict[str, float]:
     path = sweep.out / "start.json"
     if path.exists():
         return json.loads(path.read_text())
-    base = sweep.spec.get("base") or {}
+    base = sweep.spec.base
     spec = policy_spec(base)
     tokenizer = load_tokenizer(spec)
     model = load_model(spec, tokenizer)
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
             overrides["out"] = args.out
         sweep = Sweep(args.config, overrides)
         if args.policy:
-            sweep.spec["base"]["model"]["init_args"]["policy"]["name"] = args.policy
+            sweep.spec.base["model"]["init_args"]["policy"]["name"] = args.policy
         if args.slurm:
             sbatch, submit = sweep.write_slurm()
             print(f"wrote {sbatch} ({len(sweep.runs)} array tasks) and {submit}\nsubmit with: bash {submit}; "
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
             from lit_align.modeling.models import resolve_name
 
             # build a built-in pretrained model here, with its progress on screen, not inside the first run's log
-            resolve_name(sweep.spec["base"]["model"]["init_args"]["policy"]["name"])
+            resolve_name(sweep.spec.base["model"]["init_args"]["policy"]["name"])
             sweep.run_all()
         rows = with_start(sweep.results(), start_metrics(sweep))
         sweep.collect(rows)

@@ -1,6 +1,7 @@
 """Sweeps: a tiny grid runs through the real CLI and writes a CSV with one row per run and a PNG; a run
 that is done is not run again; the SLURM array script is generated (without SLURM); every sweep file
-in configs/sweeps resolves to configs that LitAlignCLI accepts."""
+in configs/sweeps resolves to configs that LitAlignCLI accepts; a sweep file with an unknown key or a value of
+the wrong type is refused in one sentence."""
 
 import csv
 import json
@@ -8,6 +9,8 @@ import json
 import pytest
 import yaml
 from conftest import REPO
+
+from lit_align.errors import LitAlignError
 
 SWEEPS = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs" / "sweeps").glob("*.yaml"))
 
@@ -90,9 +93,8 @@ def test_an_online_method_is_budgeted_in_reward_queries(tmp_path):
     assert by["grpo"]["labels"] == 32 and by["grpo"]["train_examples"] == 8
     assert by["sft"]["labels"] == by["sft"]["train_examples"] == 32
     assert 0.0 <= by["grpo"]["val_id/logps/accuracy"] <= 1.0    # the same evaluation sets as the offline method
-    with pytest.raises(Exception, match="budget must be examples or reward_queries"):
-        bad = Sweep(_write(tmp_path, {**spec, "objectives": {"grpo": {**grpo, "budget": "steps"}}}))
-        bad.config(bad.runs[0])
+    with pytest.raises(LitAlignError, match="objective grpo: option budget: must be one of examples, reward_queries"):
+        Sweep(_write(tmp_path, {**spec, "objectives": {"grpo": {**grpo, "budget": "steps"}}}))
 
 
 def test_slurm_array_script(tmp_path):
@@ -110,6 +112,50 @@ def test_slurm_array_script(tmp_path):
         assert f"#   {i}: {name}" in script
     text = submit.read_text()
     assert "sbatch --parsable" in text and "--dependency=afterany:$job" in text and "lit_align.sweep collect" in text
+
+
+@pytest.mark.parametrize("change, said", [
+    ({"sizes": "many"}, "option sizes: Expected a list"),
+    ({"slurm": {"time": 5, "bogus": 1}}, "option slurm.time: Expected a str"),
+    ({"slurm": {"bogus": 1}}, "'slurm' does not accept option 'bogus'"),
+    ({"generate": {"max_new_tokens": "many"}}, "option generate.max_new_tokens: Expected a int"),
+    ({"objectives": {"sft": {"caa": "maybe"}}}, "objective sft: option caa: Expected a bool"),
+    ({"bogus": 1}, "unknown sweep keys bogus (known: base, config, "),
+    ({"objectives": {}}, "`objectives` is missing or empty"),
+    ({"sizes": None}, "`sizes` is missing or empty"),
+])
+def test_a_wrong_sweep_file_is_refused_in_one_sentence_naming_the_file_and_key(tmp_path, change, said):
+    from lit_align.sweep.engine import Sweep
+
+    path = _write(tmp_path, {**TINY, **change})
+    with pytest.raises(LitAlignError) as refused:
+        Sweep(path)
+    message = str(refused.value)
+    assert message.startswith(f"{path}: ") and said in message and "\n" not in message
+    with pytest.raises(LitAlignError, match="option seeds: "):   # overrides are checked as the file is
+        Sweep(_write(tmp_path, TINY), {"seeds": "all"})
+
+
+def test_overrides_replace_top_level_keys(tmp_path):
+    from lit_align.sweep.engine import Sweep
+
+    sweep = Sweep(_write(tmp_path, TINY), {"sizes": [4], "seeds": [1, 2], "out": str(tmp_path / "elsewhere")})
+    assert [r.name for r in sweep.runs] == ["sft-n4-s1", "sft-n4-s2"]
+    assert sweep.out == tmp_path / "elsewhere" and sweep.spec.slurm.max_parallel == 4
+
+
+SHIPPED = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").rglob("*.yaml")
+                 if {"objectives", "sizes"} <= set(yaml.safe_load(p.read_text()) or {}))
+
+
+def test_every_shipped_sweep_file_parses():
+    """Every sweep file in configs/ (a YAML with `objectives` and `sizes`) reads as a SweepSpec unchanged."""
+    from lit_align.sweep.engine import Sweep
+
+    assert set(SWEEPS) <= set(SHIPPED)
+    for sweep_file in SHIPPED:
+        sweep = Sweep(REPO / sweep_file)
+        assert sweep.runs and set(sweep.methods) == set(sweep.objectives), sweep_file
 
 
 @pytest.mark.parametrize("sweep_file", SWEEPS)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from pathlib import Path
 
 from lit_align.errors import LitAlignError
 from lit_align.sweep import engine
@@ -28,9 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        sweep = Sweep(args.sweep)
-        if args.out:
-            sweep.out = Path(args.out)
+        sweep = Sweep(args.sweep, {"out": args.out} if args.out else None)
         if args.command == "list":
             for r in sweep.runs:
                 done = "done" if sweep.result_path(r).exists() else ""

@@ -44,12 +44,16 @@ Online methods (objectives/grpo.py, online_dpo.py) are budgeted in labels, the r
       grpo: {budget: reward_queries, model: {class_path: lit_align.objectives.GRPO, init_args: ...}}
 
 Their `size` is then the number of reward queries: size / (completions per prompt) prompts, each used once (epochs
-and min_steps do not apply). Every result has a `labels` column (training examples for the others), and a sweep
-with an online method draws its figure against it, so offline methods at n pairs and online RL at n reward queries
-share one axis.
+and min_steps do not apply); the default, `budget: examples`, counts training examples. Every result has a `labels`
+column (training examples for the others), and a sweep with an online method draws its figure against it, so
+offline methods at n pairs and online RL at n reward queries share one axis.
 
 A CAA run has the same result keys as a trained run (the evaluation sets' logps/accuracy, ab/p_match, ...), so
 one CSV and one figure hold both.
+
+The file is checked when the sweep is read (the dataclasses SweepSpec, SlurmSpec, GenerateSpec and MethodSpec below,
+through jsonargparse): an unknown key or a value of the wrong type is said in one sentence naming the file and the
+key. A key given as null keeps its default.
 
 A run is done when its runs/<run>/result.json exists: a sweep that is run again (after a crash, or as
 another SLURM array) skips finished runs and redoes the others from scratch. Each run ends with one
@@ -68,14 +72,98 @@ import shutil
 import sys
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Literal
 
 import yaml
 
 from lit_align.config import deep_merge, read_yaml
 from lit_align.errors import LitAlignError
 from lit_align.layouts import LAYOUTS
+
+
+@dataclass
+class SlurmSpec:
+    """The `slurm:` section: the job array's sbatch options (module docstring)."""
+
+    time: str = "01:00:00"
+    cpus_per_task: int = 4
+    gres: str | None = None
+    partition: str | None = None
+    max_parallel: int | None = None       # at most this many array tasks at once
+    setup: str | None = None              # a shell line before the run, e.g. "source .venv/bin/activate"
+    sbatch: list[str] = field(default_factory=list)   # more #SBATCH options, e.g. ["--mem=16G"]
+
+
+@dataclass
+class GenerateSpec:
+    """The `generate:` section: generation-scored sets, logged as val_<name>/gen/<scorer>."""
+
+    sets: dict[str, dict | str] = field(default_factory=dict)   # name -> data source
+    scorer: str | dict | list = "match"   # scorers.py: a name, {name: ..., <options>}, or a list
+    max_new_tokens: int = 16
+
+
+@dataclass
+class SweepSpec:
+    """A sweep file (module docstring). `steer` is CAAOptions' (lit_align/steering/caa.py), which checks it;
+    `objectives` and `base` are LightningCLI configs, which LitAlignCLI checks when a run starts."""
+
+    objectives: dict[str, dict | None] = field(default_factory=dict)
+    sizes: list[int] = field(default_factory=list)
+    name: str | None = None               # default: the file's stem
+    out: str | None = None                # default: logs/sweeps/<name>
+    seeds: list[int] = field(default_factory=lambda: [0])
+    epochs: float = 1.0
+    min_steps: int = 1
+    draw_per_seed: bool = False
+    metrics: list[str] | None = None      # default: every */logps/accuracy of the results
+    config: str | None = None
+    base: dict = field(default_factory=dict)
+    slurm: SlurmSpec = field(default_factory=SlurmSpec)
+    steer: dict | None = None
+    generate: GenerateSpec = field(default_factory=GenerateSpec)
+
+
+@dataclass
+class MethodSpec:
+    """The sweep-level keys of an `objectives:` entry; the entry's other keys are the run's LightningCLI config."""
+
+    caa: bool = False                     # no training: CAA from the run's training pairs
+    then_caa: str | None = None           # after training, CAA on top of the trained policy, as this result
+    budget: Literal["examples", "reward_queries"] = "examples"   # what `size` counts
+
+
+def _parse(cls, values: dict, where: str):
+    """`values` as the dataclass `cls`, checked by jsonargparse as `lit_align steer` checks its SteerSpec (types,
+    Literal choices, unknown keys of a section); what does not fit is said in one sentence after `where`."""
+    from jsonargparse import ArgumentError, ArgumentParser
+
+    from lit_align.lightning_cli import parse_error_sentence
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(cls)
+    try:
+        parsed = parser.parse_object(values)
+    except ArgumentError as e:
+        raise LitAlignError(f"{where}: {' '.join(parse_error_sentence(str(e)).split())}") from None
+    return cls(**parser.instantiate(parsed).as_dict())  # (its sections are their dataclasses already)
+
+
+def read_spec(path: Path, overrides: dict | None = None) -> SweepSpec:
+    """The sweep file at `path`, its top-level keys replaced by `overrides` (e.g. sizes, seeds, out), checked."""
+    values = {**read_yaml(path), **(overrides or {})}
+    known = [f.name for f in fields(SweepSpec)]
+    unknown = set(values) - set(known)
+    if unknown:  # (all of them, and the known ones: more than jsonargparse's first unknown key)
+        raise LitAlignError(f"{path}: unknown sweep keys {', '.join(sorted(unknown))} (known: "
+                            f"{', '.join(sorted(known))})")
+    spec = _parse(SweepSpec, {k: v for k, v in values.items() if v is not None}, str(path))  # null: the default
+    for key in ("objectives", "sizes"):
+        if not getattr(spec, key):
+            raise LitAlignError(f"{path}: `{key}` is missing or empty")
+    return spec
 
 
 @dataclass
@@ -91,34 +179,27 @@ class Run:
 
 
 class Sweep:
-    KEYS = {"name", "out", "sizes", "seeds", "epochs", "min_steps", "metrics", "config", "base", "objectives", "slurm",
-            "steer", "generate", "draw_per_seed"}
-    METHOD_KEYS = ("caa", "then_caa", "budget")  # sweep-level keys of an objective entry (not LightningCLI config)
     ONLINE_SAMPLES = {"lit_align.objectives.OnlineDPO": 2}  # completions per prompt fixed by the objective
 
     def __init__(self, path: "str | Path", overrides: dict | None = None):
         self.path = Path(path).resolve()
-        spec = {**read_yaml(self.path), **(overrides or {})}  # overrides: top-level keys (e.g. sizes, seeds, out)
-        unknown = set(spec) - self.KEYS
-        if unknown:
-            raise LitAlignError(f"{path}: unknown sweep keys {', '.join(sorted(unknown))} (known: "
-                                f"{', '.join(sorted(self.KEYS))})")
-        for key in ("objectives", "sizes"):
-            if not spec.get(key):
-                raise LitAlignError(f"{path}: `{key}` is missing or empty")
-        self.spec = spec
-        self.name = spec.get("name", self.path.stem)
-        self.out = Path(spec.get("out", f"logs/sweeps/{self.name}"))
-        self.sizes = [int(s) for s in spec["sizes"]]
-        self.seeds = [int(s) for s in spec.get("seeds", [0])]
-        self.epochs = float(spec.get("epochs", 1))
-        self.min_steps = int(spec.get("min_steps", 1))
-        self.objectives = dict(spec["objectives"])
+        self.spec = read_spec(Path(path), overrides)
+        self.name = self.spec.name or self.path.stem
+        self.out = Path(self.spec.out or f"logs/sweeps/{self.name}")
+        # each entry split into its sweep-level keys (methods) and the LightningCLI config of its runs (objectives)
+        self.methods: dict[str, MethodSpec] = {}
+        self.objectives: dict[str, dict] = {}
+        method_keys = {f.name for f in fields(MethodSpec)}
+        for objective, entry in self.spec.objectives.items():
+            entry = entry or {}
+            self.methods[objective] = _parse(MethodSpec, {k: v for k, v in entry.items() if k in method_keys},
+                                             f"{path}: objective {objective}")
+            self.objectives[objective] = {k: v for k, v in entry.items() if k not in method_keys}
         self.runs = [Run(i, o, n, s) for i, (o, n, s) in enumerate(
-            (o, n, s) for o in self.objectives for n in self.sizes for s in self.seeds)]
+            (o, n, s) for o in self.objectives for n in self.spec.sizes for s in self.spec.seeds)]
         # results written by another run (`then_caa`): no array task of their own
-        self.derived = {r.name: Run(-1, self.objectives[r.objective]["then_caa"], r.size, r.seed)
-                        for r in self.runs if (self.objectives[r.objective] or {}).get("then_caa")}
+        self.derived = {r.name: Run(-1, self.methods[r.objective].then_caa, r.size, r.seed)
+                        for r in self.runs if self.methods[r.objective].then_caa}
 
     # -- one run's config ------------------------------------------------------------------------------
     def _resolve(self, config: dict, where: Path) -> dict:
@@ -137,21 +218,21 @@ class Sweep:
 
     def config(self, run: Run) -> dict:
         """The full LightningCLI config of one run."""
-        base = self._resolve({"config": self.spec["config"]} if self.spec.get("config") else {}, self.path)
-        base = deep_merge(base, self.spec.get("base") or {})
-        entry = {k: v for k, v in (self.objectives[run.objective] or {}).items() if k not in self.METHOD_KEYS}
-        cfg = deep_merge(base, self._resolve(entry, self.path))
+        base = self._resolve({"config": self.spec.config} if self.spec.config else {}, self.path)
+        base = deep_merge(base, self.spec.base)
+        cfg = deep_merge(base, self._resolve(self.objectives[run.objective], self.path))
         data = cfg.setdefault("data", {}).setdefault("init_args", {})
         train = data.get("train", "builtin:sft")
         train = {"path": train} if isinstance(train, str) else dict(train)
         train["limit"] = run.size
-        if self.spec.get("draw_per_seed"):  # a built-in task draws other training examples for each seed
+        if self.spec.draw_per_seed:  # a built-in task draws other training examples for each seed
             train["seed"] = run.seed
         data["train"], data["seed"] = train, run.seed
         batch = int(data.get("batch_size", 8))
         trainer = cfg.setdefault("trainer", {})
         accumulate = int(trainer.get("accumulate_grad_batches", 1))
-        trainer["max_steps"] = max(self.min_steps, math.ceil(self.epochs * run.size / (batch * accumulate)))
+        trainer["max_steps"] = max(self.spec.min_steps,
+                                   math.ceil(self.spec.epochs * run.size / (batch * accumulate)))
         per_prompt = self.reward_queries_per_prompt(run, cfg)
         if per_prompt:  # an online method's size is its label budget: reward queries, each prompt used once
             prompts = max(1, run.size // per_prompt)
@@ -171,12 +252,8 @@ class Sweep:
     def reward_queries_per_prompt(self, run: Run, cfg: dict | None = None) -> int | None:
         """Reward queries (labels) one training prompt costs an online method whose entry says
         `budget: reward_queries` (its completions per prompt); None for a method whose size is training examples."""
-        entry = self.objectives[run.objective] or {}
-        if entry.get("budget", "examples") == "examples":
+        if self.methods[run.objective].budget == "examples":
             return None
-        if entry["budget"] != "reward_queries":
-            raise LitAlignError(f"objective {run.objective}: budget must be examples or reward_queries, not "
-                                f"'{entry['budget']}'")
         cfg = self.config(run) if cfg is None else cfg
         model = cfg.get("model") or {}
         return self.ONLINE_SAMPLES.get(model.get("class_path"),
@@ -199,13 +276,13 @@ class Sweep:
         run_dir.mkdir(parents=True)
         config_path = run_dir / "config.yaml"
         config_path.write_text(yaml.safe_dump(self.config(run), sort_keys=False))
-        entry = self.objectives[run.objective] or {}
+        method = self.methods[run.objective]
         start = time.perf_counter()
         log = open(run_dir / "log.txt", "w") if quiet else None
         result = None
         try:
             with output_to(log):
-                if entry.get("caa"):
+                if method.caa:
                     result = self._caa_run(run, config_path, start)
                 else:
                     cli = run_in_process(config_path)
@@ -213,7 +290,7 @@ class Sweep:
                     for d in cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False):
                         metrics.update({k: float(v) for k, v in d.items()})
                     metrics.update(self._generation_metrics(cli.model.model, cli.datamodule))
-                    if entry.get("then_caa"):  # CAA on top of the trained policy, from the same training pairs
+                    if method.then_caa:  # CAA on top of the trained policy, from the same training pairs
                         t = time.perf_counter()
                         derived = self.derived[run.name]
                         self.run_dir(derived).mkdir(parents=True, exist_ok=True)
@@ -245,9 +322,8 @@ class Sweep:
     # -- steering and generation -----------------------------------------------------------------------
     def _generate_sets(self) -> tuple[dict, int]:
         """{name: (source, scorer)} of the `generate:` section, and its max_new_tokens."""
-        spec = self.spec.get("generate") or {}
-        scorer = spec.get("scorer", "match")
-        return {name: (src, scorer) for name, src in (spec.get("sets") or {}).items()}, int(spec.get("max_new_tokens", 16))
+        generate = self.spec.generate
+        return {name: (src, generate.scorer) for name, src in generate.sets.items()}, generate.max_new_tokens
 
     def _generation_metrics(self, model, datamodule) -> dict[str, float]:
         from lit_align.steering.caa import generation_metrics
@@ -260,7 +336,7 @@ class Sweep:
         from lit_align.data.datamodule import AlignDataModule
         from lit_align.steering.caa import SELECT_SPLIT, CAAOptions
 
-        opts = CAAOptions.from_dict(self.spec.get("steer"))
+        opts = CAAOptions.from_dict(self.spec.steer)
         args = dict((read_yaml(config_path).get("data") or {}).get("init_args") or {})
         args["val"] = {**(args.get("val") or {}), SELECT_SPLIT: opts.select}
         dm = AlignDataModule(**args)
@@ -319,8 +395,8 @@ class Sweep:
         return [json.loads(self.result_path(r).read_text()) for r in runs if self.result_path(r).exists()]
 
     def metrics(self, rows: list[dict]) -> list[str]:
-        if self.spec.get("metrics"):
-            return list(self.spec["metrics"])
+        if self.spec.metrics:
+            return list(self.spec.metrics)
         names = sorted({k for r in rows for k in r if k.endswith("logps/accuracy")})
         return names or sorted({k for r in rows for k in r if k.endswith("/loss")})
 
@@ -344,11 +420,11 @@ class Sweep:
             pass
         else:
             try:
-                online = any((entry or {}).get("budget") == "reward_queries" for entry in self.objectives.values())
+                online = any(m.budget == "reward_queries" for m in self.methods.values())
                 x, by = ("labels", "labels: training examples or reward queries") if online else \
                     ("train_examples", "training examples")
                 png = plot_sweep(rows, self.metrics(rows), self.out / f"{self.name}.png", x=x,
-                                 title=f"{self.name}: final model, by {by} ({len(self.seeds)} seeds)")
+                                 title=f"{self.name}: final model, by {by} ({len(self.spec.seeds)} seeds)")
             except ImportError:
                 print("matplotlib is not installed: no figure (pip install matplotlib)", file=sys.stderr)
         done = {r["run"] for r in rows}
@@ -360,29 +436,28 @@ class Sweep:
     # -- SLURM -----------------------------------------------------------------------------------------
     def slurm_script(self, python: str | None = None, workdir: str | None = None) -> str:
         """An sbatch job-array script: task i runs run i (`python -m lit_align.sweep run SWEEP --index i`)."""
-        s = {"time": "01:00:00", "cpus_per_task": 4, "gres": None, "partition": None, "max_parallel": None,
-             "setup": None, "sbatch": [], **(self.spec.get("slurm") or {})}
+        s = self.spec.slurm
         python = python or sys.executable
         workdir = workdir or os.getcwd()
         logs = (self.out / "slurm").resolve() if not self.out.is_absolute() else self.out / "slurm"
-        array = f"0-{len(self.runs) - 1}" + (f"%{s['max_parallel']}" if s["max_parallel"] else "")
+        array = f"0-{len(self.runs) - 1}" + (f"%{s.max_parallel}" if s.max_parallel else "")
         lines = ["#!/bin/bash",
                  f"#SBATCH --job-name={self.name}",
                  f"#SBATCH --array={array}",
                  f"#SBATCH --output={logs}/%A_%a.out",
-                 f"#SBATCH --time={s['time']}",
-                 f"#SBATCH --cpus-per-task={s['cpus_per_task']}",
+                 f"#SBATCH --time={s.time}",
+                 f"#SBATCH --cpus-per-task={s.cpus_per_task}",
                  "#SBATCH --ntasks=1"]
-        if s["gres"]:
-            lines.append(f"#SBATCH --gres={s['gres']}")
-        if s["partition"]:
-            lines.append(f"#SBATCH --partition={s['partition']}")
-        lines += [f"#SBATCH {opt}" for opt in s["sbatch"]]
+        if s.gres:
+            lines.append(f"#SBATCH --gres={s.gres}")
+        if s.partition:
+            lines.append(f"#SBATCH --partition={s.partition}")
+        lines += [f"#SBATCH {opt}" for opt in s.sbatch]
         runs = "\n".join(f"#   {r.index}: {r.name}" for r in self.runs)
         lines += ["", f"# {len(self.runs)} runs of sweep {self.path} (array index: run):", runs, "",
                   "set -euo pipefail", f"cd {shlex.quote(workdir)}"]
-        if s["setup"]:
-            lines.append(s["setup"])
+        if s.setup:
+            lines.append(s.setup)
         lines += ["export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-0} TOKENIZERS_PARALLELISM=false",
                   f"srun {shlex.quote(python)} -m lit_align.sweep run {shlex.quote(str(self.path))} "
                   "--index \"$SLURM_ARRAY_TASK_ID\""]
