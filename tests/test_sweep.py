@@ -123,6 +123,8 @@ def test_slurm_array_script(tmp_path):
     ({"bogus": 1}, "unknown sweep keys bogus (known: base, config, "),
     ({"objectives": {}}, "`objectives` is missing or empty"),
     ({"sizes": None}, "`sizes` is missing or empty"),
+    ({"steer": {"positions": "sideways"}}, "steer.positions"),
+    ({"steer": {"select": None}, "objectives": {"caa": {"caa": True}}}, "steer.select: give the held-out"),
 ])
 def test_a_wrong_sweep_file_is_refused_in_one_sentence_naming_the_file_and_key(tmp_path, change, said):
     from lit_align.sweep.engine import Sweep

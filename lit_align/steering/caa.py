@@ -17,39 +17,38 @@ scores below its starting model on the selection pairs. The same procedure runs 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
 from lit_align.errors import LitAlignError
-from lit_align.steering.vectors import contrast_margins, extract_from_data, match_rate, p_match
+from lit_align.steering.vectors import (METHODS, POSITIONS, READS, contrast_margins, extract_from_data, match_rate,
+                                        p_match)
 
 SELECT_SPLIT = "caa_select"
 
 
 @dataclass
 class CAAOptions:
-    """The `steer:` section of a sweep (CAA runs and `then_caa`)."""
+    """The `steer:` section of a sweep (CAA runs and `then_caa`), typed for jsonargparse (the sweep file's parser
+    checks it when the file is read: lit_align/sweep/engine.py)."""
 
-    layers: "list[int] | str" = "all"
+    layers: list[int] | str = "all"
     multipliers: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0, 8.0])
-    select: "dict | str | None" = None
+    select: dict | str | None = None
     """The held-out training pairs the layer and multiplier are chosen on (a data source, e.g.
     {path: builtin:organism, skip: 1024, limit: 64}: rows of the train split no run trains on)."""
-    positions: str = "after_prompt"
-    method: str = "mean_diff"
-    read: str = "answer"
+    positions: Literal[POSITIONS] = "after_prompt"
+    method: Literal[METHODS] = "mean_diff"
+    read: Literal[READS] = "answer"
 
-    @classmethod
-    def from_dict(cls, values: dict | None) -> "CAAOptions":
-        values = dict(values or {})
-        unknown = set(values) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise LitAlignError(f"steer: unknown option(s) {', '.join(sorted(unknown))} (known: "
-                                f"{', '.join(cls.__dataclass_fields__)})")
-        opts = cls(**values)
-        if opts.select is None:
+    def validate(self) -> "CAAOptions":
+        """What the types cannot say; raises in one sentence."""
+        if self.select is None:
             raise LitAlignError("steer.select: give the held-out training pairs to choose the layer and multiplier on")
-        return opts
+        if isinstance(self.layers, str) and self.layers != "all":
+            raise LitAlignError(f"steer.layers must be a list of block indices or all, not '{self.layers}'")
+        return self
 
 
 def caa_metrics(model: torch.nn.Module, datamodule, opts: CAAOptions, generate_sets: dict | None = None,

@@ -81,6 +81,7 @@ import yaml
 from lit_align.config import deep_merge, read_yaml
 from lit_align.errors import LitAlignError
 from lit_align.layouts import LAYOUTS
+from lit_align.steering.caa import CAAOptions
 
 
 @dataclass
@@ -107,8 +108,7 @@ class GenerateSpec:
 
 @dataclass
 class SweepSpec:
-    """A sweep file (module docstring). `steer` is CAAOptions' (lit_align/steering/caa.py), which checks it;
-    `objectives` and `base` are LightningCLI configs, which LitAlignCLI checks when a run starts."""
+    """A sweep file (module docstring). `steer` is CAAOptions (lit_align/steering/caa.py); `objectives` and `base` are LightningCLI configs, which LitAlignCLI checks when a run starts."""
 
     objectives: dict[str, dict | None] = field(default_factory=dict)
     sizes: list[int] = field(default_factory=list)
@@ -122,7 +122,7 @@ class SweepSpec:
     config: str | None = None
     base: dict = field(default_factory=dict)
     slurm: SlurmSpec = field(default_factory=SlurmSpec)
-    steer: dict | None = None
+    steer: CAAOptions = field(default_factory=CAAOptions)
     generate: GenerateSpec = field(default_factory=GenerateSpec)
 
 
@@ -195,6 +195,11 @@ class Sweep:
             self.methods[objective] = _parse(MethodSpec, {k: v for k, v in entry.items() if k in method_keys},
                                              f"{path}: objective {objective}")
             self.objectives[objective] = {k: v for k, v in entry.items() if k not in method_keys}
+        if any(m.caa or m.then_caa for m in self.methods.values()):  # CAA's options, checked before any run
+            try:
+                self.spec.steer.validate()
+            except LitAlignError as e:
+                raise LitAlignError(f"{path}: {e}") from None
         self.runs = [Run(i, o, n, s) for i, (o, n, s) in enumerate(
             (o, n, s) for o in self.objectives for n in self.spec.sizes for s in self.spec.seeds)]
         # results written by another run (`then_caa`): no array task of their own
@@ -334,9 +339,9 @@ class Sweep:
     def _caa_datamodule(self, config_path: Path, tokenizer):
         """The run's data module (its `size` training pairs, its evaluation sets) plus the CAA selection pairs."""
         from lit_align.data.datamodule import AlignDataModule
-        from lit_align.steering.caa import SELECT_SPLIT, CAAOptions
+        from lit_align.steering.caa import SELECT_SPLIT
 
-        opts = CAAOptions.from_dict(self.spec.steer)
+        opts = self.spec.steer.validate()
         args = dict((read_yaml(config_path).get("data") or {}).get("init_args") or {})
         args["val"] = {**(args.get("val") or {}), SELECT_SPLIT: opts.select}
         dm = AlignDataModule(**args)
