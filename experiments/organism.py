@@ -109,9 +109,12 @@ def main(argv: list[str] | None = None) -> None:
         overrides = dict(QUICK) if args.quick else {}
         if args.out:
             overrides["out"] = args.out
+        if args.policy:  # an override of `base`, so that SLURM tasks get it too
+            from lit_align.config import deep_merge, read_yaml
+
+            overrides["base"] = deep_merge(read_yaml(args.config).get("base") or {},
+                                           {"model": {"init_args": {"policy": {"name": args.policy}}}})
         sweep = Sweep(args.config, overrides)
-        if args.policy:
-            sweep.spec.base["model"]["init_args"]["policy"]["name"] = args.policy
         if args.slurm:
             sbatch, submit = sweep.write_slurm()
             print(f"wrote {sbatch} ({len(sweep.runs)} array tasks) and {submit}\nsubmit with: bash {submit}; "

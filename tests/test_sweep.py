@@ -114,6 +114,26 @@ def test_slurm_array_script(tmp_path):
     assert "sbatch --parsable" in text and "--dependency=afterany:$job" in text and "lit_align.sweep collect" in text
 
 
+def test_a_sweeps_overrides_reach_its_slurm_tasks_and_subprocesses(tmp_path):
+    """A sweep read with overrides (the organism experiment's --quick, --out, --policy) hands them to the processes
+    it starts: array task i runs the overridden sweep's run i, not the file's (whose run i is another run)."""
+    import shlex
+    import subprocess
+    import sys
+
+    from lit_align.sweep.engine import Sweep
+
+    path = _write(tmp_path, {**TINY, "seeds": [0, 1, 2]})
+    sweep = Sweep(path, {"sizes": [16], "seeds": [2], "out": str(tmp_path / "quick")})
+    sbatch, submit = sweep.write_slurm(python=sys.executable, workdir=str(REPO))
+    task = next(line for line in sbatch.read_text().splitlines() if line.startswith("srun "))
+    assert "#SBATCH --array=0-0" in sbatch.read_text() and "--overrides" in task and "--overrides" in submit.read_text()
+    argv = shlex.split(task.replace('"$SLURM_ARRAY_TASK_ID"', "0"))[1:]          # as the array task would run it
+    listed = subprocess.run([*argv[:3], "list", *argv[4:-2]], capture_output=True, text=True, check=True).stdout
+    assert listed.split() == ["0", "sft-n16-s2"]                                  # the overridden sweep's run 0
+    assert Sweep(path).runs[0].name == "sft-n8-s0"                                # (the file's own run 0)
+
+
 @pytest.mark.parametrize("change, said", [
     ({"sizes": "many"}, "option sizes: Expected a list"),
     ({"slurm": {"time": 5, "bogus": 1}}, "option slurm.time: Expected a str"),

@@ -22,12 +22,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--subprocess", action="store_true", help="run: each run in its own process")
     parser.add_argument("--verbose", action="store_true", help="run: show each run's output instead of logging it")
     parser.add_argument("--out", help="override the sweep's output directory")
+    parser.add_argument("--overrides", type=json.loads, default={},
+                        help="top-level sweep keys replaced, as JSON (what a sweep hands to its subprocesses and "
+                             "SLURM tasks), e.g. '{\"sizes\": [8], \"seeds\": [0]}'")
     parser.add_argument("--python", help="slurm: the Python interpreter of the jobs (default: this one)")
     parser.add_argument("--workdir", help="slurm: the jobs' working directory (default: here)")
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        sweep = Sweep(args.sweep, {"out": args.out} if args.out else None)
+        sweep = Sweep(args.sweep, {**args.overrides, **({"out": args.out} if args.out else {})})
         if args.command == "list":
             for r in sweep.runs:
                 done = "done" if sweep.result_path(r).exists() else ""

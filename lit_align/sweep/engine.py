@@ -8,7 +8,9 @@ per objective (the mean over seeds, with a band from the lowest to the highest s
     python -m lit_align.sweep collect SWEEP.yaml              # results.csv + sweep.png from finished runs
     python -m lit_align.sweep list    SWEEP.yaml              # the runs, by index
 
-(scripts/sweep.py is the same command.) A sweep file:
+(scripts/sweep.py is the same command.) `--overrides '{"sizes": [8], "seeds": [0]}'` replaces top-level keys of the
+file for that command; a sweep read with overrides hands them on to the runs it starts in other processes
+(`run --subprocess`, the SLURM array and its collect job), so that task i runs this sweep's run i. A sweep file:
 
     name: ab_sample_efficiency
     out: logs/sweeps/ab                 # runs/<run>/ (events, config.yaml, result.json, log.txt), results.csv, PNG
@@ -183,6 +185,7 @@ class Sweep:
 
     def __init__(self, path: "str | Path", overrides: dict | None = None):
         self.path = Path(path).resolve()
+        self.overrides = dict(overrides or {})  # handed on to every run started in another process (--overrides)
         self.spec = read_spec(Path(path), overrides)
         self.name = self.spec.name or self.path.stem
         self.out = Path(self.spec.out or f"logs/sweeps/{self.name}")
@@ -384,8 +387,8 @@ class Sweep:
             if subprocess:
                 import subprocess as sp
 
-                sp.run([sys.executable, "-m", "lit_align.sweep", "run", str(self.path), "--index", str(run.index)],
-                       check=True)
+                sp.run([sys.executable, "-m", "lit_align.sweep", "run", str(self.path), *self.override_args(),
+                        "--index", str(run.index)], check=True)
                 result = json.loads(self.result_path(run).read_text())
             else:
                 result = self.run_one(run)
@@ -439,6 +442,12 @@ class Sweep:
         return csv_path, png
 
     # -- SLURM -----------------------------------------------------------------------------------------
+    def override_args(self) -> list[str]:
+        """The command-line arguments that give a run in another process (a subprocess, a SLURM array task) this
+        sweep's overrides: without them it would read the file's own sizes, seeds, out and base, and its run i
+        would be another run."""
+        return ["--overrides", json.dumps(self.overrides, separators=(",", ":"))] if self.overrides else []
+
     def slurm_script(self, python: str | None = None, workdir: str | None = None) -> str:
         """An sbatch job-array script: task i runs run i (`python -m lit_align.sweep run SWEEP --index i`)."""
         s = self.spec.slurm
@@ -465,7 +474,7 @@ class Sweep:
             lines.append(s.setup)
         lines += ["export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-0} TOKENIZERS_PARALLELISM=false",
                   f"srun {shlex.quote(python)} -m lit_align.sweep run {shlex.quote(str(self.path))} "
-                  "--index \"$SLURM_ARRAY_TASK_ID\""]
+                  + "".join(f"{shlex.quote(a)} " for a in self.override_args()) + "--index \"$SLURM_ARRAY_TASK_ID\""]
         return "\n".join(lines) + "\n"
 
     def write_slurm(self, python: str | None = None, workdir: str | None = None) -> tuple[Path, Path]:
@@ -476,7 +485,8 @@ class Sweep:
         sbatch.write_text(self.slurm_script(python, workdir))
         python = python or sys.executable
         workdir = workdir or os.getcwd()
-        collect = f"cd {shlex.quote(workdir)} && {shlex.quote(python)} -m lit_align.sweep collect {shlex.quote(str(self.path))}"
+        collect = (f"cd {shlex.quote(workdir)} && {shlex.quote(python)} -m lit_align.sweep collect "
+                   f"{shlex.quote(str(self.path))}" + "".join(f" {shlex.quote(a)}" for a in self.override_args()))
         submit = self.out / "submit.sh"
         submit.write_text("#!/bin/bash\n# Submit the sweep's job array, then collect its results when every task has ended.\n"
                           "set -euo pipefail\n"
