@@ -438,7 +438,8 @@ def test_lit_align_steer_writes_the_grid_csv_summary_and_png(tmp_path, monkeypat
           "{id: {path: builtin:organism, split: id, limit: 6}, ood: {path: builtin:organism, split: ood, limit: 6}}",
           "--steer.multipliers", "[-4, 0, 4]", "--steer.out", str(out)])
     progress = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
-    assert len(progress) == 4 and all(re.search(r"\(elapsed \d:\d\d:\d\d, ETA \d:\d\d:\d\d\)$", p) for p in progress)
+    # one line per batch of items (each batch: every layer and multiplier), with the time so far and the time left
+    assert len(progress) == 2 and all(re.search(r"\(elapsed \d:\d\d:\d\d, ETA \d:\d\d:\d\d\)$", p) for p in progress)
     rows = list(csv.DictReader(open(out / "steer.csv")))
     assert {"set", "layer", "multiplier", "p_match", "match_rate", "n"} <= set(rows[0])
     assert len(rows) == 2 * 2 * 3                                         # sets x layers (builtin:tiny: 2) x mult
@@ -481,3 +482,34 @@ def test_the_real_model_recipe_runs_with_a_built_in_model_and_8_pairs(tmp_path, 
     assert {r["set"] for r in rows} == {"lm", "human"} and {r["layer"] for r in rows} == {"1"}
     assert {float(r["multiplier"]) for r in rows} == {-1, -0.5, 0, 0.5, 1}
     assert SteeringVector.load(out / "vector.safetensors").n_pairs == 8
+
+
+def test_the_grid_with_one_prompt_pass_per_item_equals_steering_each_setting():
+    """contrast_margins_grid (what `lit_align steer` runs for positions after_prompt: each prompt once, its key/value
+    cache reused by every layer and multiplier) gives the margins of a Steering hook at each (layer, multiplier)
+    over the full rows, item by item; batches of several items, answers of the chat template, multiplier 0."""
+    from lit_align.data import AlignDataModule
+    from lit_align.layouts import LAYOUTS
+    from lit_align.modeling.models import ModelSpec, load_model, load_tokenizer
+    from lit_align.steering.vectors import contrast_margins, contrast_margins_grid, extract_from_data
+
+    torch.manual_seed(0)
+    spec = ModelSpec("builtin:tiny")
+    tokenizer = load_tokenizer(spec)
+    model = load_model(spec, tokenizer).eval()
+    dm = AlignDataModule(train={"path": "builtin:ab", "limit": 16},
+                         val={"id": {"path": "builtin:ab", "split": "id", "limit": 10}}, eval_batch_size=4,
+                         max_length=64)
+    dm.connect(tokenizer, LAYOUTS["pair"])
+    dm.setup("fit")
+    vector = extract_from_data(model, dm, "train", layers="all")
+    multipliers = [-8.0, 0.0, 3.0]
+    seen = []
+    grid = contrast_margins_grid(model, dm.eval_loader("val_id"), vector.directions, multipliers, on_batch=seen.append)
+    assert seen == [4, 4, 2] and set(grid) == {(layer, m) for layer in vector.layers for m in multipliers}
+    for layer in vector.layers:
+        for m in multipliers:
+            with vector.apply(model, m, [layer], "after_prompt", check="none") as steering:
+                expected = contrast_margins(model, dm.eval_loader("val_id"), steering)
+            assert torch.allclose(grid[(layer, m)], expected, atol=1e-4), (layer, m)
+    assert not torch.allclose(grid[(0, 3.0)], grid[(0, 0.0)], atol=1e-2)   # the multiplier does move the margins

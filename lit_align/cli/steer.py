@@ -47,7 +47,7 @@ from lit_align.config import spec_from_dict
 from lit_align.errors import LitAlignError
 from lit_align.modeling.models import ModelSpec, load_model, load_tokenizer, policy_spec
 from lit_align.steering.vectors import (CHECKS, METHODS, POSITIONS, READS, SteeringVector, contrast_margins,
-                                extract_from_data, layer_indices, match_rate, p_match, steerability, steering_blocks)
+                                contrast_margins_grid, extract_from_data, layer_indices, match_rate, p_match, steerability, steering_blocks)
 from lit_align.layouts import LAYOUTS
 
 CSV_COLUMNS = ("set", "layer", "multiplier", "p_match", "match_rate", "margin", "n")
@@ -203,10 +203,10 @@ class _Progress:
             self.bar.start()
             self.task = self.bar.add_task("steering grid", total=total)
 
-    def step(self, what: str) -> None:
-        self.done += 1
+    def step(self, what: str, n: int = 1) -> None:
+        self.done += n
         if self.bar is not None:
-            self.bar.update(self.task, advance=1, description=what)
+            self.bar.update(self.task, advance=n, description=what)
         else:  # (in a log: how long so far, and how long the rest will take at this pace)
             elapsed = time.perf_counter() - self.start
             left = elapsed / self.done * (self.total - self.done)
@@ -251,17 +251,32 @@ def run_steer(cfg: dict) -> dict[str, Path]:
     multipliers = [float(m) for m in spec.multipliers]
 
     rows, summary = [], []
-    progress = _Progress(len(val_sets) * len(layers))
+    fast = spec.positions == "after_prompt"  # the prompt is never steered: one prompt pass per item for the whole grid
+    sizes = {set_name: len(dm.splits[split]) for set_name, split in val_sets.items()}
+    progress = _Progress(sum(sizes.values()) if fast else len(val_sets) * len(layers))
     try:
         for set_name, split in val_sets.items():
             loader = dm.eval_loader(split)
-            base = contrast_margins(model, loader)                     # multiplier 0: the same for every layer
+            if fast:
+                done = [0]
+
+                def advance(n: int, set_name=set_name, done=done) -> None:   # after each batch of items
+                    done[0] += n
+                    progress.step(f"{set_name}: {done[0]}/{sizes[set_name]} items, every layer and multiplier", n)
+                grid = contrast_margins_grid(model, loader, {layer: vector.directions[layer] for layer in layers},
+                                             sorted(set(multipliers) | {0.0}), on_batch=advance)
+                base = grid[(layers[0], 0.0)]                           # multiplier 0: the same for every layer
+            else:
+                base = contrast_margins(model, loader)                 # multiplier 0: the same for every layer
             for layer in layers:
-                margins = []
-                with vector.apply(model, 0.0, [layer], spec.positions, check="none") as steering:
-                    for m in multipliers:
-                        steering.multiplier = m
-                        margins.append(base if m == 0 else contrast_margins(model, loader, steering))
+                if fast:
+                    margins = [grid[(layer, m)] for m in multipliers]
+                else:
+                    margins = []
+                    with vector.apply(model, 0.0, [layer], spec.positions, check="none") as steering:
+                        for m in multipliers:
+                            steering.multiplier = m
+                            margins.append(base if m == 0 else contrast_margins(model, loader, steering))
                 for m, mg in zip(multipliers, margins):
                     rows.append({"set": set_name, "layer": layer, "multiplier": m, "p_match": p_match(mg),
                                  "match_rate": match_rate(mg), "margin": float(mg.mean()), "n": mg.numel()})
@@ -273,8 +288,9 @@ def run_steer(cfg: dict) -> dict[str, Path]:
                                 "steerability": float(slopes.mean()) if slopes is not None else float("nan"),
                                 "anti_steerable": float((slopes < 0).float().mean()) if slopes is not None
                                 else float("nan"), "n": base.numel()})
-                progress.step(f"{set_name} layer {layer}: p_match {by_m[lo]:.3f} (m={min(multipliers):g}) .. "
-                              f"{by_m[hi]:.3f} (m={max(multipliers):g})")
+                if not fast:
+                    progress.step(f"{set_name} layer {layer}: p_match {by_m[lo]:.3f} (m={min(multipliers):g}) .. "
+                                  f"{by_m[hi]:.3f} (m={max(multipliers):g})")
     finally:
         progress.close()
     out.mkdir(parents=True, exist_ok=True)

@@ -539,6 +539,77 @@ def contrast_margins(model: torch.nn.Module, batches: Iterable[dict], steering: 
     return torch.cat(out)
 
 
+@torch.no_grad()
+def contrast_margins_grid(model: torch.nn.Module, batches: Iterable[dict], directions: dict[int, Tensor],
+                          multipliers: list[float], on_batch=None) -> dict[tuple[int, float], Tensor]:
+    """{(layer, multiplier): (n_items,) fp32 margins}: what `contrast_margins` gives under a Steering of that one layer
+    and multiplier with positions "after_prompt", for a whole grid at a fraction of the cost. Steering starts at the
+    first continuation token, so the prompt's activations (and keys/values) are unsteered at every layer: each item's
+    prompt is run once and its key/value cache kept; per layer, one forward runs the continuations of both answers at
+    every multiplier (2M rows), each row steered by its own multiplier, on that cache (cropped back to the prompt
+    after each layer). The first continuation token's log-prob, read at the last prompt position, is the unsteered
+    one for every setting. `on_batch(n_items)` is called after each batch (a progress bar)."""
+    import inspect
+
+    blocks, _ = steering_blocks(model)
+    device = _device(model)
+    cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    was_training = model.training
+    model.eval()
+    M = len(multipliers)
+    row_mult = torch.tensor([m for m in multipliers for _ in range(2)], dtype=torch.float32, device=device)  # (2M,)
+    cast = {layer: v.to(device) for layer, v in directions.items()}
+    out: dict[tuple[int, float], list[Tensor]] = {(layer, m): [] for layer in directions for m in multipliers}
+    try:
+        for batch in batches:
+            B = batch["context_tokens"].numel()
+            for i in range(B):
+                P = int(batch["context_tokens"][i])
+                rows = []
+                for r in (i, B + i):                                    # matching, not matching (collate.py)
+                    keep = batch["attention_mask"][r].bool()
+                    rows.append((batch["input_ids"][r][keep], batch["labels"][r][keep]))
+                if not torch.equal(rows[0][0][:P], rows[1][0][:P]) or (rows[0][1][:P] != IGNORE).any():
+                    raise LitAlignError("steering grid: a pair's rows do not share their first context_tokens "
+                                        "tokens as an unlabelled prompt")
+                prompt = model(input_ids=rows[0][0][:P][None].to(device), use_cache=True)
+                cache = prompt.cache if "cache" in prompt else prompt.past_key_values   # (transformers 5.2x: cache)
+                first = prompt.logits[0, -1].float().log_softmax(-1)    # (V,) predicts position P, unsteered
+                conts = [ids[P:] for ids, _ in rows]                    # each answer's continuation tokens
+                targets = [labels[P:] for _, labels in rows]
+                C = max(len(c) for c in conts)
+                ids = torch.zeros((2, C), dtype=torch.long)             # right-padded: no real token sees a pad
+                for a, c in enumerate(conts):
+                    ids[a, : len(c)] = c
+                ids = ids.repeat(M, 1).to(device)                       # (2M, C): rows (m_0, match), (m_0, not), ...
+                cache.batch_repeat_interleave(2 * M)
+                for layer, v in cast.items():
+                    def add(module, args, output, v=v):
+                        hidden = output[0] if isinstance(output, tuple) else output          # (2M, C, H)
+                        steered = hidden + row_mult.to(hidden.dtype)[:, None, None] * v.to(hidden.dtype)
+                        return (steered, *output[1:]) if isinstance(output, tuple) else steered
+                    handle = blocks[layer].register_forward_hook(add)
+                    try:
+                        logps = model(input_ids=ids, **{cache_kw: cache}, use_cache=True).logits.float().log_softmax(-1)
+                    finally:
+                        handle.remove()
+                    cache.crop(-C)                                      # back to the prompt (negative: remove C)
+                    for j, m in enumerate(multipliers):
+                        seq = []
+                        for a in range(2):
+                            c, t, lp = conts[a], targets[a], logps[2 * j + a]   # lp (C, V): predicts c[1:]
+                            total = first[c[0]] if t[0] != IGNORE else first.new_zeros(())
+                            later = (t[1:] != IGNORE).to(device)
+                            picked = lp[: len(c) - 1].gather(-1, c[1:, None].to(device)).squeeze(-1)
+                            seq.append(total + (picked * later).sum())
+                        out[(layer, m)].append((seq[0] - seq[1]).float().cpu()[None])
+            if on_batch is not None:
+                on_batch(B)
+    finally:
+        model.train(was_training)
+    return {key: torch.cat(values) for key, values in out.items()}
+
+
 def p_match(margins: Tensor) -> float:
     """CAA's p(m) / (p(m) + p(n)) = σ(margin), averaged over items."""
     return float(torch.sigmoid(margins).mean())
