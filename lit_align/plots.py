@@ -172,6 +172,45 @@ def plot_steering(rows: list[dict], out: "str | Path", title: str | None = None)
     return _save(fig, out, title)
 
 
+def plot_steering_behaviours(rows: list[dict], best: dict[str, str], out: "str | Path", title: str | None = None,
+                             sets: tuple[str, str] = ("lm", "human")) -> Path:
+    """Two panels over several behaviours (rows of steer.csv with a `behaviour` column): p_match against the layer on
+    the ID set (`sets[0]`) at the largest (solid) and smallest (dashed) multiplier, the unsteered model dotted; and
+    p_match against the multiplier at each behaviour's `best` layer, ID solid, OOD (`sets[1]`) dashed."""
+    plt, fig, axes = _grid(2, 2)
+    fig.set_size_inches(11, 4.4)  # (room for a legend of behaviours)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    behaviours = list(dict.fromkeys(r["behaviour"] for r in rows))
+    for i, b in enumerate(behaviours):
+        colour = colours[i % len(colours)]
+        mine = [r for r in rows if r["behaviour"] == b]
+        ms = sorted({float(r["multiplier"]) for r in mine})
+        for m, style in ((ms[-1], "-"), (ms[0], "--"), (0.0, ":")):
+            points = sorted((int(r["layer"]), float(r["p_match"])) for r in mine
+                            if r["set"] == sets[0] and float(r["multiplier"]) == m)
+            if points:
+                axes[0].plot(*zip(*points), ls=style, lw=1.4 if m else 0.9, color=colour,
+                             label=b if m == ms[-1] else None)
+        for s, style in zip(sets, ("-", "--")):
+            points = sorted((float(r["multiplier"]), float(r["p_match"])) for r in mine
+                            if r["set"] == s and r["layer"] == best[b])
+            axes[1].plot(*zip(*points), ls=style, marker="o", ms=3, lw=1.4, color=colour,
+                         label=f"{b} (layer {best[b]})" if s == sets[0] else None)
+    axes[0].set_title(f"{sets[0]}: p_match by layer (solid: m = {ms[-1]:g}, dashed: m = {ms[0]:g}, dotted: 0)",
+                      fontsize=9)
+    axes[0].set_xlabel("layer", fontsize=8)
+    axes[1].set_title(f"at the best layer ({sets[0]} solid, {sets[1]} dashed)", fontsize=9)
+    axes[1].set_xlabel("multiplier", fontsize=8)
+    for ax in axes:
+        ax.axhline(0.5, color="grey", lw=0.6, ls=":")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_ylabel("p_match", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    return _save(fig, out, title)
+
+
 def _save(fig, out: "str | Path", title: str | None) -> Path:
     """Title, lay out, write the PNG (creating its folder) and free the figure."""
     import matplotlib.pyplot as plt
