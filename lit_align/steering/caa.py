@@ -22,8 +22,8 @@ from typing import Literal
 import torch
 
 from lit_align.errors import LitAlignError
-from lit_align.steering.vectors import (METHODS, POSITIONS, READS, contrast_margins, extract_from_data, match_rate,
-                                        p_match)
+from lit_align.steering.vectors import (METHODS, POSITIONS, READS, contrast_margins, contrast_margins_grid,
+                                        extract_from_data, match_rate, p_match)
 
 SELECT_SPLIT = "caa_select"
 
@@ -59,11 +59,17 @@ def caa_metrics(model: torch.nn.Module, datamodule, opts: CAAOptions, generate_s
     select = datamodule.log_prefix("val", SELECT_SPLIT)
     vector = extract_from_data(model, datamodule, "train", layers=opts.layers, read=opts.read, method=opts.method)
     candidates = [(0.0, vector.layers[0])] + [(m, layer) for layer in vector.layers for m in opts.multipliers if m != 0]
-    scored = []
-    for m, layer in candidates:
-        with vector.apply(model, m, layers=[layer], positions=opts.positions) as steer:
-            scored.append((p_match(contrast_margins(model, datamodule.eval_loader(select), steer)), -abs(m), -layer, m,
-                           layer))
+    vector.check(model, "weights")
+    if opts.positions == "after_prompt":  # the whole grid from one prompt pass per item (vectors.contrast_margins_grid)
+        grid = contrast_margins_grid(model, datamodule.eval_loader(select), vector.directions,
+                                     sorted({m for m, _ in candidates}))
+        margins = {(m, layer): grid[(layer, m)] for m, layer in candidates}
+    else:
+        margins = {}
+        for m, layer in candidates:
+            with vector.apply(model, m, layers=[layer], positions=opts.positions) as steer:
+                margins[(m, layer)] = contrast_margins(model, datamodule.eval_loader(select), steer)
+    scored = [(p_match(margins[(m, layer)]), -abs(m), -layer, m, layer) for m, layer in candidates]
     best = max(scored)
     _, _, _, multiplier, layer = best
     metrics = {"caa/layer": float(layer), "caa/multiplier": float(multiplier), "caa/select_p_match": best[0]}
