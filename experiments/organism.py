@@ -35,23 +35,28 @@ COLUMNS = (("val_id/ab/p_match", "ID p_match"), ("val_ood/ab/p_match", "OOD p_ma
            ("val_task/logps/accuracy", "task accuracy"))
 
 
+def start_model(sweep: Sweep):
+    """(model, tokenizer): the policy of the sweep's base config, as every method starts from it, in eval mode."""
+    from lit_align.modeling.models import load_model, load_tokenizer, policy_spec
+
+    spec = policy_spec(sweep.spec.base)
+    tokenizer = load_tokenizer(spec)
+    return load_model(spec, tokenizer).eval(), tokenizer
+
+
 def start_metrics(sweep: Sweep) -> dict[str, float]:
     """The starting model's metrics (no training, no steering) on the sweep's evaluation and generation sets,
     under the same names; computed once into <out>/start.json."""
     import json
 
     from lit_align.data.datamodule import AlignDataModule
-    from lit_align.modeling.models import load_model, load_tokenizer
     from lit_align.steering.caa import pair_set_metrics
-    from lit_align.modeling.models import policy_spec
 
     path = sweep.out / "start.json"
     if path.exists():
         return json.loads(path.read_text())
     base = sweep.spec.base
-    spec = policy_spec(base)
-    tokenizer = load_tokenizer(spec)
-    model = load_model(spec, tokenizer)
+    model, tokenizer = start_model(sweep)
     args = dict((base.get("data") or {}).get("init_args") or {})
     args["train"] = {**(args.get("train") if isinstance(args.get("train"), dict) else {"path": args.get("train")}),
                      "limit": 1}
@@ -73,16 +78,17 @@ def with_start(rows: list[dict], start: dict[str, float]) -> list[dict]:
             for n in sizes] + rows
 
 
-def table(rows: list[dict]) -> str:
-    """Markdown: per method and n, the mean over seeds of each column (± half the seeds' range)."""
-    lines = ["| method | n (pairs; online RL: reward queries) | " + " | ".join(c for _, c in COLUMNS) + " | seeds |",
-             "|---|---|" + "---|" * len(COLUMNS) + "---|"]
+def table(rows: list[dict], columns: tuple = COLUMNS) -> str:
+    """Markdown: per method and n, the mean over seeds of each column (± half the seeds' range); `columns`:
+    (result key, heading) pairs."""
+    lines = ["| method | n (pairs; online RL: reward queries) | " + " | ".join(c for _, c in columns) + " | seeds |",
+             "|---|---|" + "---|" * len(columns) + "---|"]
     methods = list(dict.fromkeys(r["objective"] for r in rows))
     for m in methods:
         for n in sorted({int(r["size"]) for r in rows if r["objective"] == m}):
             cell = [r for r in rows if r["objective"] == m and int(r["size"]) == n]
             values = []
-            for key, _ in COLUMNS:
+            for key, _ in columns:
                 v = [float(r[key]) for r in cell if r.get(key) not in (None, "")]
                 values.append("" if not v else f"{sum(v) / len(v):.2f}" +
                               (f" ± {(max(v) - min(v)) / 2:.2f}" if len(v) > 1 else ""))
@@ -91,6 +97,16 @@ def table(rows: list[dict]) -> str:
                 lines[-1] = lines[-1].replace(f"| start | {n} |", "| start (no training) | any |")
                 break
     return "\n".join(lines) + "\n"
+
+
+def write_results(sweep: Sweep, columns: tuple = COLUMNS, heading: str = "", footer: str = "") -> Path:
+    """The sweep's finished runs and the start model: results.csv and the figure (sweep.collect), and table.md."""
+    rows = with_start(sweep.results(), start_metrics(sweep))
+    sweep.collect(rows)
+    md = sweep.out / "table.md"
+    md.write_text(heading + table(rows, columns) + footer)
+    print(f"wrote {md}\n\n{md.read_text()}", flush=True)
+    return md
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -126,11 +142,7 @@ def main(argv: list[str] | None = None) -> None:
             # build a built-in pretrained model here, with its progress on screen, not inside the first run's log
             resolve_name(sweep.spec.base["model"]["init_args"]["policy"]["name"])
             sweep.run_all()
-        rows = with_start(sweep.results(), start_metrics(sweep))
-        sweep.collect(rows)
-        md = sweep.out / "table.md"
-        md.write_text(table(rows))
-        print(f"wrote {md}\n\n{md.read_text()}", flush=True)
+        write_results(sweep)
     except LitAlignError as e:
         print(f"\norganism experiment: error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)

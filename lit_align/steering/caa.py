@@ -5,6 +5,7 @@ evaluation sets), then evaluate the steered model on every evaluation set under 
     {split}/ab/p_match       mean σ(log π(m|x) − log π(n|x)) (A/B contrast sets)
     {split}/logps/accuracy   share of items with log π(m|x) > log π(n|x) (the behaviour-match rate)
     {split}/logps/margins    mean log π(m|x) − log π(n|x)
+    {split}/logps/chosen     mean log π(m|x) (on a set of preference pairs: the log-prob of held-out answers)
     {split}/gen/<scorer>     generation-scored sets (scorers.py), steered from the first generated token on
     caa/layer, caa/multiplier, caa/select_p_match   what the selection chose, and its held-out score
 
@@ -23,7 +24,7 @@ import torch
 
 from lit_align.errors import LitAlignError
 from lit_align.steering.vectors import (METHODS, POSITIONS, READS, contrast_margins, contrast_margins_grid,
-                                        extract_from_data, match_rate, p_match)
+                                        extract_from_data, match_rate, p_match, pair_logps)
 
 SELECT_SPLIT = "caa_select"
 
@@ -80,13 +81,15 @@ def caa_metrics(model: torch.nn.Module, datamodule, opts: CAAOptions, generate_s
 
 
 def pair_set_metrics(model: torch.nn.Module, datamodule, steering=None, skip: tuple = ()) -> dict[str, float]:
-    """logps/accuracy, logps/margins (and ab/p_match on contrast sets) of every evaluation split but `skip`,
+    """logps/accuracy, logps/margins, logps/chosen (and ab/p_match on contrast sets) of every evaluation split but `skip`,
     under the objectives' names, optionally steered."""
     metrics = {}
     for split in datamodule.splits:
         if not split.startswith("val") or split in skip:
             continue
-        margins = contrast_margins(model, datamodule.eval_loader(split), steering)
+        logps = pair_logps(model, datamodule.eval_loader(split), steering)            # (n, 2)
+        margins = logps[:, 0] - logps[:, 1]
+        metrics[f"{split}/logps/chosen"] = float(logps[:, 0].mean())   # (as the objectives log it: a capability probe)
         metrics[f"{split}/logps/accuracy"] = match_rate(margins)
         metrics[f"{split}/logps/margins"] = float(margins.mean())
         if datamodule.summaries[split].contrast:

@@ -521,9 +521,9 @@ def _direction(d: Tensor, method: str) -> Tensor:
 
 
 @torch.no_grad()
-def contrast_margins(model: torch.nn.Module, batches: Iterable[dict], steering: Steering | None = None) -> Tensor:
-    """(n_items,) fp32: log π(m|x) - log π(n|x) per contrast pair (whole continuations), under `steering` if given
-    (its prompt lengths are set from each batch)."""
+def pair_logps(model: torch.nn.Module, batches: Iterable[dict], steering: Steering | None = None) -> Tensor:
+    """(n_items, 2) fp32: log π(m|x) and log π(n|x) per contrast pair (whole continuations), under `steering` if
+    given (its prompt lengths are set from each batch)."""
     was_training = model.training
     model.eval()
     out = []
@@ -532,11 +532,16 @@ def contrast_margins(model: torch.nn.Module, batches: Iterable[dict], steering: 
             batch = _to(batch, _device(model))
             if steering is not None:
                 steering.set_prompt_lengths(batch)
-            logps = sequence_logps(model, batch).logps                  # (B, 2)
-            out.append((logps[:, 0] - logps[:, 1]).float().cpu())
+            out.append(sequence_logps(model, batch).logps.float().cpu())  # (B, 2)
     finally:
         model.train(was_training)
     return torch.cat(out)
+
+
+def contrast_margins(model: torch.nn.Module, batches: Iterable[dict], steering: Steering | None = None) -> Tensor:
+    """(n_items,) fp32: log π(m|x) - log π(n|x) per contrast pair (whole continuations), under `steering` if given."""
+    logps = pair_logps(model, batches, steering)
+    return logps[:, 0] - logps[:, 1]
 
 
 @torch.no_grad()
