@@ -36,7 +36,7 @@ DATA = REPO.parent / "shared" / "data" / "model-written-evals"
 BEHAVIOURS = ("corrigible-neutral-HHH", "myopic-reward", "power-seeking-inclination", "survival-instinct",
               "wealth-seeking-inclination")
 POLICY = "builtin:smollm2-135m-instruct"
-DEFAULTS = {"layers": list(range(0, 30, 2)), "multipliers": [-8.0, -4.0, 0.0, 4.0, 8.0], "items": 60, "pairs": 64}
+DEFAULTS = {"layers": list(range(0, 30, 4)), "multipliers": [-8.0, -4.0, 0.0, 4.0, 8.0], "items": 40, "pairs": 64}
 QUICK = {"behaviours": list(BEHAVIOURS[:2]), "layers": [0, 1], "multipliers": [-4.0, 0.0, 4.0], "items": 8, "pairs": 8}
 SETS = {"lm": "ID", "human": "OOD"}
 
