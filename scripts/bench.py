@@ -5,11 +5,15 @@
     .venv/bin/python scripts/bench.py --sections grpo --optimizer fused   # GRPO beside TRL's GRPOTrainer only
     .venv/bin/python scripts/bench.py --hidden 896 --layers 24 --heads 14 --kv-heads 2 --intermediate 4864 \
         --vocab 151936 --batch 8 --max-length 1024 --device cuda --precision bf16   # ~0.5 B on a GPU
+    .venv/bin/python scripts/bench.py --model builtin:smollm2-135m-instruct --lora 8 --sections speed \
+        --objectives SFT DPO --impls lit_align TRL    # a real model (its own tokenizer), LoRA on both sides
 
-Every row trains the SAME model (one random init saved to a directory that both libraries load), on the
-SAME examples in the SAME order (HH-RLHF pairs that fit `--max-length` untruncated, no shuffle), with the
-same batch size, precision, optimizer (AdamW) and no gradient checkpointing. Each row runs in a fresh
-forked process:
+Every row trains the SAME model (one random init saved to a directory that both libraries load, or the folder
+of `--model`: a local Hugging Face folder or a lit_align builtin: name, with its own tokenizer and chat template),
+on the SAME examples in the SAME order (HH-RLHF pairs that fit `--max-length` untruncated, no shuffle), with the
+same batch size, precision, optimizer (AdamW), learning rate and no gradient checkpointing; fully, or with the
+same LoRA adapter on both sides (`--lora R`: rank R, alpha 2R, no dropout, every linear layer; DPO's reference is
+then the policy with its adapter off on both sides). Each row runs in a fresh forked process:
     step      median wall time between consecutive optimizer-step ends after `--warmup` steps (data
               loading, forward, backward, optimizer: everything a user waits for)
     tokens/s  real (non-padding) tokens of the step's sequences / step; a pair counts prompt + chosen and
@@ -50,20 +54,20 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 
 hf_logging.disable_progress_bar()
 
-# The parts (scripts/benchlib/); their names are bench's too, as gpu_check.py and the tests use them.
-from benchlib.cases import (HH, REPO, Case, cases, grpo_cases, hh_pairs, length_reward,  # noqa: E402,F401
-                            memory_cases, prepare_pairs, prepare_prompts, save_model, write_fitting_pairs)
-from benchlib.measure import Meter, in_fresh_process, sequence_tokens  # noqa: E402,F401
-from benchlib.runners import (flops, prefix_case, run_lit_align, run_lit_align_grpo, run_trl,  # noqa: E402,F401
+# The parts (scripts/benchlib/); their names are bench's too, as gpu_check.py and the tests use them (__all__).
+from benchlib.cases import (HH, REPO, Case, cases, count_parameters, grpo_cases, hh_pairs,  # noqa: E402
+                            length_reward, memory_cases, model_folder, prepare_pairs, prepare_prompts, save_model,
+                            write_fitting_pairs)
+from benchlib.measure import Meter, in_fresh_process, sequence_tokens  # noqa: E402
+from benchlib.runners import (flops, prefix_case, run_lit_align, run_lit_align_grpo, run_trl,  # noqa: E402
                               run_trl_grpo)
-from benchlib.tables import grpo_table, memory_table, mfu, prefix_table, speed_table  # noqa: E402,F401
+from benchlib.tables import grpo_table, memory_table, mfu, prefix_table, speed_table  # noqa: E402
 
-
-def _numel(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
+__all__ = ["HH", "REPO", "Case", "cases", "count_parameters", "grpo_cases", "hh_pairs", "length_reward",
+           "memory_cases", "model_folder", "prepare_pairs", "prepare_prompts", "save_model", "write_fitting_pairs",
+           "Meter", "in_fresh_process", "sequence_tokens", "flops", "prefix_case", "run_lit_align",
+           "run_lit_align_grpo", "run_trl", "run_trl_grpo", "grpo_table", "memory_table", "mfu", "prefix_table",
+           "speed_table", "main"]
 
 
 def main(argv=None) -> None:
@@ -71,6 +75,14 @@ def main(argv=None) -> None:
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", help="train this model instead of a random init: a local Hugging Face folder or a "
+                   "lit_align builtin: name (e.g. builtin:smollm2-135m-instruct; builtin:tiny / small are saved to a "
+                   "folder first), with its own tokenizer; --hidden ... --vocab are then unused, and the memory table "
+                   "(random inits of several vocabularies) is skipped")
+    p.add_argument("--lora", type=int, default=0, metavar="R",
+                   help="LoRA rank on both sides (alpha 2R, dropout 0, all linear layers; DPO's reference: the adapter "
+                   "off); 0: full fine-tuning. The prefix table (a full forward + backward) is then skipped, and "
+                   "MFU still counts 6 x all parameters per token")
     p.add_argument("--hidden", type=int, default=192)
     p.add_argument("--intermediate", type=int, default=512)
     p.add_argument("--layers", type=int, default=4)
@@ -104,30 +116,47 @@ def main(argv=None) -> None:
     p.add_argument("--optimizer", choices=list(OPTIMIZER_IMPLEMENTATIONS), default=OptimSpec.implementation,
                    help="lit_align's AdamW implementation (OptimSpec.implementation)")
     p.add_argument("--objectives", nargs="*", help="speed table: only these objectives' rows (e.g. SFT IW-SFT)")
+    p.add_argument("--impls", nargs="*", help="speed table: only these implementations' rows (e.g. lit_align TRL; "
+                   "others: 'lit_align naive', 'lit_align packed', 'lit_align grouped', ...)")
     p.add_argument("--out", help="also write the tables (markdown) to this file")
     args = p.parse_args(argv)
-    if args.trl == "auto":
-        try:
-            import trl  # noqa: F401
-        except ImportError:
-            sys.exit("TRL is not installed: `bash scripts/setup.sh bench` (or pip install -e .[bench]), "
-                     "or run with --trl off for lit_align's rows only")
-    # import everything the children need once, here: each forked row then starts in a second
-    import lightning  # noqa: F401
+    import importlib
+    import importlib.util
 
-    import lit_align.objectives  # noqa: F401
-    if args.trl != "off":
-        import trl  # noqa: F401,F811
+    if args.trl == "auto" and importlib.util.find_spec("trl") is None:
+        sys.exit("TRL is not installed: `bash scripts/setup.sh bench` (or pip install -e .[bench]), "
+                 "or run with --trl off for lit_align's rows only")
+    if args.lora < 0:
+        p.error("--lora takes a rank >= 1 (0: full fine-tuning)")
+    every = cases(argparse.Namespace(**{**vars(args), "objectives": None, "impls": None}))
+    for flag, chosen, names in (("--objectives", args.objectives, [c.objective for c in every]),
+                                ("--impls", args.impls, [c.impl for c in every])):
+        if set(chosen or ()) - set(names):  # (a misspelt name would silently drop its rows)
+            p.error(f"{flag}: no speed-table rows named {sorted(set(chosen) - set(names))}; the rows' names: "
+                    + ", ".join(repr(n) for n in dict.fromkeys(names)))
+    skipped = {"memory": args.model and "it compares random inits of several vocabularies; --model fixes the model",
+               "prefix": args.lora and "it times the full model's forward + backward, not a LoRA adapter's"}
+    for section, why in skipped.items():
+        if section in args.sections and why:
+            print(f"{section} table skipped: {why}", flush=True)
+            args.sections = [s for s in args.sections if s != section]
+    # import everything the children need once, here: each forked row then starts in a second
+    for module in (["lightning", "lit_align.objectives"] + (["trl"] if args.trl != "off" else [])
+                   + (["peft"] if args.lora else [])):
+        importlib.import_module(module)
 
     work = Path(tempfile.mkdtemp(prefix="lit_align_bench_"))
-    model_dir = save_model(args, args.vocab, work / f"model_{args.vocab}")
+    if args.model:
+        model_dir = model_folder(args.model, work / "model")
+    else:
+        model_dir = save_model(args, args.vocab, work / f"model_{args.vocab}")
     data, n = prepare_pairs(args, model_dir, work / "pairs.jsonl")
-    from safetensors import safe_open
-
-    with safe_open(str(model_dir / "model.safetensors"), "pt") as f:
-        params = sum(_numel(f.get_slice(k).get_shape()) for k in f.keys())
-    header = (f"Llama-style, {params / 1e6:.1f} M parameters (hidden {args.hidden}, {args.layers} layers, vocab "
-              f"{args.vocab}, tied), "
+    params = count_parameters(model_dir)
+    model = (f"{args.model}, {params / 1e6:.1f} M parameters" if args.model else
+             f"Llama-style, {params / 1e6:.1f} M parameters (hidden {args.hidden}, {args.layers} layers, vocab "
+             f"{args.vocab}, tied)")
+    tuning = f"LoRA r={args.lora} (alpha {2 * args.lora}, all-linear)" if args.lora else "full fine-tuning"
+    header = (f"{model}, {tuning}, "
               f"{args.precision}, {args.device} ({args.threads} threads); HH-RLHF pairs that fit {args.max_length} "
               f"tokens: {n}; batch {args.batch}; {args.steps} timed steps after {args.warmup}; AdamW {args.optimizer}; torch "
               f"{torch.__version__}")

@@ -1,8 +1,9 @@
-"""What each row runs, and the model and data every row shares: one random init saved for both libraries, the
-HH-RLHF pairs (or their prompts) that fit, the GRPO rows' reward."""
+"""What each row runs, and the model and data every row shares: one random init saved for both libraries (or a
+given model's folder, --model), the HH-RLHF pairs (or their prompts) that fit, the GRPO rows' reward."""
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ class Case:
     group_by_length: int = 0
     packed: bool = False     # DPO: one row per pair; SFT, IW-SFT: several examples per row
     pack_length: int | None = None  # SFT, IW-SFT packed: the longest row (None: --max-length)
-    reference: str = "copy"  # lit_align: copy | cache; TRL: live | precomputed
+    reference: str = "copy"  # lit_align: copy | cache | disable_adapter; TRL: live | precomputed | disable_adapter
     vocab: int | None = None
     extra: dict = field(default_factory=dict)  # lit_align: objective arguments (e.g. shared_context); TRL: config
 
@@ -45,7 +46,9 @@ def cases(args) -> list[Case]:
     ]
     if args.trl == "off":
         rows = [r for r in rows if r.impl != "TRL"]
-    return [r for r in rows if not args.objectives or r.objective in args.objectives]
+    rows = [r for r in rows if (not args.objectives or r.objective in args.objectives)
+            and (not args.impls or r.impl in args.impls)]
+    return _lora_reference(rows, args)
 
 
 def memory_cases(args) -> list[Case]:
@@ -53,7 +56,17 @@ def memory_cases(args) -> list[Case]:
     for v in args.memory_vocabs:
         rows += [Case("DPO", "TRL", reference="live", vocab=v), Case("DPO", "lit_align", vocab=v),
                  Case("DPO", "lit_align naive", lm_head="all", vocab=v)]
-    return [r for r in rows if args.trl != "off" or r.impl != "TRL"]
+    return _lora_reference([r for r in rows if args.trl != "off" or r.impl != "TRL"], args)
+
+
+def _lora_reference(rows: list[Case], args) -> list[Case]:
+    """With --lora, the DPO rows' live reference is the policy with its adapter off on both sides (TRL's own choice
+    for a peft model, whatever the config says; lit_align's reference mode disable_adapter), so that neither side
+    holds a second copy of the model; a cached reference stays cached."""
+    if not args.lora:
+        return rows
+    return [dataclasses.replace(r, reference="disable_adapter")
+            if r.objective == "DPO" and r.reference in ("copy", "live") else r for r in rows]
 
 
 def grpo_cases(args) -> list[Case]:
@@ -86,6 +99,41 @@ def save_model(args, vocab: int, path: Path, arch: str = "llama") -> Path:
     tok.save_pretrained(path)
     model.generation_config.save_pretrained(path)
     return path
+
+
+def model_folder(name: str, path: Path) -> Path:
+    """The folder of --model `name`: a local Hugging Face folder as it is, a lit_align `builtin:` name resolved as
+    lit_align resolves it (a pretrained or packaged one to its cached folder, built or converted first if need be),
+    and one built in code from random init (builtin:tiny, builtin:small) saved to `path` first, since TRL loads only
+    folders. Anything else (a hub name, a missing folder, an unknown builtin: name) is a SystemExit saying why."""
+    from lit_align.errors import LitAlignError
+    from lit_align.modeling.models import (ModelSpec, is_random_builtin, load_model, load_tokenizer, resolve_name,
+                                           save_hf)
+
+    try:
+        if is_random_builtin(name):
+            if not (path / "config.json").exists():
+                spec = ModelSpec(name=name, dtype="float32")
+                tokenizer = load_tokenizer(spec)
+                save_hf(load_model(spec, tokenizer), tokenizer, path)
+            return path
+        folder = Path(resolve_name(name)).expanduser()
+    except LitAlignError as e:
+        raise SystemExit(f"--model {name}: {e}") from None
+    if not (folder / "config.json").is_file():
+        raise SystemExit(f"--model {name}: not a Hugging Face model folder (no {folder / 'config.json'}); give a "
+                         "local folder saved with save_pretrained, or a lit_align builtin: name")
+    return folder
+
+
+def count_parameters(model_dir: Path) -> int:
+    """The parameters of the model in `model_dir`, tied ones once, from its config (built on the meta device: no
+    weights read, whatever the checkpoint's files)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
+    return sum(p.numel() for p in model.parameters())
 
 
 def prepare_pairs(args, model_dir: Path, out: Path) -> tuple[Path, int]:

@@ -23,12 +23,19 @@ class Meter:
     def padding(self) -> float:
         return 1 - sum(self.real) / sum(self.slots) if self.slots else float("nan")
 
-    def start(self) -> None:
+    def start(self, *models: torch.nn.Module) -> None:
+        """The baseline, with `models` (the policy, a reference) resident in it."""
         if self.device == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             self.base = torch.cuda.memory_allocated()
         else:
+            # transformers maps a checkpoint's weights from the file and reads them at first use, so without this
+            # the weights (540 MB for a 135 M fp32 model) would count as memory the first step used
+            with torch.no_grad():
+                for m in models:
+                    for t in (*m.parameters(), *m.buffers()):
+                        t.sum()
             Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS counter (VmHWM) to the current RSS
             self.base = _status_kb("VmRSS") * 1024
 

@@ -1,5 +1,6 @@
 """The rows: lit_align and TRL training the same model on the same data (SFT, IW-SFT, DPO, prefix-DPO; GRPO beside
-TRL's GRPOTrainer), and the prefix-sharing forward + backward with its FLOP model."""
+TRL's GRPOTrainer), fully or with the same LoRA adapter (--lora), and the prefix-sharing forward + backward with its
+FLOP model."""
 
 from __future__ import annotations
 
@@ -14,6 +15,31 @@ from benchlib.cases import Case, length_reward
 from benchlib.measure import Meter, _slots, sequence_tokens
 
 
+# -- LoRA (--lora R): the same adapter on both sides --------------------------------------------------------
+
+
+def lora_spec(args):
+    """--lora R as lit_align's LoraSpec (rank R, alpha 2R, no dropout, every linear layer but the LM head), or None:
+    full fine-tuning. (gpu_check's rows pass no `lora`: full fine-tuning.)"""
+    from lit_align.modeling.models import LoraSpec
+
+    r = getattr(args, "lora", 0)
+    return LoraSpec(r=r, alpha=2 * r, dropout=0.0, target_modules="all-linear") if r else None
+
+
+def peft_config(args):
+    """lora_spec's adapter as TRL takes it (`peft_config` of its trainers), or None. lit_align's load_model builds
+    the same LoraConfig (task CAUSAL_LM) from a LoraSpec."""
+    spec = lora_spec(args)
+    if spec is None:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
+                      target_modules=spec.target_modules, task_type="CAUSAL_LM")
+
+
+
 # -- lit_align ----------------------------------------------------------------------------------------------
 
 
@@ -26,7 +52,7 @@ def run_lit_align(case: Case, args, model_dir: Path, data: Path, cache_dir: str)
     from lit_align.objectives.reference import ReferenceSpec
 
     meter = Meter(args.device)
-    policy = ModelSpec(name=str(model_dir), lm_head=case.lm_head, dtype="float32")
+    policy = ModelSpec(name=str(model_dir), lm_head=case.lm_head, dtype="float32", lora=lora_spec(args))
     optim = OptimSpec(lr=1e-5, schedule="constant", implementation=args.optimizer)
     if case.objective == "SFT":
         obj = SFT(policy=policy, optim=optim, packed=case.packed, **case.extra)
@@ -45,7 +71,7 @@ def run_lit_align(case: Case, args, model_dir: Path, data: Path, cache_dir: str)
 
     class Timer(L.Callback):
         def on_train_start(self, trainer, module):
-            meter.start()
+            meter.start(module)  # (a copied reference is a submodule)
 
         def on_train_batch_start(self, trainer, module, batch, batch_idx):
             from lit_align.data.collate import padding_fraction
@@ -79,7 +105,7 @@ def _train_timed(trainer, meter, warmup: int) -> dict:
 
     class Timer(TrainerCallback):
         def on_train_begin(self, *a, **k):
-            meter.start()
+            meter.start(*[m for m in (trainer.model, getattr(trainer, "ref_model", None)) if m is not None])
 
         def on_step_end(self, *a, **k):
             meter.step_end()
@@ -107,14 +133,16 @@ def run_trl(case: Case, args, model_dir: Path, data: Path, out_dir: str) -> dict
 
         dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": assistant(r["chosen"])} for r in rows])
         trainer = SFTTrainer(model=str(model_dir), args=SFTConfig(**common), train_dataset=dataset,
-                             processing_class=tokenizer)
+                             processing_class=tokenizer, peft_config=peft_config(args))
     else:
         from trl import DPOConfig, DPOTrainer
 
         dataset = Dataset.from_list([{"prompt": r["prompt"], "chosen": assistant(r["chosen"]),
                                       "rejected": assistant(r["rejected"])} for r in rows])
         config = DPOConfig(**common, beta=0.1, precompute_ref_log_probs=case.reference == "precomputed")
-        trainer = DPOTrainer(model=str(model_dir), args=config, train_dataset=dataset, processing_class=tokenizer)
+        # (with a peft_config, TRL's reference is the policy with its adapter off: no ref_model is loaded)
+        trainer = DPOTrainer(model=str(model_dir), args=config, train_dataset=dataset, processing_class=tokenizer,
+                             peft_config=peft_config(args))
 
     collate = trainer.data_collator
 
@@ -142,7 +170,7 @@ def run_lit_align_grpo(case: Case, args, model_dir: Path, data: Path, cache_dir:
     from lit_align.objectives import GRPO, OptimSpec
 
     meter = Meter(args.device)
-    obj = GRPO(policy=ModelSpec(name=str(model_dir), dtype="float32"),
+    obj = GRPO(policy=ModelSpec(name=str(model_dir), dtype="float32", lora=lora_spec(args)),
                optim=OptimSpec(lr=1e-5, schedule="constant", implementation=args.optimizer),
                rewards=length_reward, num_generations=args.grpo_generations,
                max_new_tokens=args.grpo_max_new_tokens, temperature=1.0, top_p=1.0, top_k=0, beta=0.0,
@@ -166,7 +194,7 @@ def run_lit_align_grpo(case: Case, args, model_dir: Path, data: Path, cache_dir:
 
     class Timer(L.Callback):
         def on_train_start(self, trainer, module):
-            meter.start()
+            meter.start(module)
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             meter.step_end()
@@ -200,7 +228,7 @@ def run_trl_grpo(case: Case, args, model_dir: Path, data: Path, out_dir: str) ->
         # (for_loop on CPU, foreach on CUDA), which transformers' adamw_torch leaves unset
         optim="adamw_torch_fused" if args.optimizer == "fused" else "adamw_torch", **case.extra)
     trainer = GRPOTrainer(model=str(model_dir), reward_funcs=length_reward, args=config, train_dataset=dataset,
-                          processing_class=AutoTokenizer.from_pretrained(model_dir))
+                          processing_class=AutoTokenizer.from_pretrained(model_dir), peft_config=peft_config(args))
     generate, rollout = trainer._generate, trainer._generate_and_score_completions
     spans = []
 
