@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from lit_align.errors import LitAlignError
-from lit_align.sweep.engine import Sweep
+from lit_align.sweep.engine import Sweep, noise_level
 from lit_align.layouts import LAYOUTS
 
 REPO = Path(__file__).resolve().parents[1]  # experiments/ lives in the repository, never installed
@@ -71,16 +71,31 @@ def start_metrics(sweep: Sweep) -> dict[str, float]:
 
 
 def with_start(rows: list[dict], start: dict[str, float]) -> list[dict]:
-    """`rows` plus the starting model at every training-set size (a flat line in the figure)."""
+    """`rows` plus the starting model at every training-set size and noise level (a flat line in each panel)."""
     sizes = sorted({int(r["size"]) for r in rows})
-    return [{"run": f"start-n{n}", "objective": "start", "size": n, "seed": 0, "train_examples": n, "labels": n,
-             **start}
-            for n in sizes] + rows
+    levels = sorted({noise_level(r) for r in rows})
+    return [{"run": f"start-n{n}" + (f"-noise{f:g}" if f else ""), "objective": "start", "size": n, "seed": 0,
+             "noise": f, "flipped": 0, "train_examples": n, "labels": n, **start}
+            for f in levels for n in sizes] + rows
 
 
 def table(rows: list[dict], columns: tuple = COLUMNS) -> str:
     """Markdown: per method and n, the mean over seeds of each column (± half the seeds' range); `columns`:
-    (result key, heading) pairs."""
+    (result key, heading) pairs. Rows at several label-noise levels (or at one above 0) get one block per level."""
+    levels = sorted({noise_level(r) for r in rows})
+    if levels in ([], [0.0]):
+        return _table_block(rows, columns)
+    blocks = []
+    for f in levels:
+        said = ("no labels flipped" if f == 0 else f"the labels of {f:.0%} of the training pairs flipped (online RL: "
+                f"each reward turned over with probability {f:g})")
+        blocks.append(f"**label noise {f:g}**: {said}\n\n" + _table_block([r for r in rows if noise_level(r) == f],
+                                                                           columns))
+    return "\n".join(blocks)
+
+
+def _table_block(rows: list[dict], columns: tuple) -> str:
+    """table()'s markdown for rows of one noise level."""
     lines = ["| method | n (pairs; online RL: reward queries) | " + " | ".join(c for _, c in columns) + " | seeds |",
              "|---|---|" + "---|" * len(columns) + "---|"]
     methods = list(dict.fromkeys(r["objective"] for r in rows))

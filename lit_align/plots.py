@@ -109,17 +109,23 @@ def plot_probes(runs: "dict[str, str | Path]", out: "str | Path", sets: list[str
 
 
 def plot_sweep(rows: list[dict], metrics: list[str], out: "str | Path", x: str = "train_examples",
-               group: str = "objective", ncols: int | None = None, title: str | None = None) -> Path:
+               group: str = "objective", ncols: int | None = None, title: str | None = None,
+               panels: str | None = None) -> Path:
     """One panel per metric: the metric against `x` (log scale), one line per `group`, the mean over seeds
-    with a band from the lowest to the highest seed. Accuracies are drawn on [0, 1] with chance (0.5) dotted."""
-    plt, fig, axes = _grid(len(metrics), ncols or (2 if len(metrics) in (2, 4) else 3))
+    with a band from the lowest to the highest seed. Accuracies are drawn on [0, 1] with chance (0.5) dotted.
+    `panels` (e.g. "noise"): one panel per metric and value of that key instead, a column per value (a row of
+    the grid per metric)."""
+    levels = sorted({float(r.get(panels) or 0) for r in rows}) if panels else [None]
+    cells = [(metric, level) for metric in metrics for level in levels]
+    plt, fig, axes = _grid(len(cells), len(levels) if panels else ncols or (2 if len(metrics) in (2, 4) else 3))
     styles = ["-", "--", "-.", ":"]
     groups = list(dict.fromkeys(r[group] for r in rows))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for ax, metric in zip(axes, metrics):
+    for ax, (metric, level) in zip(axes, cells):
+        cell = rows if level is None else [r for r in rows if float(r.get(panels) or 0) == level]
         for i, g in enumerate(groups):
             by_x: dict[float, list[float]] = {}
-            for r in rows:
+            for r in cell:
                 v = r.get(metric)
                 if r[group] == g and v not in (None, "") and not (isinstance(v, float) and math.isnan(v)):
                     by_x.setdefault(float(r[x]), []).append(float(v))
@@ -139,7 +145,7 @@ def plot_sweep(rows: list[dict], metrics: list[str], out: "str | Path", x: str =
         ticks = sorted({float(r[x]) for r in rows})
         ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
         ax.minorticks_off()
-        ax.set_title(metric, fontsize=9)
+        ax.set_title(metric if level is None else f"{metric}, {panels} {level:g}", fontsize=9)
         ax.set_xlabel(x.replace("_", " "), fontsize=8)
         ax.set_ylabel(metric.split("/", 1)[-1], fontsize=8)  # (the title names the set too)
         ax.tick_params(labelsize=7)

@@ -35,3 +35,20 @@ def test_quick_experiment_runs_every_method_and_reuses_finished_runs(tmp_path, m
     capsys.readouterr()
     organism.main(["--quick", "--policy", "builtin:tiny", "--out", str(out)])   # everything finished: reused
     assert capsys.readouterr().out.count("done already") == 6
+
+
+def test_rows_at_several_noise_levels_get_a_table_block_and_a_start_line_each():
+    """write_results' table and start rows with a label-noise axis: one block per level (headed), the starting model
+    in each; rows without a noise key (written before the axis) are noise 0, whose lone table is as before."""
+    rows = [{"objective": "dpo", "size": 8, "seed": s, "noise": f, "val_id/ab/p_match": p}
+            for f, s, p in [(0.0, 0, 0.8), (0.0, 1, 0.6), (0.2, 0, 0.5), (0.2, 1, 0.3)]]
+    rows = organism.with_start(rows, {"val_id/ab/p_match": 0.1})
+    assert [(r["run"], r["noise"]) for r in rows[:2]] == [("start-n8", 0.0), ("start-n8-noise0.2", 0.2)]
+    md = organism.table(rows, (("val_id/ab/p_match", "ID p_match"),))
+    blocks = md.split("**label noise ")[1:]
+    assert [b.split("**")[0] for b in blocks] == ["0", "0.2"]
+    assert "| dpo | 8 | 0.70 ± 0.10 | 2 |" in blocks[0] and "| dpo | 8 | 0.40 ± 0.10 | 2 |" in blocks[1]
+    assert all("| start (no training) | any | 0.10 | 1 |" in b for b in blocks)
+    assert "the labels of 20% of the training pairs flipped" in blocks[1]
+    old = [{k: v for k, v in r.items() if k != "noise"} for r in rows if r["noise"] == 0.0]
+    assert organism.table(old, (("val_id/ab/p_match", "ID p_match"),)).startswith("| method |")

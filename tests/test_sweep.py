@@ -97,6 +97,44 @@ def test_an_online_method_is_budgeted_in_reward_queries(tmp_path):
         Sweep(_write(tmp_path, {**spec, "objectives": {"grpo": {**grpo, "budget": "steps"}}}))
 
 
+def test_a_noise_axis_names_its_runs_and_flips_the_training_labels_only(tmp_path):
+    """`noise: [0.0, 0.5]`: noise-0 runs keep their names (finished runs are reused), the others end in -noise<f> and
+    come after them (the array indices of the noise-0 runs stay); a run's noise flips its training pairs, seeded by
+    the run's seed, never an evaluation set; an online method's rewards instead."""
+    from lit_align.sweep.engine import Sweep
+
+    grpo = {"budget": "reward_queries", "model": {"class_path": "lit_align.objectives.GRPO", "init_args": {
+        "policy": {"name": "builtin:tiny"}, "rewards": ["ab_letter"], "num_generations": 4, "max_new_tokens": 4}}}
+    spec = {**TINY, "sizes": [8], "seeds": [0, 1], "noise": [0.0, 0.5], "objectives": {**TINY["objectives"],
+                                                                                        "grpo": grpo}}
+    sweep = Sweep(_write(tmp_path, spec))
+    assert [r.name for r in sweep.runs] == ["grpo-n8-s0", "grpo-n8-s1", "sft-n8-s0", "sft-n8-s1", "grpo-n8-s0-noise0.5",
+                                            "grpo-n8-s1-noise0.5", "sft-n8-s0-noise0.5", "sft-n8-s1-noise0.5"]
+    configs = {r.name: sweep.config(r) for r in sweep.runs}
+    data = {name: cfg["data"]["init_args"] for name, cfg in configs.items()}
+    assert "label_noise" not in data["sft-n8-s1"]["train"]
+    assert data["sft-n8-s1-noise0.5"]["train"] == {"path": "builtin:ab", "limit": 8,
+                                                   "label_noise": {"fraction": 0.5, "seed": 1}}
+    assert all(d["val"] == TINY["base"]["data"]["init_args"]["val"] for d in data.values())   # never noisy
+    assert "label_noise" not in data["grpo-n8-s1-noise0.5"]["train"]
+    assert configs["grpo-n8-s1-noise0.5"]["model"]["init_args"]["label_noise"] == {"fraction": 0.5, "seed": 1}
+    assert "label_noise" not in configs["grpo-n8-s1"]["model"]["init_args"]
+    assert "#   4: grpo-n8-s0-noise0.5" in sweep.slurm_script(python="python", workdir="/project")
+
+
+def test_results_and_the_figure_carry_the_noise_level(tmp_path):
+    pytest.importorskip("matplotlib")
+    from lit_align.sweep.command import main
+
+    main(["run", str(_write(tmp_path, {**TINY, "sizes": [8], "noise": [0.0, 0.5]}))])
+    with open(tmp_path / "out" / "results.csv") as f:
+        rows = {r["run"]: r for r in csv.DictReader(f)}
+    assert list(next(iter(rows.values())))[:6] == ["run", "objective", "size", "seed", "noise", "flipped"]
+    assert [(float(r["noise"]), int(r["flipped"])) for r in (rows["sft-n8-s0"], rows["sft-n8-s0-noise0.5"])] == \
+        [(0.0, 0), (0.5, 4)]                                       # round(0.5 · 8) of the training pairs
+    assert (tmp_path / "out" / "tiny.png").stat().st_size > 10_000     # (one column of panels per noise level)
+
+
 def test_slurm_array_script(tmp_path):
     from lit_align.sweep.engine import Sweep
 
@@ -124,13 +162,14 @@ def test_a_sweeps_overrides_reach_its_slurm_tasks_and_subprocesses(tmp_path):
     from lit_align.sweep.engine import Sweep
 
     path = _write(tmp_path, {**TINY, "seeds": [0, 1, 2]})
-    sweep = Sweep(path, {"sizes": [16], "seeds": [2], "out": str(tmp_path / "quick")})
+    sweep = Sweep(path, {"sizes": [16], "seeds": [2], "noise": [0.0, 0.2], "out": str(tmp_path / "quick")})
     sbatch, submit = sweep.write_slurm(python=sys.executable, workdir=str(REPO))
     task = next(line for line in sbatch.read_text().splitlines() if line.startswith("srun "))
-    assert "#SBATCH --array=0-0" in sbatch.read_text() and "--overrides" in task and "--overrides" in submit.read_text()
+    assert "#SBATCH --array=0-1" in sbatch.read_text() and "--overrides" in task and "--overrides" in submit.read_text()
+    assert "#   1: sft-n16-s2-noise0.2" in sbatch.read_text()
     argv = shlex.split(task.replace('"$SLURM_ARRAY_TASK_ID"', "0"))[1:]          # as the array task would run it
     listed = subprocess.run([*argv[:3], "list", *argv[4:-2]], capture_output=True, text=True, check=True).stdout
-    assert listed.split() == ["0", "sft-n16-s2"]                                  # the overridden sweep's run 0
+    assert listed.split() == ["0", "sft-n16-s2", "1", "sft-n16-s2-noise0.2"]     # the overridden sweep's runs
     assert Sweep(path).runs[0].name == "sft-n8-s0"                                # (the file's own run 0)
 
 
@@ -145,6 +184,7 @@ def test_a_sweeps_overrides_reach_its_slurm_tasks_and_subprocesses(tmp_path):
     ({"sizes": None}, "`sizes` is missing or empty"),
     ({"steer": {"positions": "sideways"}}, "steer.positions"),
     ({"steer": {"select": None}, "objectives": {"caa": {"caa": True}}}, "steer.select: give the held-out"),
+    ({"noise": [0.0, 1.5]}, "`noise` must list distinct shares of labels flipped in [0, 1], not [0.0, 1.5]"),
 ])
 def test_a_wrong_sweep_file_is_refused_in_one_sentence_naming_the_file_and_key(tmp_path, change, said):
     from lit_align.sweep.engine import Sweep

@@ -23,7 +23,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from lit_align.data.collate import unpackable
 from lit_align.data.prompts import PromptRecord, read_prompts
-from lit_align.data.records import MAX_RECORD_CHARS, SkipRecord, detect_format, to_examples
+from lit_align.data.label_noise import LabelNoise
+from lit_align.data.records import MAX_RECORD_CHARS, PAIR_FORMATS, SkipRecord, detect_format, to_examples
 from lit_align.data.samplers import ResumableSampler, WeightedResampler
 from lit_align.data.sources import Source, as_source, named_sources, read_rows
 from lit_align.data.tokenize import Tokenized, Tokenizer, TokenizeSpec
@@ -44,6 +45,10 @@ class SplitSummary:
     """Kept examples whose "context" / a "continuation" was cut to fit (data/tokenize.py)."""
     formats: Counter = field(default_factory=Counter)
     """Record format (records.py) -> rows read in it: `contrast` alone makes an A/B contrast set."""
+    label_noise: LabelNoise | None = None
+    """The source's label noise (data/label_noise.py), if any."""
+    flipped: int = 0
+    """Kept examples whose chosen and rejected answers the label noise swapped."""
 
     @property
     def contrast(self) -> bool:
@@ -52,6 +57,8 @@ class SplitSummary:
 
     def line(self) -> str:
         parts = [f"{self.name} ({self.source}): {self.rows} rows -> {self.kept} examples kept"]
+        if self.label_noise is not None:
+            parts.append(f"{self.flipped} labels flipped ({self.label_noise})")
         parts += [f"{self.truncated[what]} with the {what} truncated" for what in ("context", "continuation")
                   if self.truncated[what]]
         parts += [f"{n} dropped ({why})" for why, n in sorted(self.dropped.items())]
@@ -77,22 +84,36 @@ def build_split(name: str, source: Source, kind: str, tokenizer: Tokenizer, skip
     """Read, validate and tokenize one source. Bad rows raise DataError unless `skip_invalid`."""
     from rich.progress import track
 
-    summary = SplitSummary(name, source.label)
+    summary = SplitSummary(name, source.label, label_noise=source.label_noise)
+    if source.label_noise is not None and kind not in ("sft", "pair", "ranked"):
+        raise LitAlignError(f"{name} ({source.label}): label_noise flips the chosen and rejected answers of preference "
+                            f"pairs, but this set is read as {kind} records, which have none"
+                            + (" (an online objective takes label_noise itself: its rewards are flipped)"
+                               if kind == "prompt" else ""))
     if kind == "prompt":  # online objectives: every record's prompt and its context ids (data/prompts.py)
         prompts = read_prompts(name, source, tokenizer)
         summary.rows = summary.kept = len(prompts)
         return TokenizedSplit(name, prompts), summary
     examples: list[Tokenized] = []
     rows = read_rows(source)
-    for where, row in track(rows, description=f"tokenizing {name}", transient=True,
-                            disable=rank_zero_only.rank != 0):
+    flipped: frozenset[int] = frozenset()
+    if source.label_noise is not None:
+        rows = list(rows)  # (n must be known: exactly round(fraction · n) of the n records are flipped)
+        flipped = source.label_noise.flipped_rows(len(rows))
+    for i, (where, row) in enumerate(track(rows, description=f"tokenizing {name}", transient=True,
+                                           disable=rank_zero_only.rank != 0)):
         summary.rows += 1
         if source.columns and isinstance(row, dict):
             # {new: old}: read field `old` as `new` (from the original row, so swaps work)
             row = {**row, **{new: row[old] for new, old in source.columns.items() if old in row}}
-        _count_format(summary, row, where, source.format)
+        fmt = _count_format(summary, row, where, source.format)
+        if source.label_noise is not None and fmt is not None and fmt not in PAIR_FORMATS:
+            raise LitAlignError(f"{name} ({source.label}): label_noise flips the chosen and rejected answers of "
+                                f"preference pairs ({', '.join(PAIR_FORMATS)} records), but {where} is a record of "
+                                f"format {fmt}")
+        flip = i in flipped
         try:
-            for ex in to_examples(row, where, kind, source.format, max_record_chars):
+            for ex in to_examples(row, where, kind, source.format, max_record_chars, flip):
                 if kind == "ranked":
                     check_ranked_count(ex, examples[0] if examples else None, name)
                 result = tokenizer(ex)
@@ -100,6 +121,7 @@ def build_split(name: str, source: Source, kind: str, tokenizer: Tokenizer, skip
                     summary.dropped[result] += 1
                 else:
                     examples.append(result)
+                    summary.flipped += flip
                     for t in result if isinstance(result, list) else [result]:  # probes: a record's rows
                         summary.truncated.update(what for what, cut in zip(("context", "continuation"), t.truncated)
                                                  if cut)
@@ -127,16 +149,17 @@ def check_ranked_count(ex, first, split: str) -> None:
                                   "number of completions in every record", field="completions")
 
 
-def _count_format(summary: SplitSummary, row: object, where: str, fmt: str) -> None:
-    """Count the row's record format (unreadable rows are to_examples' business)."""
+def _count_format(summary: SplitSummary, row: object, where: str, fmt: str) -> str | None:
+    """Count the row's record format and return it (None for an unreadable row: to_examples' business)."""
     if fmt == "auto":
         if not isinstance(row, dict):
-            return
+            return None
         try:
             fmt = detect_format(row, where)
         except DataError:
-            return
+            return None
     summary.formats[fmt] += 1
+    return fmt
 
 
 class AlignDataModule(LightningDataModule):

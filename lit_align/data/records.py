@@ -36,6 +36,8 @@ MAX_RECORD_CHARS = 1_000_000
 """Default cap on the text of one record (the data module's max_record_chars): a 10 MB record would cost the
 tokenizer gigabytes of memory for tokens that truncation then throws away."""
 KINDS = ("sft", "pair", "ranked", "probe")
+PAIR_FORMATS = ("pair", "hh", "contrast")
+"""The formats of a preference pair, the preferred answer first: those whose label `flip` (label noise) turns over."""
 FLOAT32_MAX = 3.4028234663852886e38
 """The largest float32: weights become float32 tensors (data/collate.py), where a larger one is inf, and every
 step holding it is then skipped as non-finite (callbacks/nonfinite.py) without a word about the data."""
@@ -194,7 +196,8 @@ def _sft_examples(row: dict, where: str, weight, partial) -> list[Example]:
                     group=str(prompt), where=where)]
 
 
-def _pair_example(row: dict, where: str, fmt: str, weight, partial) -> Example:
+def _pair_example(row: dict, where: str, fmt: str, weight, partial, flip: bool = False) -> Example:
+    """The record's two answers, the preferred one first; `flip`: the other one first (a labeller's mistake)."""
     if fmt == "hh":
         prompt, chosen = split_hh(_get_text(row, "chosen", where), where, "chosen")
         prompt_r, rejected = split_hh(_get_text(row, "rejected", where), where, "rejected")
@@ -225,6 +228,8 @@ def _pair_example(row: dict, where: str, fmt: str, weight, partial) -> Example:
                                        f"starts with the prefix but '{bad}' does not", field="prefix")
     if chosen == rejected:
         raise SkipRecord(f"{where}: chosen and rejected are identical")
+    if flip:
+        chosen, rejected = rejected, chosen
     return Example(prompt, [chosen, rejected], prefix=prefix, partial=partial, weight=weight,
                    group=str(prompt), where=where)
 
@@ -292,8 +297,9 @@ def check_text(row: dict, where: str, max_chars: int | None = MAX_RECORD_CHARS) 
 
 
 def to_examples(row: object, where: str, kind: str, fmt: str = "auto",
-                max_chars: int | None = MAX_RECORD_CHARS) -> list[Example]:
-    """Validate one raw row and turn it into the examples an objective of `kind` consumes."""
+                max_chars: int | None = MAX_RECORD_CHARS, flip: bool = False) -> list[Example]:
+    """Validate one raw row and turn it into the examples an objective of `kind` consumes. `flip`: a pair record
+    (PAIR_FORMATS) read with chosen and rejected swapped (label noise, data/label_noise.py)."""
     if isinstance(row, InvalidRow):  # a line that could not be read (bad JSON, bad UTF-8)
         raise row.error
     if not isinstance(row, dict):
@@ -308,6 +314,8 @@ def to_examples(row: object, where: str, kind: str, fmt: str = "auto",
             raise DataError(where, "a probe record needs at least one '<category>: response' field")
         return [Example(prompt, [row[c] for c in cats], where=where, categories=cats)]
     fmt = detect_format(row, where) if fmt == "auto" else fmt
+    if flip and (fmt not in PAIR_FORMATS or kind not in ("sft", "pair", "ranked")):
+        raise ValueError(f"{where}: only a pair record's label can be flipped, not a {fmt} record read as {kind}")
     weight, partial = _get_weight(row, where), _get_bool(row, "partial", where)
     if kind in ("pair", "ranked"):
         if fmt in ("sft", "group"):
@@ -315,7 +323,7 @@ def to_examples(row: object, where: str, kind: str, fmt: str = "auto",
             raise DataError(where, f"a preference objective needs {needs}; this is an {fmt.upper()} record",
                             field="rejected" if kind == "pair" else "scores")
         if fmt != "ranked":
-            return [_pair_example(row, where, fmt, weight, partial)]
+            return [_pair_example(row, where, fmt, weight, partial, flip)]
         ex = _ranked_example(row, where, weight, partial)
         if kind == "pair":  # the best and the worst completion
             ex.continuations = [ex.continuations[0], ex.continuations[-1]]
@@ -330,8 +338,8 @@ def to_examples(row: object, where: str, kind: str, fmt: str = "auto",
         prompt, comps = _get_prompt(row, "prompt", where), _completions(row, where)
         return [Example(prompt, [c], partial=partial, weight=weight, group=str(prompt), where=where)
                 for c in comps]
-    if fmt in ("pair", "hh", "contrast"):
-        ex = _pair_example(row, where, fmt, weight, partial)
+    if fmt in PAIR_FORMATS:
+        ex = _pair_example(row, where, fmt, weight, partial, flip)
         prompt = ex.prompt
         return [Example(prompt, [ex.continuations[0]], prefix=ex.prefix, partial=partial, weight=weight,
                         group=str(prompt), where=where)]

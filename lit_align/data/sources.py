@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Iterator
 
+from lit_align.data.label_noise import LabelNoise, as_label_noise
 from lit_align.errors import DataError, LitAlignError
 
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
@@ -54,6 +55,13 @@ class Source:
     """Evaluation sets only: read the records as `sft` (one continuation) or `pair` (two: chosen / matching,
     then rejected / not matching) whatever the objective trains on, e.g. an SFT run evaluated on pairs
     (preference accuracy, behaviour-match rate). None: what the objective consumes."""
+    label_noise: LabelNoise | None = None
+    """Preference pairs only: {fraction, seed}: chosen and rejected swapped in exactly round(fraction · n) of the n
+    records read (after skip and limit), a seeded choice (data/label_noise.py). An objective that reads one
+    continuation (SFT) then trains on the rejected answer of those records."""
+
+    def __post_init__(self):
+        self.label_noise = as_label_noise(self.label_noise, f"Data source '{self.path}'")
 
     @property
     def label(self) -> str:

@@ -202,10 +202,27 @@ class RewardFunctions:
         if not len(prompts) == len(completions) == len(records):
             raise ValueError(f"{len(prompts)} prompts, {len(completions)} completions and {len(records)} records")
         per_function = {f.label: _rewards(f, prompts, completions, records) for f in self.functions}
-        total = torch.zeros(len(completions), dtype=torch.float64)
+        return RewardScores(per_function, self._total(per_function))
+
+    def _total(self, per_function: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(N,) float32: Σ_f weight_f · r_f, summed in float64."""
+        total = torch.zeros(len(next(iter(per_function.values()))), dtype=torch.float64)
         for f in self.functions:
             total += f.weight * per_function[f.label].double()
-        return RewardScores(per_function, total.float())
+        return total.float()
+
+    def flipped(self, scores: RewardScores, flips: dict[str, torch.Tensor]) -> RewardScores:
+        """`scores` as a labeller who makes mistakes gives them (label noise, data/label_noise.py): each function's
+        rewards at `flips[label]` ((N,) bool) turned over, r -> 1 - r, and the total summed again. Only a yes/no
+        answer can be turned over: a reward other than 0 or 1 is refused."""
+        for label, r in scores.per_function.items():
+            bad = ((r != 0) & (r != 1)).nonzero()
+            if len(bad):
+                raise LitAlignError(f"label_noise flips binary rewards (0 or 1), but reward {label!r} gave "
+                                    f"{float(r[int(bad[0])])!r}; use a 0/1 reward (e.g. a scorer such as ab_letter or "
+                                    "match), or no label_noise")
+        per_function = {label: torch.where(flips[label], 1 - r, r) for label, r in scores.per_function.items()}
+        return RewardScores(per_function, self._total(per_function))
 
 
 def build_rewards(specs: "list | str | dict | RewardFunction | Callable | None") -> RewardFunctions:

@@ -15,8 +15,9 @@ from lit_align.objectives.simpo import SimPO
 __all__ = ["Objective", "OptimSpec", "PairObjective", "SFT", "DPO", "PrefixDPO", "SimPO", "ORPO", "ListwiseDPO", "IWSFT",
            "RewardModel", "OnlineObjective", "GRPO", "OnlineDPO"]
 
+from lit_align.data.label_noise import LabelNoise  # noqa: E402
 from lit_align.objectives.base import allow_in_checkpoints  # noqa: E402
 from lit_align.objectives.reference import ReferenceSpec  # noqa: E402
 from lit_align.weights import WeightSpec  # noqa: E402
 
-allow_in_checkpoints(ReferenceSpec, WeightSpec)
+allow_in_checkpoints(ReferenceSpec, WeightSpec, LabelNoise)

@@ -47,6 +47,7 @@ from typing import Literal
 
 import torch
 
+from lit_align.data.label_noise import LabelNoise
 from lit_align.errors import LitAlignError
 from lit_align.losses.policy_gradient import (add_kl_to_loss, aggregate, clipped_policy_loss, group_advantages,
                                               kl_estimate, kl_shaped_rewards, zero_spread_share)
@@ -76,7 +77,8 @@ def _to_cpu(value):
 
 
 class GRPO(OnlineObjective):
-    added_settings = {"num_iterations": 1}  # (added after the first GRPO checkpoints)
+    # (added after the first GRPO checkpoints)
+    added_settings = {**OnlineObjective.added_settings, "num_iterations": 1}
 
     def __init__(
         self,
@@ -101,6 +103,7 @@ class GRPO(OnlineObjective):
         sample_seed: int = 0,
         eval_max_new_tokens: int | None = None,
         log_samples_every_n_steps: int = 50,
+        label_noise: LabelNoise | None = None,
     ):
         """
         Args:
@@ -130,9 +133,11 @@ class GRPO(OnlineObjective):
             eval_max_new_tokens: completion length on evaluation prompt sets (None: max_new_tokens).
             log_samples_every_n_steps: write the first prompt's completions and rewards to TensorBoard's Text
                 tab every this many optimizer steps (0: never).
+            label_noise: {fraction, seed}: a labeller who errs: each binary training reward turns over (1 - r) with
+                probability fraction, seeded by the query (objectives/online.py); None: none.
         """
         super().__init__(policy, optim, rewards, num_generations, max_new_tokens, temperature, top_p, top_k,
-                         sample_seed, eval_max_new_tokens, log_samples_every_n_steps)
+                         sample_seed, eval_max_new_tokens, log_samples_every_n_steps, label_noise)
         checks = [(num_generations >= 2, f"num_generations must be >= 2 (the baseline is the group's), not "
                                          f"{num_generations}"),
                   (epsilon > 0 and (epsilon_high is None or epsilon_high > 0), "epsilon and epsilon_high must be > 0"),

@@ -7,7 +7,10 @@ sampled from the current policy, scored by reward functions.
   from a checkpoint do not change what is sampled.
 - Model inputs: context + completion rows, right-padded (natural positions), the completion's tokens the targets,
   its end token included, from each completion's length (pad may equal eos).
-- Rewards: eval/rewards.py (scorers by name, Python functions, weights).
+- Rewards: eval/rewards.py (scorers by name, Python functions, weights). `label_noise: {fraction, seed}` makes the
+  labeller err: each binary reward of a training sample turns over (r -> 1 - r) with probability `fraction`, drawn
+  from (seed, the optimizer step, the prompt's index in the data, the completion's place in its group, the reward's
+  label) (data/label_noise.py), so the same samples get the same mistakes after a resume; evaluation is never noisy.
 - Evaluation: prompt sets get greedy completions scored by the rewards ({split}/reward); pair sets (`kind: pair`)
   the policy's pair metrics; sets of one continuation its per-token NLL.
 - Every `log_samples_every_n_steps`, the first prompt's completions and rewards go to TensorBoard's Text tab.
@@ -19,6 +22,7 @@ import hashlib
 
 import torch
 
+from lit_align.data.label_noise import LabelNoise, as_label_noise
 from lit_align.data.prompts import prompt_text
 from lit_align.errors import LitAlignError
 from lit_align.eval.rewards import RewardFunctions, build_rewards
@@ -43,10 +47,12 @@ class OnlineObjective(Objective):
     progress_metrics = ("loss", "reward")
     compute_only_settings = Objective.compute_only_settings | {"eval_max_new_tokens", "log_samples_every_n_steps"}
     allow_empty_steps = True  # a step whose samples all tie (online DPO) or are all masked trains nothing
+    added_settings = {"label_noise": None}  # (added after the first online checkpoints)
 
     def __init__(self, policy: ModelSpec | None, optim: OptimSpec | None, rewards, num_generations: int,
                  max_new_tokens: int, temperature: float, top_p: float, top_k: int, sample_seed: int,
-                 eval_max_new_tokens: int | None, log_samples_every_n_steps: int):
+                 eval_max_new_tokens: int | None, log_samples_every_n_steps: int,
+                 label_noise: LabelNoise | None = None):
         super().__init__(policy, optim)
         if rewards is None:
             raise LitAlignError(f"{type(self).__name__} needs rewards: e.g. rewards: [match], or "
@@ -65,6 +71,8 @@ class OnlineObjective(Objective):
         self.sample_seed = sample_seed
         self.eval_max_new_tokens = eval_max_new_tokens or max_new_tokens
         self.log_samples_every_n_steps = log_samples_every_n_steps
+        self.label_noise = as_label_noise(label_noise, type(self).__name__)
+        self.labels_flipped = 0  # training rewards the label noise turned over, in this process (a sweep's result)
         self._end_id: int | None = None
 
     def layout_name(self) -> str:
@@ -131,8 +139,22 @@ class OnlineObjective(Objective):
                                 "continuations")
         contexts, completions = self.sample(batch)
         texts, scores = self.score(batch, completions, self.num_generations)
+        scores = self.labeller_mistakes(batch, scores)
         self._maybe_log_samples(batch, texts, scores)
         return contexts, completions, texts, scores
+
+    def labeller_mistakes(self, batch: dict, scores):
+        """The rollout's rewards with `label_noise`'s mistakes (module docstring): each binary reward turned over with
+        probability fraction, keyed by the query (step, prompt index, completion, reward label), not by any RNG."""
+        noise = self.label_noise
+        if noise is None or noise.fraction == 0:
+            return scores
+        step = self.trainer.global_step
+        queries = [f"{step},{index},{j}" for index in batch["index"].tolist() for j in range(self.num_generations)]
+        flips = {label: torch.tensor([noise.flips(f"{q},{label}") for q in queries], dtype=torch.bool)
+                 for label in scores.per_function}
+        self.labels_flipped += sum(int(f.sum()) for f in flips.values())
+        return self.rewards.flipped(scores, flips)
 
     def _maybe_log_samples(self, batch: dict, texts: list[str], scores) -> None:
         every = self.log_samples_every_n_steps

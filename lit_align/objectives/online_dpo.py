@@ -27,6 +27,7 @@ from typing import Literal
 
 import torch
 
+from lit_align.data.label_noise import LabelNoise
 from lit_align.losses.preference import preference_loss
 from lit_align.modeling.logprobs import token_logps
 from lit_align.modeling.models import ModelSpec
@@ -60,6 +61,7 @@ class OnlineDPO(OnlineObjective):
         sample_seed: int = 0,
         eval_max_new_tokens: int | None = None,
         log_samples_every_n_steps: int = 50,
+        label_noise: LabelNoise | None = None,
     ):
         """
         Args:
@@ -77,9 +79,11 @@ class OnlineDPO(OnlineObjective):
             sample_seed: the sampler's seed (with the step and the prompt's index).
             eval_max_new_tokens: completion length on evaluation prompt sets (None: max_new_tokens).
             log_samples_every_n_steps: write the first prompt's pair and rewards to TensorBoard's Text tab.
+            label_noise: {fraction, seed}: a labeller who errs: each binary reward turns over (1 - r) with probability
+                fraction, seeded by the query (objectives/online.py), which reverses or ties the pair; None: none.
         """
         super().__init__(policy, optim, rewards, 2, max_new_tokens, temperature, top_p, top_k, sample_seed,
-                         eval_max_new_tokens, log_samples_every_n_steps)
+                         eval_max_new_tokens, log_samples_every_n_steps, label_noise)
         check_preference_options(loss, beta, label_smoothing)
         self.beta, self.loss_name, self.label_smoothing = beta, loss, label_smoothing
         self.reference = online_reference(reference)

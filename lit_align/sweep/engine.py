@@ -1,6 +1,6 @@
-"""Sweeps: a grid of objectives x training-set sizes x seeds, each run through the real CLI (LitAlignCLI),
-then one CSV and one figure of every evaluation metric against the number of training examples, one line
-per objective (the mean over seeds, with a band from the lowest to the highest seed).
+"""Sweeps: a grid of objectives x training-set sizes x seeds (x label-noise levels), each run through the real CLI
+(LitAlignCLI), then one CSV and one figure of every evaluation metric against the number of training examples, one
+line per objective (the mean over seeds, with a band from the lowest to the highest seed).
 
     python -m lit_align.sweep run     SWEEP.yaml              # every run, one after another, then collect
     python -m lit_align.sweep run     SWEEP.yaml --index 3    # one run (a SLURM array task)
@@ -16,6 +16,7 @@ file for that command; a sweep read with overrides hands them on to the runs it 
     out: logs/sweeps/ab                 # runs/<run>/ (events, config.yaml, result.json, log.txt), results.csv, PNG
     sizes: [100, 300, 1000]             # training examples: data.init_args.train.limit
     seeds: [0, 1]                       # seed_everything and the data module's shuffle seed
+    noise: [0.0, 0.2]                   # label noise (default [0.0]): the share of training labels flipped
     epochs: 4                           # each run trains max(min_steps, ceil(epochs * size / batch_size)) steps
     min_steps: 50
     draw_per_seed: false                # true: the training source's seed is the run's (a built-in task then
@@ -49,6 +50,15 @@ Their `size` is then the number of reward queries: size / (completions per promp
 and min_steps do not apply); the default, `budget: examples`, counts training examples. Every result has a `labels`
 column (training examples for the others), and a sweep with an online method draws its figure against it, so
 offline methods at n pairs and online RL at n reward queries share one axis.
+
+Label noise (`noise:`, data/label_noise.py) asks which method tolerates a labeller who makes mistakes. A run at noise
+f > 0 is named <objective>-n<size>-s<seed>-noise<f> (at 0 the name has no suffix, so runs finished before the axis
+existed are reused) and flips labels of its TRAINING source only, seeded by the run's seed, never the evaluation sets:
+chosen and rejected swapped in exactly round(f · size) of its pairs (`label_noise: {fraction: f, seed: <seed>}` on
+data.init_args.train; an SFT method then trains on the rejected answer of those, a CAA vector is extracted from them);
+a method budgeted in reward queries has no pairs, so its labeller's binary rewards turn over instead, each with
+probability f (the objective's `label_noise`, objectives/online.py). Every result has `noise` and `flipped` (labels
+flipped) columns, and with more than one noise level the figure has one column of panels per level.
 
 A CAA run has the same result keys as a trained run (the evaluation sets' logps/accuracy, ab/p_match, ...), so
 one CSV and one figure hold both.
@@ -117,6 +127,7 @@ class SweepSpec:
     name: str | None = None               # default: the file's stem
     out: str | None = None                # default: logs/sweeps/<name>
     seeds: list[int] = field(default_factory=lambda: [0])
+    noise: list[float] = field(default_factory=lambda: [0.0])   # label noise levels (module docstring)
     epochs: float = 1.0
     min_steps: int = 1
     draw_per_seed: bool = False
@@ -162,10 +173,17 @@ def read_spec(path: Path, overrides: dict | None = None) -> SweepSpec:
         raise LitAlignError(f"{path}: unknown sweep keys {', '.join(sorted(unknown))} (known: "
                             f"{', '.join(sorted(known))})")
     spec = _parse(SweepSpec, {k: v for k, v in values.items() if v is not None}, str(path))  # null: the default
-    for key in ("objectives", "sizes"):
+    for key in ("objectives", "sizes", "noise"):
         if not getattr(spec, key):
             raise LitAlignError(f"{path}: `{key}` is missing or empty")
+    if any(not 0 <= f <= 1 for f in spec.noise) or len(set(spec.noise)) < len(spec.noise):
+        raise LitAlignError(f"{path}: `noise` must list distinct shares of labels flipped in [0, 1], not {spec.noise}")
     return spec
+
+
+def noise_level(row: dict) -> float:
+    """A result row's label noise (a results.csv cell is a string): 0 for a row written before the noise axis."""
+    return float(row.get("noise") or 0)
 
 
 @dataclass
@@ -174,10 +192,12 @@ class Run:
     objective: str
     size: int
     seed: int
+    noise: float = 0.0
 
     @property
     def name(self) -> str:
-        return f"{self.objective}-n{self.size}-s{self.seed}"
+        # no suffix at noise 0: the names (and finished runs) of sweeps from before the noise axis stay valid
+        return f"{self.objective}-n{self.size}-s{self.seed}" + (f"-noise{self.noise:g}" if self.noise else "")
 
 
 class Sweep:
@@ -203,10 +223,12 @@ class Sweep:
                 self.spec.steer.validate()
             except LitAlignError as e:
                 raise LitAlignError(f"{path}: {e}") from None
-        self.runs = [Run(i, o, n, s) for i, (o, n, s) in enumerate(
-            (o, n, s) for o in self.objectives for n in self.spec.sizes for s in self.spec.seeds)]
+        # noise outermost: a level added at the end of `noise` leaves the array indices of the other runs as they were
+        self.runs = [Run(i, o, n, s, f) for i, (f, o, n, s) in enumerate(
+            (f, o, n, s) for f in self.spec.noise for o in self.objectives for n in self.spec.sizes
+            for s in self.spec.seeds)]
         # results written by another run (`then_caa`): no array task of their own
-        self.derived = {r.name: Run(-1, self.methods[r.objective].then_caa, r.size, r.seed)
+        self.derived = {r.name: Run(-1, self.methods[r.objective].then_caa, r.size, r.seed, r.noise)
                         for r in self.runs if self.methods[r.objective].then_caa}
 
     # -- one run's config ------------------------------------------------------------------------------
@@ -246,6 +268,12 @@ class Sweep:
             prompts = max(1, run.size // per_prompt)
             train["limit"] = prompts
             trainer["max_steps"] = max(1, math.ceil(prompts / (batch * accumulate)))
+        if run.noise:  # the labeller errs on the training labels only: pairs swapped, or an online method's rewards
+            noise = {"fraction": run.noise, "seed": run.seed}
+            if per_prompt:
+                cfg.setdefault("model", {}).setdefault("init_args", {})["label_noise"] = noise
+            else:
+                train["label_noise"] = noise
         trainer["max_epochs"] = -1
         trainer["check_val_every_n_epoch"] = 1_000_000   # the result is one validation of the final model
         trainer["num_sanity_val_steps"] = 0
@@ -302,8 +330,9 @@ class Sweep:
                         t = time.perf_counter()
                         derived = self.derived[run.name]
                         self.run_dir(derived).mkdir(parents=True, exist_ok=True)
-                        caa, examples = self._caa_metrics(cli.model.model, cli.model.tokenizer, config_path)
-                        self._write_result(derived, caa, examples, cli.trainer.global_step, time.perf_counter() - t)
+                        caa, train = self._caa_metrics(cli.model.model, cli.model.tokenizer, config_path)
+                        self._write_result(derived, caa, train.kept, cli.trainer.global_step, time.perf_counter() - t,
+                                           train.flipped)
         except BaseException:
             if log:
                 traceback.print_exc(file=log)
@@ -314,16 +343,21 @@ class Sweep:
             log.close()
         if result is not None:
             return result
-        return self._write_result(run, metrics, cli.datamodule.summaries["train"].kept, cli.trainer.global_step,
-                                  time.perf_counter() - start)
+        train = cli.datamodule.summaries["train"]
+        # labels flipped: the training pairs swapped, or an online method's rewards turned over (objectives/online.py)
+        flipped = train.flipped + getattr(cli.model, "labels_flipped", 0)
+        return self._write_result(run, metrics, train.kept, cli.trainer.global_step, time.perf_counter() - start,
+                                  flipped)
 
-    def _write_result(self, run: Run, metrics: dict, examples: int, steps: int, wall_s: float) -> dict:
+    def _write_result(self, run: Run, metrics: dict, examples: int, steps: int, wall_s: float,
+                      flipped: int = 0) -> dict:
         # labels: what the method was given: training examples (pairs, completions), or an online method's reward
         # queries (prompts x completions per prompt), so offline and online methods share one axis
         per_prompt = self.reward_queries_per_prompt(run) if run.index >= 0 else None
         labels = examples * per_prompt if per_prompt else examples
         result = {"run": run.name, "objective": run.objective, "size": run.size, "seed": run.seed,
-                  "train_examples": examples, "labels": labels, "steps": steps, "wall_s": round(wall_s, 2), **metrics}
+                  "noise": run.noise, "flipped": flipped, "train_examples": examples, "labels": labels,
+                  "steps": steps, "wall_s": round(wall_s, 2), **metrics}
         self.result_path(run).write_text(json.dumps(result, indent=1))
         return result
 
@@ -352,13 +386,14 @@ class Sweep:
         dm.setup("fit")
         return dm, opts
 
-    def _caa_metrics(self, model, tokenizer, config_path: Path) -> tuple[dict[str, float], int]:
-        """CAA metrics of `model` (lit_align/steering/caa.py) and the number of training pairs the vector came from."""
+    def _caa_metrics(self, model, tokenizer, config_path: Path):
+        """CAA metrics of `model` (lit_align/steering/caa.py) and the summary of the training pairs the vector came
+        from (their number kept, and flipped by label noise: the run's train source is read as its fit reads it)."""
         from lit_align.steering.caa import caa_metrics
 
         dm, opts = self._caa_datamodule(config_path, tokenizer)
         sets, max_new = self._generate_sets()
-        return caa_metrics(model, dm, opts, sets, max_new), dm.summaries["train"].kept
+        return caa_metrics(model, dm, opts, sets, max_new), dm.summaries["train"]
 
     def _policy(self, config_path: Path):
         from lit_align.modeling.models import policy_spec
@@ -374,8 +409,8 @@ class Sweep:
         lightning.seed_everything(run.seed, verbose=False)
         spec = self._policy(config_path)
         tokenizer = load_tokenizer(spec)
-        metrics, examples = self._caa_metrics(load_model(spec, tokenizer), tokenizer, config_path)
-        return self._write_result(run, metrics, examples, 0, time.perf_counter() - start)
+        metrics, train = self._caa_metrics(load_model(spec, tokenizer), tokenizer, config_path)
+        return self._write_result(run, metrics, train.kept, 0, time.perf_counter() - start, train.flipped)
 
     def run_all(self, subprocess: bool = False) -> None:
         start = time.perf_counter()
@@ -400,7 +435,9 @@ class Sweep:
     # -- results ---------------------------------------------------------------------------------------
     def results(self) -> list[dict]:
         runs = self.runs + list(self.derived.values())
-        return [json.loads(self.result_path(r).read_text()) for r in runs if self.result_path(r).exists()]
+        # (a result written before the noise axis existed is a noise-0 run)
+        return [{"noise": 0.0, "flipped": 0, **json.loads(self.result_path(r).read_text())}
+                for r in runs if self.result_path(r).exists()]
 
     def metrics(self, rows: list[dict]) -> list[str]:
         if self.spec.metrics:
@@ -413,7 +450,7 @@ class Sweep:
         rows = self.results() if rows is None else rows
         if not rows:
             raise LitAlignError(f"no finished runs under {self.out / 'runs'}")
-        fixed = ["run", "objective", "size", "seed", "train_examples", "labels", "steps", "wall_s"]
+        fixed = ["run", "objective", "size", "seed", "noise", "flipped", "train_examples", "labels", "steps", "wall_s"]
         columns = fixed + sorted({k for r in rows for k in r} - set(fixed))
         self.out.mkdir(parents=True, exist_ok=True)
         csv_path = self.out / "results.csv"
@@ -431,7 +468,9 @@ class Sweep:
                 online = any(m.budget == "reward_queries" for m in self.methods.values())
                 x, by = ("labels", "labels: training examples or reward queries") if online else \
                     ("train_examples", "training examples")
+                noisy = len({noise_level(r) for r in rows}) > 1   # one column of panels per level
                 png = plot_sweep(rows, self.metrics(rows), self.out / f"{self.name}.png", x=x,
+                                 panels="noise" if noisy else None,
                                  title=f"{self.name}: final model, by {by} ({len(self.spec.seeds)} seeds)")
             except ImportError:
                 print("matplotlib is not installed: no figure (pip install matplotlib)", file=sys.stderr)
