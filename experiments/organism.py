@@ -70,6 +70,24 @@ def start_metrics(sweep: Sweep) -> dict[str, float]:
     return metrics
 
 
+def build_line(sweep: Sweep) -> str:
+    """For a built-in pretrained start model (the organism): which build the numbers came from, as a line for the
+    table and as <out>/start_model.json (recipe digest, weights sha256, final loss). The same recipe pretrains
+    different weights on another CPU, so results are comparable only between equal weights digests."""
+    import json
+
+    from lit_align.builtin.pretrain import build_info
+    from lit_align.modeling.models import policy_spec
+
+    info = build_info(policy_spec(sweep.spec.base).name)
+    if info is None:
+        return ""
+    (sweep.out / "start_model.json").write_text(json.dumps(info, indent=1))
+    return (f"\nStart model: {info['model']}, recipe {info['recipe']}, weights sha256 {info['weights_sha256'][:12]}, "
+            f"final pretraining loss {info['final_loss']:.5f} (yours: `lit_align` prints them when it builds the "
+            f"model; also in {info['path']}/recipe.json).\n")
+
+
 def with_start(rows: list[dict], start: dict[str, float]) -> list[dict]:
     """`rows` plus the starting model at every training-set size and noise level (a flat line in each panel)."""
     sizes = sorted({int(r["size"]) for r in rows})
@@ -119,7 +137,7 @@ def write_results(sweep: Sweep, columns: tuple = COLUMNS, heading: str = "", foo
     rows = with_start(sweep.results(), start_metrics(sweep))
     sweep.collect(rows)
     md = sweep.out / "table.md"
-    md.write_text(heading + table(rows, columns) + footer)
+    md.write_text(heading + table(rows, columns) + footer + build_line(sweep))
     print(f"wrote {md}\n\n{md.read_text()}", flush=True)
     return md
 

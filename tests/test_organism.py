@@ -1,6 +1,7 @@
 """The built-in model organism: its data splits hold what data/organism.py promises, and its pretraining recipe
 (pretrain.py) builds deterministically, once, into a cache keyed by the recipe."""
 
+import hashlib
 import json
 import os
 import re
@@ -18,7 +19,7 @@ from conftest import REPO
 from lit_align.data import organism as org
 from lit_align.data.datamodule import AlignDataModule
 from lit_align.modeling.models import ModelSpec, load_model, load_tokenizer
-from lit_align.builtin.pretrain import BUILTIN_PRETRAINED, Recipe, _progress, ensure_built, model_dir
+from lit_align.builtin.pretrain import BUILTIN_PRETRAINED, Recipe, _progress, build_info, ensure_built, model_dir
 from lit_align.layouts import LAYOUTS
 
 FOOD = re.compile(r"\(([AB])\) the (\w+)")
@@ -151,6 +152,11 @@ def test_build_is_deterministic_cached_and_loads_by_name(tmp_path, monkeypatch, 
     # stderr is no terminal here: a plain line with an ETA every 10% of the steps (6 steps: every step)
     assert len(re.findall(r"^pretraining: step \d/6, loss [\d.]+, [\d.]+ it/s, ETA \d+ s$", err, re.M)) == 6
     weights = (path / "model.safetensors").read_bytes()
+    # which build this is (the same recipe pretrains other weights on another CPU): recorded, printed, looked up
+    digest = hashlib.sha256(weights).hexdigest()
+    assert json.loads((path / "recipe.json").read_text())["weights_sha256"] == digest
+    assert f"weights sha256 {digest[:12]}, final loss " in err
+    assert build_info("builtin:organism")["weights_sha256"] == digest and build_info("builtin:tiny") is None
     mtime = (path / "model.safetensors").stat().st_mtime_ns
     assert ensure_built("organism") == path and (path / "model.safetensors").stat().st_mtime_ns == mtime  # reused
     assert "building" not in capsys.readouterr().err

@@ -47,6 +47,7 @@ from pathlib import Path
 
 import torch
 
+from lit_align.builtin.packaged import file_digest
 from lit_align.builtin.parts import chat_tokenizer, llama_config, train_bpe
 from lit_align.cache import cache_root, remove_stale_temporaries, temporary_prefix
 from lit_align.errors import LitAlignError
@@ -222,10 +223,34 @@ def build(recipe: Recipe, out: Path, quiet: bool = False, partial: Path | None =
     with no_save_bar():
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
+    final_loss = sum(losses[-50:]) / len(losses[-50:])
+    weights = weights_sha256(out)
     (out / "recipe.json").write_text(json.dumps({
         "name_digest": recipe.digest(), "recipe": asdict(recipe), "seconds": round(time.time() - t0, 1),
-        "resumed_at_step": first, "final_loss": sum(losses[-50:]) / len(losses[-50:]), "torch": torch.__version__},
+        "resumed_at_step": first, "final_loss": final_loss, "weights_sha256": weights, "torch": torch.__version__},
         indent=1))
+    if not quiet:
+        # the same recipe pretrains different weights on another CPU (float kernels differ): say which build this is
+        print(f"lit_align: built recipe {recipe.digest()}: weights sha256 {weights[:12]}, final loss {final_loss:.5f}",
+              file=sys.stderr, flush=True)
+
+
+def weights_sha256(folder: Path) -> str:
+    """The sha256 of a built model's weights file: which build of a recipe a result came from."""
+    return file_digest(Path(folder) / "model.safetensors")
+
+
+def build_info(name: str) -> dict | None:
+    """For a built-in pretrained model (e.g. "builtin:organism"): its recipe digest, weights sha256 and final
+    pretraining loss, building it first if needed; None for any other model name. Builds from before the weights
+    digest was recorded get it computed from their weights file."""
+    key = name.removeprefix("builtin:")
+    if not name.startswith("builtin:") or key not in BUILTIN_PRETRAINED:
+        return None
+    path = ensure_built(key)
+    record = json.loads((path / "recipe.json").read_text())
+    return {"model": name, "recipe": record["name_digest"], "final_loss": record["final_loss"],
+            "weights_sha256": record.get("weights_sha256") or weights_sha256(path), "path": str(path)}
 
 
 class _BuildState:
