@@ -55,7 +55,7 @@ def behaviour_overrides(config: Path, behaviour: str, out: Path, policy: str | N
 def importance_weights(sweep: Sweep, max_ratio: float = 10.0) -> dict:
     """IW-SFT's weights π_start(matching answer | question)^-1 over the largest size's training pairs, as the start
     model gives them: effective sample size (share of n) and largest / mean, unclipped and clipped at `max_ratio`;
-    computed once into <out>/weights.json."""
+    computed once per largest size into <out>/weights.json."""
     import torch
 
     from lit_align.data.datamodule import AlignDataModule
@@ -64,11 +64,11 @@ def importance_weights(sweep: Sweep, max_ratio: float = 10.0) -> dict:
     from lit_align.weights import effective_sample_size, normalized_weights, reference_log_weights
 
     path = sweep.out / "weights.json"
-    if path.exists():
+    n = max(sweep.spec.sizes)
+    if path.exists() and json.loads(path.read_text())["n"] == n:  # (a grid grown to a larger n computes them again)
         return json.loads(path.read_text())
     model, tokenizer = start_model(sweep)
     args = dict(sweep.spec.base["data"]["init_args"])
-    n = max(sweep.spec.sizes)
     args.update(train={**args["train"], "limit": n}, val={})
     dm = AlignDataModule(**args)
     dm.connect(tokenizer, LAYOUTS["pair"])
