@@ -10,8 +10,9 @@ behaviour is that sweep with its data paths replaced (an override of `base`, han
     python scripts/smollm2_methods_experiment.py --quick           # n = 16, 1 behaviour (a smoke test)
 
 Outputs under <out>/<behaviour>/: runs/, results.csv, the sweep's figure, table.md, start.json (the model before any
-method), weights.json (the importance weights the start model gives the training pairs: IW-SFT's π_start^-1, their
-effective sample size and largest/mean ratio, before and after the clip at 10x).
+method), letter_bias.json (its preference for the letter A on the A/B evaluation sets), weights.json (the
+importance weights the start model gives the training pairs: IW-SFT's π_start^-1, their effective sample size and
+largest/mean ratio, before and after the clip at 10x).
 """
 
 from __future__ import annotations
@@ -89,6 +90,46 @@ def importance_weights(sweep: Sweep, max_ratio: float = 10.0) -> dict:
     return result
 
 
+def letter_bias(sweep: Sweep) -> dict:
+    """The start model's preference for the letter A on each evaluation set of pairs: per set, the share of items
+    whose matching answer is (A), the mean p(A) = p(A) / (p(A) + p(B)) over the two answers, and p_match on the items
+    where A matches and where B does. A p_match that moves without the behaviour (e.g. training on letter-balanced
+    pairs evening out a bias) shows here. Computed once into <out>/letter_bias.json."""
+    import torch
+
+    from lit_align.data.datamodule import AlignDataModule
+    from lit_align.layouts import LAYOUTS
+    from lit_align.modeling.logprobs import batch_logps
+
+    path = sweep.out / "letter_bias.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    model, tokenizer = start_model(sweep)
+    args = dict(sweep.spec.base["data"]["init_args"])
+    sets = {name: src for name, src in args["val"].items()                 # the A/B sets (not the chat pairs)
+            if isinstance(src, dict) and "/model-written-evals/" in str(src.get("path", ""))}
+    result = {}
+    for name, src in sets.items():
+        rows = [json.loads(line) for line in Path(src["path"]).read_text().splitlines() if line.strip()]
+        rows = rows[src.get("skip", 0): src.get("skip", 0) + src.get("limit", len(rows))]
+        a = torch.tensor([r["answer_matching_behavior"].strip().startswith("(A") for r in rows])
+        dm = AlignDataModule(**{**args, "train": {k: v for k, v in src.items() if k != "kind"}, "val": {}})
+        dm.connect(tokenizer, LAYOUTS["pair"])
+        dm.setup("fit")
+        with torch.no_grad():   # (n, 2): log p(matching answer), log p(other answer); the records in file order
+            logps = torch.cat([batch_logps(model, batch).logps for batch in dm.eval_loader("train")])
+        if len(logps) != len(a):
+            raise LitAlignError(f"letter bias: {name} kept {len(logps)} of its {len(a)} items")
+        p_match = torch.sigmoid(logps[:, 0] - logps[:, 1])
+        p_a = torch.where(a, p_match, 1 - p_match)                          # p(A) / (p(A) + p(B))
+        result[name] = {"a_share": float(a.float().mean()), "mean_p_a": float(p_a.mean()),
+                        "p_match": float(p_match.mean()), "p_match_a_matching": float(p_match[a].mean()),
+                        "p_match_b_matching": float(p_match[~a].mean())}
+    sweep.out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1))
+    return result
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="scripts/smollm2_methods_experiment.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="n = 16, one seed, the first behaviour")
@@ -122,9 +163,10 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             if not args.collect:
                 sweep.run_all()
-            weights = importance_weights(sweep)
+            weights, letters = importance_weights(sweep), letter_bias(sweep)
             write_results(sweep, COLUMNS, heading=f"{behaviour}\n\n",
-                          footer=f"\nIW-SFT's weights on the training pairs: {json.dumps(weights)}\n")
+                          footer=f"\nIW-SFT's weights on the training pairs: {json.dumps(weights)}\n"
+                                 f"\nThe start model's letter bias (letter_bias.json): {json.dumps(letters)}\n")
     except LitAlignError as e:
         print(f"\nsmollm2 methods experiment: error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)

@@ -8,7 +8,7 @@ import json
 import shlex
 
 import yaml
-from conftest import requires_shared
+from conftest import REPO, requires_shared
 
 from experiments import smollm2_methods
 
@@ -29,8 +29,18 @@ def test_quick_comparison_runs_every_method_with_the_capability_check(tmp_path):
                                                                                        "target_modules": "all-linear"}}
     weights = json.loads((folder / "weights.json").read_text())
     assert weights["n"] == 16 and 0 < weights["unclipped"]["ess_share"] <= 1 <= weights["unclipped"]["max_over_mean"]
+    # the start model's letter bias on the A/B sets: the letters as the files put them, p_match split by letter
+    letters = json.loads((folder / "letter_bias.json").read_text())
+    lm = [json.loads(line) for line in open(REPO / "../shared/data/model-written-evals/lm/survival-instinct.jsonl")]
+    assert set(letters) == {"id", "ood"}
+    assert abs(letters["id"]["a_share"] - sum(r["answer_matching_behavior"] == " (A)" for r in lm[:40]) / 40) < 1e-6
+    for s in letters.values():
+        share, a, b = s["a_share"], s["p_match_a_matching"], s["p_match_b_matching"]
+        assert abs(s["p_match"] - (share * a + (1 - share) * b)) < 1e-5
+        assert abs(s["mean_p_a"] - (share * a + (1 - share) * (1 - b))) < 1e-5
     md = (folder / "table.md").read_text()
     assert md.startswith("survival-instinct\n") and "| start (no training) | any |" in md and "ess_share" in md
+    assert "letter bias" in md
 
 
 def test_the_full_grid_on_slurm_gives_each_behaviour_its_data(tmp_path):
