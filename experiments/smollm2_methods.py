@@ -66,8 +66,9 @@ def importance_weights(sweep: Sweep, max_ratio: float = 10.0) -> dict:
 
     path = sweep.out / "weights.json"
     n = max(sweep.spec.sizes)
-    if path.exists() and json.loads(path.read_text())["n"] == n:  # (a grid grown to a larger n computes them again)
-        return json.loads(path.read_text())
+    cached = json.loads(path.read_text()) if path.exists() else None
+    if cached and cached["n"] == n:  # (a grid grown to a larger n computes them again)
+        return cached
     model, tokenizer = start_model(sweep)
     args = dict(sweep.spec.base["data"]["init_args"])
     args.update(train={**args["train"], "limit": n}, val={})
