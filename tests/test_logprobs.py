@@ -7,9 +7,11 @@ import warnings
 
 import pytest
 import torch
+from conftest import SHARED_DATA, requires_shared
 
 from lit_align.data import AlignDataModule
-from lit_align.modeling.logprobs import forward_logps, joined_context_logps, set_lm_head, shared_context_logps
+from lit_align.modeling.logprobs import (forward_logps, joined_context_logps, sequence_logps, set_lm_head,
+                                         shared_context_logps, shared_prompt_logps)
 from lit_align.modeling.models import LoraSpec, ModelSpec, load_model, load_tokenizer
 from lit_align.objectives import DPO, SFT, PrefixDPO
 from lit_align.layouts import layout_named
@@ -231,3 +233,45 @@ def test_packed_mask_isolates_the_answers():
     targets = torch.stack([batch[k] for k in ("target_row", "target_pos", "target_id", "target_cont")], 1).tolist()
     assert targets == [[0, 1, 7, 0], [0, 2, 8, 0], [0, 1, 9, 1], [1, 0, 7, 0], [1, 0, 9, 1], [1, 2, 10, 1]]
     assert batch["cont_tokens"].tolist() == [[2, 1], [1, 2]]
+
+
+def _eval_batch(tok, source, n=8, max_length=160):
+    dm = AlignDataModule(train={**source, "limit": n}, val={"x": {**source, "limit": n, "kind": "pair"}},
+                         batch_size=n, eval_batch_size=n, max_length=max_length, skip_invalid=True)
+    dm.connect(tok, layout_named("sft"))   # an SFT run evaluating pair sets: the padded pair layout
+    dm.setup("fit")
+    return next(iter(dm.eval_loader(dm.log_prefix("val", "x"))))
+
+
+@requires_shared
+@pytest.mark.parametrize("source,max_length", [
+    ({"path": str(SHARED_DATA / "model-written-evals/lm/survival-instinct.jsonl")}, 1024),   # A/B: short answers
+    ({"path": str(SHARED_DATA / "hh-rlhf/harmless-base-test.jsonl.gz")}, 160),               # dialogues, truncated
+    ({"path": "builtin:pairs"}, 160)])
+@pytest.mark.parametrize("lora", [False, True])
+def test_evaluation_runs_each_prompt_once_with_the_same_logps(source, max_length, lora):
+    """Pair evaluation (objectives/base.py eval_sums) runs an example's prompt once for both answers
+    (shared_prompt_logps): the same sequence log-probs and token counts as the padded rows, contexts of
+    different lengths in one batch; a batch without a shared prompt is computed as padded rows."""
+    spec = ModelSpec(name="builtin:tiny", lora=LoraSpec(r=4) if lora else None)
+    tok = load_tokenizer(spec)
+    model = load_model(spec, tok)
+    _perturb(model)
+    batch = _eval_batch(tok, source, max_length=max_length)
+    assert batch["num_continuations"] == 2 and len(set(batch["context_tokens"].tolist())) > 1
+    embedded = []   # token positions through the embedding: what the evaluation costs
+    hook = model.get_input_embeddings().register_forward_hook(lambda m, a, out: embedded.append(a[0].numel()))
+    with torch.no_grad():
+        padded = sequence_logps(model, batch)
+        shared = shared_prompt_logps(model, batch)
+    hook.remove()
+    if "model-written-evals" in source["path"]:   # a long question, a few answer tokens: at most 60% of the work
+        assert sum(embedded[1:]) <= 0.6 * embedded[0]
+    assert torch.equal(padded.tokens, shared.tokens)
+    assert torch.allclose(padded.logps, shared.logps, atol=2e-4, rtol=1e-5)
+    assert not torch.allclose(padded.logps[:, 0], padded.logps[:, 1])    # two different answers were scored
+    # rows that do not share their prompt: computed as padded rows, not silently wrong
+    other = dict(batch, input_ids=batch["input_ids"].clone())
+    other["input_ids"][batch["context_tokens"].shape[0], 0] += 1
+    with torch.no_grad():
+        assert torch.equal(shared_prompt_logps(model, other).logps, sequence_logps(model, other).logps)

@@ -317,6 +317,40 @@ def joined_context_logps(model: torch.nn.Module, batch: dict) -> SeqLogps:
     return SeqLogps(out.sequence.view(k, B).T, tokens.view(k, B).T)
 
 
+def shared_prompt_logps(model: torch.nn.Module, batch: dict) -> SeqLogps:
+    """`sequence_logps` of a padded batch (collate.py) with each example's prompt run ONCE: the rows are split
+    into the collate_prefix form (contexts left-padded, continuations right-padded, their labels kept) and
+    `shared_context_logps` runs them, so the k rows of an example share one pass over its context. The same
+    numbers up to float rounding, for evaluation: on A/B sets, where the answers are a few tokens after a long
+    question, it halves the work. A batch whose rows do not share their first context_tokens tokens, with an
+    empty context, or whose contexts and answers padded apart would take 80% of the padded rows' tokens or more
+    (long answers, as in dialogues), is computed as padded rows."""
+    k, P = batch["num_continuations"], batch["context_tokens"]          # P (B,) context length per example
+    ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]     # (N, T), N = k * B
+    B = P.shape[0]
+    if k < 2 or int(P.min()) < 1:
+        return sequence_logps(model, batch)
+    rows = torch.arange(B, device=ids.device).repeat(k)                  # (N,) example of each row
+    C, lengths = int(P.max()), mask.sum(-1)                              # lengths (N,): real tokens per row
+    L = max(int((lengths - P[rows]).max()), 1)
+    if B * C + k * B * L >= 0.8 * ids.numel():   # padding eats the saving (long answers, e.g. dialogues): padded rows
+        return sequence_logps(model, batch)
+    context_ids = torch.zeros((B, C), dtype=ids.dtype, device=ids.device)
+    context_mask = torch.zeros((B, C), dtype=mask.dtype, device=ids.device)
+    cont_ids = torch.zeros((k * B, L), dtype=ids.dtype, device=ids.device)
+    cont_mask = torch.zeros((k * B, L), dtype=mask.dtype, device=ids.device)
+    cont_labels = torch.full((k * B, L), IGNORE, dtype=labels.dtype, device=ids.device)
+    for r in range(k * B):
+        b, p, n = int(rows[r]), int(P[rows[r]]), int(lengths[r])
+        if not torch.equal(ids[r, :p], ids[b, :p]) or bool((labels[r, :p] != IGNORE).any()):
+            return sequence_logps(model, batch)
+        if r < B:
+            context_ids[b, C - p:], context_mask[b, C - p:] = ids[b, :p], 1
+        cont_ids[r, : n - p], cont_mask[r, : n - p], cont_labels[r, : n - p] = ids[r, p:n], 1, labels[r, p:n]
+    return shared_context_logps(model, {"context_ids": context_ids, "context_mask": context_mask, "input_ids": cont_ids,
+                                        "attention_mask": cont_mask, "labels": cont_labels, "num_continuations": k})
+
+
 def attention_mask_for(model: torch.nn.Module, mask: Tensor) -> Tensor:
     """A bool 4D mask (B, 1, T, T), True where query t may attend to key s, in the form `model`'s attention
     takes it. transformers passes a 4D mask to the attention function untouched (masking_utils: "already

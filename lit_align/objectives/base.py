@@ -46,7 +46,7 @@ from lit_align.moved import old_names
 from lit_align.errors import LitAlignError
 from lit_align.optim import OPTIMIZER_IMPLEMENTATIONS, adamw_with_schedule, lr_lambda  # noqa: F401 (lr_lambda: tests)
 from lit_align.resume import COMPUTE_ONLY
-from lit_align.modeling.logprobs import batch_logps
+from lit_align.modeling.logprobs import batch_logps, is_packed, shared_prompt_logps
 from lit_align.modeling.models import LoraSpec, ModelSpec, check_model_spec, load_model, load_tokenizer, shard_model
 
 Sums = dict[str, tuple[Tensor, Tensor]]
@@ -308,7 +308,8 @@ class Objective(LightningModule):
         sums = self.step(first_continuation(batch) if self.layout.records == "sft" else batch)
         # pair objectives compute them in `step` from their own forward pass; a model without an LM head has none
         if "logps/accuracy" not in sums and self.head == "lm":
-            logps = batch_logps(self.model, batch).logps                            # (B, 2), padded or packed
+            # (B, 2); padded pairs run each prompt once (an A/B item's question is most of its tokens)
+            logps = (batch_logps if is_packed(batch) else shared_prompt_logps)(self.model, batch).logps
             sums = {**pair_sums(logps, batch.get("contrast", False)), **sums}
         return sums
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from lit_align.errors import DataError, LitAlignError
-from lit_align.modeling.logprobs import SeqLogps
+from lit_align.modeling.logprobs import SeqLogps, shared_prompt_logps
 from lit_align.losses.preference import weighted_pair_sum
 from lit_align.modeling.models import ModelSpec
 from lit_align.objectives.base import Objective, OptimSpec, Sums, pair_sums
@@ -51,7 +51,11 @@ class PairObjective(Objective):
     # -- layout ---------------------------------------------------------------------------------------
     def policy_logps(self, batch: dict) -> SeqLogps:
         """(B, k) fp32 sequence log-probs of the policy (pairs: [chosen, rejected]), with gradient, and their
-        token counts, in the objective's layout."""
+        token counts, in the objective's layout. Evaluation (the module in eval mode) runs each pair's prompt once
+        for both answers on padded pairs (logprobs.shared_prompt_logps: the same numbers up to float rounding);
+        training keeps the layout's own computation."""
+        if not self.training and self.layout.name == "pair":
+            return shared_prompt_logps(self.model, batch)
         return self.layout.logps(self.model, batch)
 
     def configure_model(self) -> None:
