@@ -513,3 +513,34 @@ def test_the_grid_with_one_prompt_pass_per_item_equals_steering_each_setting():
                 expected = contrast_margins(model, dm.eval_loader("val_id"), steering)
             assert torch.allclose(grid[(layer, m)], expected, atol=1e-4), (layer, m)
     assert not torch.allclose(grid[(0, 3.0)], grid[(0, 0.0)], atol=1e-2)   # the multiplier does move the margins
+
+
+@pytest.mark.parametrize("positions", ["after_prompt", "all"])
+def test_steered_pair_logps_run_each_prompt_once_with_the_padded_rows_numbers(positions):
+    """CAA's evaluation (pair_logps) runs each item's prompt once for both answers; under a Steering it gives the
+    padded rows' numbers: after_prompt steers the answers from their first token and not the prompt, all steers both."""
+    from lit_align.modeling.models import ModelSpec, load_model, load_tokenizer
+    from lit_align.steering.vectors import pair_logps
+
+    torch.manual_seed(0)
+    spec = ModelSpec("builtin:tiny")
+    tokenizer = load_tokenizer(spec)
+    model = load_model(spec, tokenizer).eval()
+    dm = AlignDataModule(train={"path": "builtin:ab", "limit": 16},
+                         val={"id": {"path": "builtin:ab", "split": "id", "limit": 10}}, eval_batch_size=5,
+                         max_length=64)
+    dm.connect(tokenizer, LAYOUTS["pair"])
+    dm.setup("fit")
+    vector = extract_from_data(model, dm, "train", layers="all")
+    results = {}
+    for m in (0.0, 6.0):
+        with vector.apply(model, m, [1], positions, check="none") as steering:
+            padded = []
+            for batch in dm.eval_loader("val_id"):
+                steering.set_prompt_lengths(batch)
+                with torch.no_grad():
+                    padded.append(sequence_logps(model, batch).logps)
+            results[m] = (pair_logps(model, dm.eval_loader("val_id"), steering), torch.cat(padded))
+    for m, (shared, padded) in results.items():
+        assert torch.allclose(shared, padded, atol=1e-4), m
+    assert not torch.allclose(results[6.0][0], results[0.0][0], atol=1e-2)   # the steering did act

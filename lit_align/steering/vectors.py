@@ -72,7 +72,7 @@ import torch
 from torch import Tensor
 
 from lit_align.errors import LitAlignError
-from lit_align.modeling.logprobs import IGNORE, sequence_logps
+from lit_align.modeling.logprobs import IGNORE, sequence_logps, shared_prompt_logps
 from lit_align.modeling.models import decoder_layers
 
 METHODS = ("mean_diff", "pca")
@@ -523,7 +523,9 @@ def _direction(d: Tensor, method: str) -> Tensor:
 @torch.no_grad()
 def pair_logps(model: torch.nn.Module, batches: Iterable[dict], steering: Steering | None = None) -> Tensor:
     """(n_items, 2) fp32: log π(m|x) and log π(n|x) per contrast pair (whole continuations), under `steering` if
-    given (its prompt lengths are set from each batch)."""
+    given (its prompt lengths are set from each batch). Each item's prompt runs once for both answers
+    (logprobs.shared_prompt_logps): steering reads the explicit position ids, so "after_prompt" leaves the prompt
+    pass unsteered and steers the answers from their first token, as on the padded rows."""
     was_training = model.training
     model.eval()
     out = []
@@ -532,7 +534,7 @@ def pair_logps(model: torch.nn.Module, batches: Iterable[dict], steering: Steeri
             batch = _to(batch, _device(model))
             if steering is not None:
                 steering.set_prompt_lengths(batch)
-            out.append(sequence_logps(model, batch).logps.float().cpu())  # (B, 2)
+            out.append(shared_prompt_logps(model, batch).logps.float().cpu())  # (B, 2), each prompt run once
     finally:
         model.train(was_training)
     return torch.cat(out)
