@@ -484,25 +484,30 @@ def test_the_real_model_recipe_runs_with_a_built_in_model_and_8_pairs(tmp_path, 
     assert SteeringVector.load(out / "vector.safetensors").n_pairs == 8
 
 
-def test_the_grid_with_one_prompt_pass_per_item_equals_steering_each_setting():
-    """contrast_margins_grid (what `lit_align steer` runs for positions after_prompt: each prompt once, its key/value
-    cache reused by every layer and multiplier) gives the margins of a Steering hook at each (layer, multiplier)
-    over the full rows, item by item; batches of several items, answers of the chat template, multiplier 0."""
-    from lit_align.data import AlignDataModule
-    from lit_align.layouts import LAYOUTS
+def _tiny_ab(eval_batch_size: int):
+    """builtin:tiny (eval mode), a data module of builtin:ab (16 training pairs, 10 id pairs, padded pair layout)
+    and the CAA vector of its training pairs at every layer."""
     from lit_align.modeling.models import ModelSpec, load_model, load_tokenizer
-    from lit_align.steering.vectors import contrast_margins, contrast_margins_grid, extract_from_data
 
     torch.manual_seed(0)
     spec = ModelSpec("builtin:tiny")
     tokenizer = load_tokenizer(spec)
     model = load_model(spec, tokenizer).eval()
     dm = AlignDataModule(train={"path": "builtin:ab", "limit": 16},
-                         val={"id": {"path": "builtin:ab", "split": "id", "limit": 10}}, eval_batch_size=4,
+                         val={"id": {"path": "builtin:ab", "split": "id", "limit": 10}}, eval_batch_size=eval_batch_size,
                          max_length=64)
     dm.connect(tokenizer, LAYOUTS["pair"])
     dm.setup("fit")
-    vector = extract_from_data(model, dm, "train", layers="all")
+    return model, dm, extract_from_data(model, dm, "train", layers="all")
+
+
+def test_the_grid_with_one_prompt_pass_per_item_equals_steering_each_setting():
+    """contrast_margins_grid (what `lit_align steer` runs for positions after_prompt: each prompt once, its key/value
+    cache reused by every layer and multiplier) gives the margins of a Steering hook at each (layer, multiplier)
+    over the full rows, item by item; batches of several items, answers of the chat template, multiplier 0."""
+    from lit_align.steering.vectors import contrast_margins_grid
+
+    model, dm, vector = _tiny_ab(eval_batch_size=4)
     multipliers = [-8.0, 0.0, 3.0]
     seen = []
     grid = contrast_margins_grid(model, dm.eval_loader("val_id"), vector.directions, multipliers, on_batch=seen.append)
@@ -519,19 +524,9 @@ def test_the_grid_with_one_prompt_pass_per_item_equals_steering_each_setting():
 def test_steered_pair_logps_run_each_prompt_once_with_the_padded_rows_numbers(positions):
     """CAA's evaluation (pair_logps) runs each item's prompt once for both answers; under a Steering it gives the
     padded rows' numbers: after_prompt steers the answers from their first token and not the prompt, all steers both."""
-    from lit_align.modeling.models import ModelSpec, load_model, load_tokenizer
     from lit_align.steering.vectors import pair_logps
 
-    torch.manual_seed(0)
-    spec = ModelSpec("builtin:tiny")
-    tokenizer = load_tokenizer(spec)
-    model = load_model(spec, tokenizer).eval()
-    dm = AlignDataModule(train={"path": "builtin:ab", "limit": 16},
-                         val={"id": {"path": "builtin:ab", "split": "id", "limit": 10}}, eval_batch_size=5,
-                         max_length=64)
-    dm.connect(tokenizer, LAYOUTS["pair"])
-    dm.setup("fit")
-    vector = extract_from_data(model, dm, "train", layers="all")
+    model, dm, vector = _tiny_ab(eval_batch_size=5)
     results = {}
     for m in (0.0, 6.0):
         with vector.apply(model, m, [1], positions, check="none") as steering:
