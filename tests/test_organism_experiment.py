@@ -3,8 +3,13 @@ built-in model so that CI does not pretrain the organism: every method's run, CA
 generation-scored open-ended set, the CSV, the figure, the table, and reuse of finished runs."""
 
 import csv
+from dataclasses import replace
+
+import yaml
+from test_organism import TINY
 
 from experiments import organism
+from lit_align.builtin.pretrain import BUILTIN_PRETRAINED
 
 
 def test_quick_experiment_runs_every_method_and_reuses_finished_runs(tmp_path, monkeypatch, capsys):
@@ -25,8 +30,8 @@ def test_quick_experiment_runs_every_method_and_reuses_finished_runs(tmp_path, m
     assert caa["steps"] == "0" and int(float(caa["caa/layer"])) in (0, 1) and float(caa["caa/multiplier"]) in (
         0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
     assert float(caa["caa/select_p_match"]) >= 0.0
-    assert (out / "organism.png").stat().st_size > 10_000
-    md = (out / "table.md").read_text()
+    assert (out / "organism.png").stat().st_size > 10_000 and {r["build"] for r in rows} == {"builtin:tiny"}
+    md = (out / "tiny" / "table.md").read_text()   # the start model's own table (its folder: its runs)
     assert md.count("\n") == 2 + 8 and "| sft_caa | 8 |" in md and "| start (no training) | any |" in md
     start = next(r for r in rows if r["objective"] == "start")
     unsteered = [r for r in rows if r["objective"] == "caa" and float(r["caa/multiplier"]) == 0]
@@ -52,3 +57,33 @@ def test_rows_at_several_noise_levels_get_a_table_block_and_a_start_line_each():
     assert "the labels of 20% of the training pairs flipped" in blocks[1]
     old = [{k: v for k, v in r.items() if k != "noise"} for r in rows if r["noise"] == 0.0]
     assert organism.table(old, (("val_id/ab/p_match", "ID p_match"),)).startswith("| method |")
+
+
+def test_results_over_organism_builds_name_each_build_and_band_over_them(tmp_path, monkeypatch):
+    """--builds: every method runs on each build of the organism's recipe (pretraining seeds; here two builds of a
+    tiny recipe), each build's runs and table in its own folder, and the CSV, figure and table over builds x seeds:
+    a `build` column, the start model of every build, bands over both, each build's weights digest named."""
+    monkeypatch.setenv("LIT_ALIGN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(BUILTIN_PRETRAINED, "organism", TINY)
+    monkeypatch.setitem(BUILTIN_PRETRAINED, "organism-seed1", replace(TINY, seed=1))
+    monkeypatch.setattr(organism, "QUICK", {"sizes": [8], "seeds": [0]})
+    spec = yaml.safe_load(organism.CONFIG.read_text())
+    spec["objectives"] = {k: spec["objectives"][k] for k in ("sft", "dpo")}   # two methods: the point is the builds
+    config = tmp_path / "organism.yaml"
+    config.write_text(yaml.safe_dump(spec))
+    out = tmp_path / "exp"
+    organism.main(["--quick", "--builds", "0", "1", "--out", str(out), "--config", str(config)])
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert sorted((r["build"], r["objective"]) for r in rows) == sorted(
+        (b, m) for b in ("builtin:organism", "builtin:organism-seed1") for m in ("start", "sft", "sft_caa", "dpo"))
+    starts = [r for r in rows if r["objective"] == "start"]
+    assert starts[0]["val_id/ab/p_match"] != starts[1]["val_id/ab/p_match"]   # two builds: two start models
+    md = (out / "table.md").read_text()
+    assert md.startswith("Means over 2 builds x 1 seed") and "| builds x seeds |" in md
+    id_pm = sorted(float(r["val_id/ab/p_match"]) for r in rows if r["objective"] == "sft")
+    assert f"| sft | 8 | {sum(id_pm) / 2:.2f} ± {(id_pm[1] - id_pm[0]) / 2:.2f} |" in md
+    digests = [line.split("weights sha256 ")[1][:12] for line in md.splitlines() if "weights sha256" in line]
+    assert len(set(digests)) == 2
+    for build in ("organism", "organism-seed1"):   # each build's own results, to check a finding build by build
+        assert "| sft | 8 |" in (out / build / "table.md").read_text() and (out / build / "results.csv").exists()
+    assert (out / "organism.png").stat().st_size > 10_000

@@ -3,6 +3,8 @@
     builtin:organism   the model organism (data/organism.py): a Llama-style model (hidden 128, 4 layers,
                        ~0.8 M parameters) pretrained from random init on the organism's corpus: it knows
                        which foods are sweet and answers A/B questions, and it dislikes sweets.
+    builtin:organism-seed1, builtin:organism-seed2   the same recipe under pretraining seeds 1 and 2: other
+                       builds of the organism (experiments report results over builds).
 
 `load_model` / `load_tokenizer` (models.py) resolve such a name to a saved Hugging Face directory:
 
@@ -88,7 +90,11 @@ class Recipe:
         return math.ceil(self.documents * self.epochs / self.batch_size)
 
 
-BUILTIN_PRETRAINED: dict[str, Recipe] = {"organism": Recipe()}
+BUILTIN_PRETRAINED: dict[str, Recipe] = {"organism": Recipe(), "organism-seed1": Recipe(seed=1),
+                                         "organism-seed2": Recipe(seed=2)}
+"""builtin:organism and two more builds of its recipe under other pretraining seeds (init, corpus draw, batch
+order): the organism experiment reports its results over builds, since which build a result came from matters
+as much as the training seed (the same recipe also pretrains different weights on another CPU)."""
 
 
 def model_dir(name: str, recipe: Recipe | None = None) -> Path:

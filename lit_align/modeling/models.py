@@ -9,6 +9,7 @@ ChatML-style chat template whose end of turn `<|im_end|>` is the EOS token. Both
 A built-in PRETRAINED model is built once by a deterministic recipe and cached on disk (lit_align/builtin/pretrain.py):
     builtin:organism  the model organism (data/organism.py): knows which foods are sweet, answers A/B
                       questions, dislikes sweets (~0.8 M params; ~2-3 minutes to build on 2 CPU cores)
+    builtin:organism-seed1, builtin:organism-seed2   other builds of it (pretraining seeds 1 and 2)
 It then loads like a local directory (its own tokenizer, the same chat template).
 """
 

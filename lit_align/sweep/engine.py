@@ -445,8 +445,9 @@ class Sweep:
         names = sorted({k for r in rows for k in r if k.endswith("logps/accuracy")})
         return names or sorted({k for r in rows for k in r if k.endswith("/loss")})
 
-    def collect(self, rows: list[dict] | None = None) -> tuple[Path, Path | None]:
-        """Write <out>/results.csv (one row per finished run, or `rows`) and <out>/<name>.png."""
+    def collect(self, rows: list[dict] | None = None, repeats: str | None = None) -> tuple[Path, Path | None]:
+        """Write <out>/results.csv (one row per finished run, or `rows`) and <out>/<name>.png; `repeats` says in
+        the figure's title what a band is taken over (default: "<k> seeds")."""
         rows = self.results() if rows is None else rows
         if not rows:
             raise LitAlignError(f"no finished runs under {self.out / 'runs'}")
@@ -471,7 +472,8 @@ class Sweep:
                 noisy = len({noise_level(r) for r in rows}) > 1   # one column of panels per level
                 png = plot_sweep(rows, self.metrics(rows), self.out / f"{self.name}.png", x=x,
                                  panels="noise" if noisy else None,
-                                 title=f"{self.name}: final model, by {by} ({len(self.spec.seeds)} seeds)")
+                                 title=f"{self.name}: final model, by {by} "
+                                       f"({repeats or f'{len(self.spec.seeds)} seeds'})")
             except ImportError:
                 print("matplotlib is not installed: no figure (pip install matplotlib)", file=sys.stderr)
         done = {r["run"] for r in rows}
