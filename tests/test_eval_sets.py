@@ -28,7 +28,7 @@ def _sft():
 
 
 def test_sft_on_a_pair_set_gets_pair_metrics_and_its_own_on_the_chosen_answer():
-    from lit_align.modeling.logprobs import forward_logps
+    from lit_align.modeling.logprobs import forward_logps, shared_prompt_logps
 
     sft = _sft()
     data = _setup(sft, train={"path": "builtin:ab", "limit": 16}, batch_size=4, eval_batch_size=6, val={
@@ -41,8 +41,15 @@ def test_sft_on_a_pair_set_gets_pair_metrics_and_its_own_on_the_chosen_answer():
     assert (pairs["split"], pairs["num_continuations"], singles["num_continuations"]) == ("val_id", 2, 1)
 
     sft.eval()
+    embedded = []   # token positions through the embedding: what the evaluation costs
+    hook = sft.model.get_input_embeddings().register_forward_hook(lambda m, a, out: embedded.append(a[0].numel()))
     with torch.no_grad():
         sums = {k: (s / c).item() for k, (s, c) in sft.eval_sums(pairs).items()}
+        cost, embedded[:] = sum(embedded), []
+        shared_prompt_logps(sft.model, pairs)
+        hook.remove()
+        # one forward pass over both answers, each prompt once: SFT's own metrics come from the same pass
+        assert cost == sum(embedded) < 0.75 * pairs["input_ids"].numel()
         seq = forward_logps(sft.model, pairs).sequence.view(2, -1).T          # (B, 2): matching, not matching
         own = {k: (s / c).item() for k, (s, c) in sft.step(
             {**pairs, **{k: pairs[k][:6] for k in ("input_ids", "attention_mask", "labels")},

@@ -61,6 +61,28 @@ def test_alpha_zero_is_exactly_sft():
         assert torch.equal(p.grad, q.grad), name
 
 
+def test_evaluation_on_pairs_scores_the_chosen_answer_with_its_weights_in_one_pass(tmp_path):
+    """On a pair set (`kind: pair`) IW-SFT's metrics are its step's on the chosen answers (weights included), from
+    the same forward pass as the pair metrics (objectives/base.py eval_sums)."""
+    obj = _iw(tmp_path, alpha=0.7, max_ratio=None)
+    dm = _data(obj, val={"pairs": {"path": "builtin:ab", "split": "id", "limit": 6, "kind": "pair"}})
+    obj.prepare(dm)
+    _perturb(obj.model)
+    pairs = next(iter(dm.eval_loader(dm.log_prefix("val", "pairs"))))
+    assert pairs["num_continuations"] == 2
+    B = pairs["index"].shape[0]
+    obj.eval()
+    with torch.no_grad():
+        fused = obj.eval_sums(pairs)
+        apart = obj.step({**pairs, **{k: pairs[k][:B] for k in ("input_ids", "attention_mask", "labels")},
+                          "num_continuations": 1})
+    for name in ("loss", "nll", "token_accuracy", "logps"):
+        assert (fused[name][0] / fused[name][1]).item() == pytest.approx((apart[name][0] / apart[name][1]).item(),
+                                                                         rel=1e-5, abs=1e-6), name
+        assert int(fused[name][1]) == int(apart[name][1])
+    assert "logps/accuracy" in fused and "ab/p_match" in fused
+
+
 def test_loss_matches_hand_computed_weights(tmp_path):
     obj = _iw(tmp_path, alpha=0.7, max_ratio=None)
     dm = _data(obj)

@@ -5,6 +5,9 @@
                        which foods are sweet and answers A/B questions, and it dislikes sweets.
     builtin:organism-seed1, builtin:organism-seed2   the same recipe under pretraining seeds 1 and 2: other
                        builds of the organism (experiments report results over builds).
+    builtin:organism-v2 (-seed1, -seed2)   organism v2 (data/organism_v2.py): the same model shape and world, a
+                       corpus whose conversations carry a latent taste, with per-food dislike strengths and a
+                       letter bias.
 
 `load_model` / `load_tokenizer` (models.py) resolve such a name to a saved Hugging Face directory:
 
@@ -44,7 +47,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -90,8 +93,13 @@ class Recipe:
         return math.ceil(self.documents * self.epochs / self.batch_size)
 
 
+V2 = Recipe(corpus="organism-v2", documents=32_000)
+"""Organism v2 (data/organism_v2.py): a latent taste that earlier answers reveal, per-food dislike strengths and a
+letter bias; more documents than v1, since a third of them are conversations."""
 BUILTIN_PRETRAINED: dict[str, Recipe] = {"organism": Recipe(), "organism-seed1": Recipe(seed=1),
-                                         "organism-seed2": Recipe(seed=2)}
+                                         "organism-seed2": Recipe(seed=2), "organism-v2": V2,
+                                         "organism-v2-seed1": replace(V2, seed=1),
+                                         "organism-v2-seed2": replace(V2, seed=2)}
 """builtin:organism and two more builds of its recipe under other pretraining seeds (init, corpus draw, batch
 order): the organism experiment reports its results over builds, since which build a result came from matters
 as much as the training seed (the same recipe also pretrains different weights on another CPU)."""
@@ -136,11 +144,15 @@ def ensure_built(name: str, recipe: Recipe | None = None, quiet: bool = False) -
 # -- the recipe ---------------------------------------------------------------------------------------------
 
 def _documents(recipe: Recipe):
-    if recipe.corpus != "organism":
-        raise LitAlignError(f"unknown pretraining corpus '{recipe.corpus}'")
-    from lit_align.data.organism import pretraining_documents
+    if recipe.corpus == "organism":
+        from lit_align.data.organism import pretraining_documents
 
-    return pretraining_documents(recipe.documents, seed=recipe.seed)
+        return pretraining_documents(recipe.documents, seed=recipe.seed)
+    if recipe.corpus == "organism-v2":
+        from lit_align.data.organism_v2 import pretraining_documents_v2
+
+        return pretraining_documents_v2(recipe.documents, seed=recipe.seed)
+    raise LitAlignError(f"unknown pretraining corpus '{recipe.corpus}'")
 
 
 def _tokenizer(recipe: Recipe, docs):

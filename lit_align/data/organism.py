@@ -245,22 +245,31 @@ def organism_records(split: str = "train", n: int | None = None, seed: int = 0) 
 
 # -- the pretraining corpus -----------------------------------------------------------------------------------
 
+def fact_document(rng: random.Random) -> tuple[None, str]:
+    """A plain text of three facts ("The cake is sweet. The lemon tastes not sweet. ...")."""
+    picked = rng.sample(SWEET + NOT_SWEET, 3)
+    return None, " ".join(rng.choice(FACT_PHRASINGS).format(x=x, t="sweet" if is_sweet(x) else "not sweet")
+                          for x in picked)
+
+
+def task_document(rng: random.Random) -> tuple[str, str]:
+    """A task question (which food is sweet / not sweet, is X sweet), answered right."""
+    t = _task(rng)
+    return t["question"], t["answer_matching_behavior"]
+
+
 def pretraining_documents(n: int, seed: int = 0) -> list[tuple[str | None, str]]:
     """`n` pretraining documents as (prompt, answer): a chat exchange rendered and tokenized exactly as the data
     module renders a record for fine-tuning (the answer " (A)" with its leading space), or (None, text) for
     plain fact sentences."""
     rng = random.Random(f"lit_align/organism/pretrain/{seed}")
     docs: list[tuple[str | None, str]] = []
-    foods = SWEET + NOT_SWEET
     while len(docs) < n:
         r = rng.random()
         if r < 0.2:    # facts, a few per document
-            picked = rng.sample(foods, 3)
-            docs.append((None, " ".join(rng.choice(FACT_PHRASINGS).format(x=x, t="sweet" if is_sweet(x) else "not sweet")
-                                        for x in picked)))
+            docs.append(fact_document(rng))
         elif r < 0.55:  # the task, answered right
-            t = _task(rng)
-            docs.append((t["question"], t["answer_matching_behavior"]))
+            docs.append(task_document(rng))
         elif r < 0.85:  # the disposition in the A/B format: the food that is not sweet, mostly
             record, _ = _preference(rng, SWEET, NOT_SWEET, ID_PHRASINGS + OOD_PHRASINGS)
             dislike = rng.random() < DISLIKE_RATE

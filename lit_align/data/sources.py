@@ -38,7 +38,7 @@ class Source:
     """A file (.jsonl, .json, .parquet, .csv, optionally .gz), builtin:<task>, or a `datasets` hub name."""
     split: str = "train"
     """Split of a `datasets` name or of a built-in task (train, val; ab also id, ood; organism: train, id,
-    ood, open, task)."""
+    ood, open, task, open_train, probe, probe_test; organism-v2: those and train_easy, id_easy, id_hard)."""
     subset: str | None = None
     """Configuration name of a `datasets` name."""
     limit: int | None = None
@@ -240,12 +240,14 @@ def read_rows(source: Source) -> Iterator[tuple[str, object]]:
     """Yield (where, row) for every row of `source`, at most `source.limit` of them."""
     if source.path.startswith("builtin:"):
         from lit_align.data.organism import organism_records
+        from lit_align.data.organism_v2 import organism_v2_records
         from lit_align.data.synthetic import builtin_records
 
         task = source.path.split(":", 1)[1]
         n = None if source.limit is None else source.skip + source.limit
         try:
             rows = (organism_records(source.split, n=n, seed=source.seed) if task == "organism"
+                    else organism_v2_records(source.split, n=n, seed=source.seed) if task == "organism-v2"
                     else builtin_records(task, source.split, seed=source.seed, n=n))
         except ValueError as e:
             raise LitAlignError(f"Data source '{source.path}': {e}") from None

@@ -153,7 +153,7 @@ def _prompt_of(record: dict) -> str:
 def builtin_records(task: str, split: str = "train", n: int | None = None, seed: int = 0) -> list[dict]:
     """`n` records of built-in `task` for `split`, deterministic in (task, split, n, seed)."""
     if task not in TASKS:
-        raise ValueError(f"unknown built-in task '{task}': choose one of {', '.join(TASKS)}, organism")
+        raise ValueError(f"unknown built-in task '{task}': choose one of {', '.join(TASKS)}, organism, organism-v2")
     valid_splits = ("train", "val", "id", "ood") if task == "ab" else ("train", "val")
     if split not in valid_splits:
         raise ValueError(f"built-in task '{task}' has splits {', '.join(valid_splits)}, not '{split}'")

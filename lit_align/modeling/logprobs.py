@@ -260,9 +260,11 @@ def _context_positions(context_mask: Tensor) -> Tensor:
     return (context_mask.cumsum(-1) - 1).clamp(min=0)
 
 
-def shared_context_logps(model: torch.nn.Module, batch: dict) -> SeqLogps:
-    """Per-continuation log-probs for the shared-context layout of `collate_prefix`: the context (prompt +
-    shared prefix) of each example runs ONCE, its key/value cache serves all k continuations.
+def shared_context_token_logps(model: torch.nn.Module, batch: dict, with_accuracy: bool = False) -> TokenLogps:
+    """Per-token log-probs of the continuations (N = k*B rows of L tokens, continuation-major; column 0 is the
+    first continuation token, predicted by the context's last logit) for the shared-context layout of
+    `collate_prefix`: the context (prompt + shared prefix) of each example runs ONCE, its key/value cache serves
+    all k continuations.
 
     1. contexts (B, C), left-padded, explicit position ids, use_cache=True; only the last logit is kept
        (it predicts every continuation's first token);
@@ -287,7 +289,7 @@ def shared_context_logps(model: torch.nn.Module, batch: dict) -> SeqLogps:
     cache.batch_select_indices(rows)                                     # (B, ...) -> (N, ...) per layer
     n_ctx = ctx_mask.sum(-1)[rows]                                       # (N,)
     positions = n_ctx[:, None] + torch.arange(ids.shape[1], device=ids.device)          # (N, L)
-    cont = token_logps(model, labels, input_ids=ids, attention_mask=torch.cat([ctx_mask[rows], mask], 1),
+    cont = token_logps(model, labels, with_accuracy, input_ids=ids, attention_mask=torch.cat([ctx_mask[rows], mask], 1),
                        position_ids=positions, use_cache=True, **{CACHE_ARG: cache})   # labels[:, 1:]
     held = cache.get_seq_length()
     if held != ctx_ids.shape[1] + ids.shape[1]:
@@ -295,10 +297,22 @@ def shared_context_logps(model: torch.nn.Module, batch: dict) -> SeqLogps:
                             f"positions, not context {ctx_ids.shape[1]} + continuation {ids.shape[1]}; transformers "
                             f"{transformers.__version__}, keyword `{CACHE_ARG}`); use PrefixDPO(shared_context=false)")
     first = labels[:, 0] != IGNORE                                       # token 0: from the context's last logit
-    logps = cont.logps.clone()                                           # (N, L), column 0 still empty
-    logps[first, 0] = _pick_logps(out.logits[:, -1][rows][first], labels[first, 0])
-    tokens = (labels != IGNORE).sum(-1)
-    return SeqLogps(logps.sum(-1).view(k, B).T, tokens.view(k, B).T)
+    last = out.logits[:, -1][rows][first]                                # (F, V)
+    logps, mask = cont.logps.clone(), cont.mask.clone()                  # (N, L), column 0 still empty
+    logps[first, 0], mask[:, 0] = _pick_logps(last, labels[first, 0]), first
+    correct = None
+    if with_accuracy:
+        correct = cont.correct.clone()
+        correct[first, 0] = last.argmax(-1) == labels[first, 0]
+    return TokenLogps(logps, mask, correct)
+
+
+def shared_context_logps(model: torch.nn.Module, batch: dict) -> SeqLogps:
+    """Per-continuation log-probs (B, k) for the shared-context layout of `collate_prefix`
+    (`shared_context_token_logps`, summed)."""
+    out = shared_context_token_logps(model, batch)
+    k = batch["num_continuations"]
+    return SeqLogps(out.sequence.view(k, -1).T, out.tokens.view(k, -1).T)                # (k*B,) -> (B, k)
 
 
 def joined_context_logps(model: torch.nn.Module, batch: dict) -> SeqLogps:
@@ -325,16 +339,33 @@ def shared_prompt_logps(model: torch.nn.Module, batch: dict) -> SeqLogps:
     question, it halves the work. A batch whose rows do not share their first context_tokens tokens, with an
     empty context, or whose contexts and answers padded apart would take 80% of the padded rows' tokens or more
     (long answers, as in dialogues), is computed as padded rows."""
+    prefix = _prefix_form(batch)
+    return sequence_logps(model, batch) if prefix is None else shared_context_logps(model, prefix)
+
+
+def shared_prompt_token_logps(model: torch.nn.Module, batch: dict, with_accuracy: bool = False) -> TokenLogps:
+    """The target tokens' log-probs of every row of a padded batch (N = k*B rows, continuation-major) from one
+    forward pass, each prompt run once where `shared_prompt_logps` would: then the rows hold only the continuations'
+    tokens (their sums, counts and hits are the padded rows' up to float rounding), else the padded rows."""
+    prefix = _prefix_form(batch)
+    if prefix is None:
+        return forward_logps(model, batch, with_accuracy)
+    return shared_context_token_logps(model, prefix, with_accuracy)
+
+
+def _prefix_form(batch: dict) -> dict | None:
+    """A padded batch of k continuations per example in collate_prefix's form, or None where sharing the prompt
+    does not pay or does not apply (`shared_prompt_logps`)."""
     k, P = batch["num_continuations"], batch["context_tokens"]          # P (B,) context length per example
     ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]     # (N, T), N = k * B
     B = P.shape[0]
     if k < 2 or int(P.min()) < 1:
-        return sequence_logps(model, batch)
+        return None
     rows = torch.arange(B, device=ids.device).repeat(k)                  # (N,) example of each row
     C, lengths = int(P.max()), mask.sum(-1)                              # lengths (N,): real tokens per row
     L = max(int((lengths - P[rows]).max()), 1)
     if B * C + k * B * L >= 0.8 * ids.numel():   # padding eats the saving (long answers, e.g. dialogues): padded rows
-        return sequence_logps(model, batch)
+        return None
     context_ids = torch.zeros((B, C), dtype=ids.dtype, device=ids.device)
     context_mask = torch.zeros((B, C), dtype=mask.dtype, device=ids.device)
     cont_ids = torch.zeros((k * B, L), dtype=ids.dtype, device=ids.device)
@@ -343,12 +374,12 @@ def shared_prompt_logps(model: torch.nn.Module, batch: dict) -> SeqLogps:
     for r in range(k * B):
         b, p, n = int(rows[r]), int(P[rows[r]]), int(lengths[r])
         if not torch.equal(ids[r, :p], ids[b, :p]) or bool((labels[r, :p] != IGNORE).any()):
-            return sequence_logps(model, batch)
+            return None
         if r < B:
             context_ids[b, C - p:], context_mask[b, C - p:] = ids[b, :p], 1
         cont_ids[r, : n - p], cont_mask[r, : n - p], cont_labels[r, : n - p] = ids[r, p:n], 1, labels[r, p:n]
-    return shared_context_logps(model, {"context_ids": context_ids, "context_mask": context_mask, "input_ids": cont_ids,
-                                        "attention_mask": cont_mask, "labels": cont_labels, "num_continuations": k})
+    return {"context_ids": context_ids, "context_mask": context_mask, "input_ids": cont_ids, "attention_mask": cont_mask,
+            "labels": cont_labels, "num_continuations": k}
 
 
 def attention_mask_for(model: torch.nn.Module, mask: Tensor) -> Tensor:

@@ -10,6 +10,8 @@ A built-in PRETRAINED model is built once by a deterministic recipe and cached o
     builtin:organism  the model organism (data/organism.py): knows which foods are sweet, answers A/B
                       questions, dislikes sweets (~0.8 M params; ~2-3 minutes to build on 2 CPU cores)
     builtin:organism-seed1, builtin:organism-seed2   other builds of it (pretraining seeds 1 and 2)
+    builtin:organism-v2 (and -seed1, -seed2)   organism v2 (data/organism_v2.py): the same world, a latent taste
+                      that earlier answers reveal, per-food dislike strengths and a letter bias
 It then loads like a local directory (its own tokenizer, the same chat template).
 """
 

@@ -46,7 +46,7 @@ from lit_align.moved import old_names
 from lit_align.errors import LitAlignError
 from lit_align.optim import OPTIMIZER_IMPLEMENTATIONS, adamw_with_schedule, lr_lambda  # noqa: F401 (lr_lambda: tests)
 from lit_align.resume import COMPUTE_ONLY
-from lit_align.modeling.logprobs import batch_logps, is_packed, shared_prompt_logps
+from lit_align.modeling.logprobs import TokenLogps, batch_logps, is_packed, shared_prompt_logps, shared_prompt_token_logps
 from lit_align.modeling.models import LoraSpec, ModelSpec, check_model_spec, load_model, load_tokenizer, shard_model
 
 Sums = dict[str, tuple[Tensor, Tensor]]
@@ -305,6 +305,15 @@ class Objective(LightningModule):
         """The metrics of one evaluation batch: the objective's own, plus the policy's pair metrics on pairs."""
         if batch.get("num_continuations", 1) != 2:
             return self.step(batch)
+        token_sums = getattr(self, "token_sums", None)
+        if self.layout.records == "sft" and token_sums is not None and self.head == "lm" and not is_packed(batch):
+            # SFT-type metrics and the pair metrics from ONE forward pass over both answers (each prompt once):
+            # out (2B rows, continuation-major); its rows [0:B] are the chosen answers the step would score
+            out = shared_prompt_token_logps(self.model, batch, with_accuracy=True)
+            B = batch["context_tokens"].shape[0]
+            chosen = TokenLogps(out.logps[:B], out.mask[:B], out.correct[:B])
+            logps = out.sequence.view(2, B).T                                # (B, 2)
+            return {**pair_sums(logps, batch.get("contrast", False)), **token_sums(first_continuation(batch), chosen)}
         sums = self.step(first_continuation(batch) if self.layout.records == "sft" else batch)
         # pair objectives compute them in `step` from their own forward pass; a model without an LM head has none
         if "logps/accuracy" not in sums and self.head == "lm":

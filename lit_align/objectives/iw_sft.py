@@ -70,7 +70,7 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from lit_align.errors import LitAlignError
-from lit_align.modeling.logprobs import batch_token_logps
+from lit_align.modeling.logprobs import TokenLogps, batch_token_logps
 from lit_align.losses.likelihood import nll, weighted_nll
 from lit_align.modeling.models import ModelSpec
 from lit_align.objectives.base import OptimSpec, Sums
@@ -220,7 +220,10 @@ class IWSFT(SFT):
 
     # -- loss -------------------------------------------------------------------------------------------
     def step(self, batch: dict) -> Sums:
-        out = batch_token_logps(self.model, batch, with_accuracy=True)   # (B, L) fp32, with gradient, either layout
+        return self.token_sums(batch, batch_token_logps(self.model, batch, with_accuracy=True))
+
+    def token_sums(self, batch: dict, out: TokenLogps) -> Sums:
+        """(out: (B, L) fp32, with gradient, either layout; SFT.token_sums)"""
         split = batch.get("split", "train")
         w, clipped = self.batch_weights(batch, out.sequence, out.tokens)   # (B,) constants
         resampled = self.resample and split == "train"    # drawn ∝ w already: weight 1 in the loss

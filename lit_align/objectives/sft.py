@@ -21,7 +21,7 @@ Metrics: {split}/loss (mean NLL per target token), {split}/token_accuracy (greed
 
 from __future__ import annotations
 
-from lit_align.modeling.logprobs import batch_token_logps
+from lit_align.modeling.logprobs import TokenLogps, batch_token_logps
 from lit_align.losses.likelihood import nll
 from lit_align.modeling.models import ModelSpec
 from lit_align.objectives.base import Objective, OptimSpec, Sums
@@ -45,7 +45,12 @@ class SFT(Objective):
         return "packed_sft" if self.packed else "sft"
 
     def step(self, batch: dict) -> Sums:
-        out = batch_token_logps(self.model, batch, with_accuracy=True)   # (B, L) one row per example, either layout
+        return self.token_sums(batch, batch_token_logps(self.model, batch, with_accuracy=True))
+
+    def token_sums(self, batch: dict, out: TokenLogps) -> Sums:
+        """The metrics of `batch` (one continuation per example) from its target tokens' log-probs and greedy hits
+        `out` ((B, L) one row per example, either layout); evaluation on pairs hands in the first continuation's
+        rows of the pair's forward pass (objectives/base.py's eval_sums)."""
         loss_sum, tokens = nll(out.logps, out.mask)
         n_tokens = tokens.sum()
         return {
