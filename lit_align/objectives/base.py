@@ -46,7 +46,8 @@ from lit_align.moved import old_names
 from lit_align.errors import LitAlignError
 from lit_align.optim import OPTIMIZER_IMPLEMENTATIONS, adamw_with_schedule, lr_lambda  # noqa: F401 (lr_lambda: tests)
 from lit_align.resume import COMPUTE_ONLY
-from lit_align.modeling.logprobs import TokenLogps, batch_logps, is_packed, shared_prompt_logps, shared_prompt_token_logps
+from lit_align.modeling.logprobs import (TokenLogps, batch_logps, forward_logps, is_packed, shared_prompt_logps,
+                                        shared_prompt_token_logps)
 from lit_align.modeling.models import LoraSpec, ModelSpec, check_model_spec, load_model, load_tokenizer, shard_model
 
 Sums = dict[str, tuple[Tensor, Tensor]]
@@ -309,7 +310,7 @@ class Objective(LightningModule):
         if self.layout.records == "sft" and token_sums is not None and self.head == "lm" and not is_packed(batch):
             # SFT-type metrics and the pair metrics from ONE forward pass over both answers (each prompt once):
             # out (2B rows, continuation-major); its rows [0:B] are the chosen answers the step would score
-            out = shared_prompt_token_logps(self.model, batch, with_accuracy=True)
+            out = (shared_prompt_token_logps if self.shares_prompts() else forward_logps)(self.model, batch, True)
             B = batch["context_tokens"].shape[0]
             chosen = TokenLogps(out.logps[:B], out.mask[:B], out.correct[:B])
             logps = out.sequence.view(2, B).T                                # (B, 2)
@@ -318,9 +319,22 @@ class Objective(LightningModule):
         # pair objectives compute them in `step` from their own forward pass; a model without an LM head has none
         if "logps/accuracy" not in sums and self.head == "lm":
             # (B, 2); padded pairs run each prompt once (an A/B item's question is most of its tokens)
-            logps = (batch_logps if is_packed(batch) else shared_prompt_logps)(self.model, batch).logps
+            shared = self.shares_prompts() and not is_packed(batch)
+            logps = (shared_prompt_logps if shared else batch_logps)(self.model, batch).logps
             sums = {**pair_sums(logps, batch.get("contrast", False)), **sums}
         return sums
+
+    def shares_prompts(self) -> bool:
+        """Whether evaluation may run each pair's prompt once (logprobs.shared_prompt_logps). That path runs one
+        or two forward passes depending on the batch; under a sharded strategy (FSDP, ModelParallel) on several
+        ranks every forward pass gathers weights from all of them, so ranks deciding apart would wait on each
+        other for ever: there evaluation keeps the padded rows (one pass on every rank)."""
+        trainer = getattr(self, "_trainer", None)
+        if trainer is None or trainer.world_size < 2:
+            return True
+        from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
+
+        return not isinstance(trainer.strategy, (FSDPStrategy, ModelParallelStrategy))
 
     def _eval_step(self, batch: dict) -> None:
         split = batch.get("split", "val")

@@ -53,8 +53,9 @@ class PairObjective(Objective):
         """(B, k) fp32 sequence log-probs of the policy (pairs: [chosen, rejected]), with gradient, and their
         token counts, in the objective's layout. Evaluation (the module in eval mode) runs each pair's prompt once
         for both answers on padded pairs (logprobs.shared_prompt_logps: the same numbers up to float rounding);
-        training keeps the layout's own computation."""
-        if not self.training and self.layout.name == "pair":
+        training (and evaluation under a sharded strategy: Objective.shares_prompts) keeps the layout's own
+        computation."""
+        if not self.training and self.layout.name == "pair" and self.shares_prompts():
             return shared_prompt_logps(self.model, batch)
         return self.layout.logps(self.model, batch)
 
