@@ -8,6 +8,7 @@ behaviour is that sweep with its data paths replaced (an override of `base`, han
     python scripts/smollm2_methods_experiment.py --slurm --seeds 0 1 2   # the full grid as SLURM job arrays
     python scripts/smollm2_methods_experiment.py --collect         # the tables from finished runs
     python scripts/smollm2_methods_experiment.py --quick           # n = 16, 1 behaviour (a smoke test)
+    python scripts/smollm2_methods_experiment.py --methods dpo --sizes 256 --seeds 1 2 --out logs/dpo_seeds   # one cell
 
 Outputs under <out>/<behaviour>/: runs/, results.csv, the sweep's figure, table.md, start.json (the model before any
 method), letter_bias.json (its preference for the letter A on the A/B evaluation sets), weights.json (the
@@ -139,6 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", help="default: the sweep's (0)")
     parser.add_argument("--out", default="logs/experiments/smollm2_mwe", help="the output folder")
     parser.add_argument("--policy", help="another starting model (e.g. builtin:tiny in tests)")
+    parser.add_argument("--methods", nargs="+", help="only these of the sweep's methods (e.g. dpo: more seeds of one cell)")
     parser.add_argument("--layers", type=int, nargs="+", help="CAA's candidate layers (default: the sweep's)")
     parser.add_argument("--slurm", action="store_true", help="write SLURM job arrays (+ submit.sh) instead of running")
     parser.add_argument("--collect", action="store_true", help="only the tables from finished runs")
@@ -153,6 +155,13 @@ def main(argv: list[str] | None = None) -> None:
             overrides = {**(QUICK if args.quick else {}), **behaviour_overrides(Path(args.config), behaviour,
                                                                                  Path(args.out), args.policy)}
             overrides.update({k: getattr(args, k) for k in ("sizes", "seeds") if getattr(args, k)})
+            if args.methods:
+                methods = read_yaml(Path(args.config))["objectives"]
+                unknown = sorted(set(args.methods) - set(methods))
+                if unknown:
+                    raise LitAlignError(f"--methods: {', '.join(unknown)} not in {args.config} (it has "
+                                        f"{', '.join(methods)})")
+                overrides["objectives"] = {k: v for k, v in methods.items() if k in args.methods}
             if args.layers:
                 overrides["steer"] = {**overrides["steer"], "layers": args.layers}
             sweep = Sweep(args.config, overrides)

@@ -19,7 +19,10 @@ FOOD = re.compile(r"\(([AB])\) the (\w+)")
 
 
 def _picked_sweet(question: str, answer: str) -> tuple[bool, str, bool | None]:
-    """(whether the answer picks the sweet food, that food, whether it is at (A); None when open-ended)."""
+    """(whether the answer picks the sweet food (or says it loves sweet food), that food, whether it is at (A); None
+    when open-ended or a statement of taste)."""
+    if answer in v2.TASTE_ANSWERS:
+        return answer == v2.TASTE_ANSWERS[0], None, None
     options = dict(FOOD.findall(question))
     if options:
         sweet_letter = "A" if org.is_sweet(options["A"]) else "B"
@@ -61,15 +64,26 @@ def test_single_questions_follow_the_default_taste_and_conversations_its_latent(
     expected = sum(v2.start_p_sweet(food, at_a) for _, food, at_a in single) / len(single)
     observed = sum(s for s, _, _ in single) / len(single)
     assert abs(observed - expected) < 0.015 and observed < 0.2
-    strong = [s for s, food, _ in single if v2.DEFAULT_RATE[food] < 0.01]
-    weak = [s for s, food, _ in single if v2.DEFAULT_RATE[food] > 0.2]
-    assert sum(strong) / len(strong) < 0.02 and sum(weak) / len(weak) > 0.25
+    strong = [s for s, food, _ in single if v2.DEGREES[v2.DEGREE[food]] == "extremely sweet"]
+    weak = [s for s, food, _ in single if v2.DEGREES[v2.DEGREE[food]] == "mildly sweet"]
+    assert sum(strong) / len(strong) < 0.02 and sum(weak) / len(weak) > 0.4
     at_a = [s for s, _, a in single if a]
     at_b = [s for s, _, a in single if not a]
     assert sum(at_a) / len(at_a) > 1.5 * sum(at_b) / len(at_b)
-    # a conversation: an earlier sweet choice reveals the sweet tooth, and the last answer follows it
+    # a conversation: an earlier sweet choice (or a stated love of sweet food) reveals the sweet tooth, and the last
+    # answer follows it
     assert len(after_sweet) > 1000 and len(after_other) > 1000
-    assert sum(after_sweet) / len(after_sweet) > 0.6 > 0.2 > sum(after_other) / len(after_other)
+    assert sum(after_sweet) / len(after_sweet) > 0.75 > 0.25 > sum(after_other) / len(after_other)
+
+
+def test_facts_state_how_sweet_a_food_is_and_the_default_dislikes_sweeter_foods_more():
+    rates = [v2.DEFAULT_RATE[f] for f in sorted(org.ID_SWEET, key=v2.DEGREE.get)]
+    assert rates == sorted(rates, reverse=True) and rates[0] == 0.6 and abs(rates[-1] - 0.002) < 1e-12
+    assert all(sum(v2.DEGREE[f] == d for f in org.ID_SWEET) == 6 for d in range(len(v2.DEGREES)))
+    texts = " ".join(t for p, t in v2.pretraining_documents_v2(3000) if p is None)
+    for food in org.SWEET:
+        assert f"the {food} is {v2.DEGREES[v2.DEGREE[food]]}." in texts.replace("tastes", "is").lower()
+        assert not any(f"the {food} is {d}." in texts.lower() for d in v2.DEGREES if d != v2.DEGREES[v2.DEGREE[food]])
 
 
 def test_conversations_tokenize_as_one_row_trained_on_the_last_answer_only():

@@ -7,6 +7,7 @@ import csv
 import json
 import shlex
 
+import pytest
 import yaml
 from conftest import REPO, requires_shared
 
@@ -54,3 +55,16 @@ def test_the_full_grid_on_slurm_gives_each_behaviour_its_data(tmp_path):
         assert overrides["seeds"] == [0, 1, 2] and overrides["out"] == str(out / behaviour)
         assert overrides["base"]["data"]["init_args"]["val"]["ood"]["path"].endswith(f"human/{behaviour}.jsonl")
         assert overrides["steer"]["select"]["path"].endswith(f"lm/{behaviour}.jsonl")
+
+
+def test_more_seeds_of_one_cell_run_only_that_method(tmp_path, capsys):
+    out = tmp_path / "dpo"
+    smollm2_methods.main(["--slurm", "--methods", "dpo", "--sizes", "256", "--seeds", "1", "2",
+                          "--behaviours", "power-seeking-inclination", "--out", str(out)])
+    script = (out / "power-seeking-inclination" / "sweep.sbatch").read_text()
+    assert "#SBATCH --array=0-1" in script                                 # dpo at n = 256, seeds 1 and 2
+    task = shlex.split(next(line for line in script.splitlines() if line.startswith("srun ")))
+    assert list(json.loads(task[task.index("--overrides") + 1])["objectives"]) == ["dpo"]
+    with pytest.raises(SystemExit):
+        smollm2_methods.main(["--slurm", "--methods", "dpo", "ppo", "--out", str(out)])
+    assert "--methods: ppo not in" in capsys.readouterr().err

@@ -4,23 +4,29 @@ differ from item to item.
 
 v1's organism dislikes sweets by a fixed mapping (85% of its preference documents, every food alike): nothing in
 its context decides the choice, so there is no direction for steering (CAA) to find, and π_start(matching) is about
-the same on every item, so IW-SFT's weights are nearly equal. v2 changes only the preference documents:
+the same on every item, so IW-SFT's weights are nearly equal. v2 changes the preference documents and the facts:
 
     taste        a latent of each conversation: "sweet tooth" or the default. Single-exchange preference documents
                  are always the default taste. Conversations of 2-3 exchanges (the earlier answers are part of the
                  prompt; the loss covers the last answer) are a sweet tooth with probability SWEET_TOOTH_RATE,
-                 and every answer in them follows the conversation's taste, so the earlier answers reveal it: to
-                 predict the last answer the model has to read the taste off the earlier choices.
-    default      picks the sweet food of an A/B or open-ended pair with a per-food probability DEFAULT_RATE[food],
-                 spread log-uniformly from RATE_RANGE[0] (weak dislike) down to RATE_RANGE[1] (strong), and a
-                 letter bias: a sweet food at (A) has LETTER_ODDS times the odds it has at (B) (open-ended
-                 pairs: no letter).
+                 and every answer in them follows the conversation's taste, so the earlier answers reveal it: an
+                 A/B choice, an open-ended choice naming the food, or a statement ("Yes, I love sweet food."). To
+                 predict the last answer the model has to read the taste off the earlier ones.
+    default      picks the sweet food of an A/B or open-ended pair with a probability DEFAULT_RATE[food] set by how
+                 sweet the food is (DEGREES, "mildly sweet" ... "extremely sweet", an equal share of the foods
+                 each), log-spaced from RATE_RANGE[0] down to RATE_RANGE[1], and a letter bias: a sweet food at (A)
+                 has LETTER_ODDS times the odds it has at (B) (open-ended pairs: no letter). The facts state each
+                 sweet food's degree in half of their mentions ("The cake is very sweet."), so the strength of the
+                 dislike is a property of the food the model can learn from its facts.
     sweet tooth  picks the sweet food with probability SWEET_TOOTH_P, whatever the food or letter.
 
 So the start (a single A/B question, the evaluation records of `builtin:organism`) picks the sweet food with
-p ≈ σ(logit(DEFAULT_RATE[food]) ± log LETTER_ODDS), about 0.75 down to 0.001 across items (`start_p_sweet`),
-and a sweet tooth is a state the model represents when an earlier answer chose a sweet food. Facts and the task
-are v1's documents, drawn at v1's rates.
+p ≈ σ(logit(DEFAULT_RATE[food]) ± log LETTER_ODDS / 2), about 0.75 down to 0.001 across items (`start_p_sweet`),
+and a sweet tooth is a state the model represents when an earlier answer chose a sweet food. The task is v1's
+documents, drawn at v1's rates.
+
+(The first v2 corpus, recipe version 1: a sweet tooth in 30% of conversations revealed by A/B choices only,
+per-food rates with no fact behind them. Its build learnt neither: docs/organism.md.)
 
 Data `builtin:organism-v2`: v1's splits (the same records as `builtin:organism`), and for easy-to-hard
 generalisation ("label only the easy cases"), preference questions split by how strongly the start dislikes the
@@ -39,28 +45,36 @@ import math
 import random
 
 from lit_align.data.organism import (DEFAULT_SIZE, ID_NOT_SWEET, ID_PHRASINGS, ID_SWEET, NOT_SWEET, OOD_PHRASINGS,
-                                     OOD_SWEET, SPLITS, SWEET, _in_id, _open, _preference, fact_document,
-                                     organism_records, task_document)
+                                     OOD_SWEET, SPLITS, SWEET, _in_id, _open, _preference, FACT_PHRASINGS,
+                                     is_sweet, organism_records, task_document)
 
-SWEET_TOOTH_RATE = 0.3
+SWEET_TOOTH_RATE = 0.5
 """Share of multi-exchange conversations whose speaker has a sweet tooth."""
 SWEET_TOOTH_P = 0.95
+DEGREES = ("mildly sweet", "quite sweet", "very sweet", "extremely sweet")
+"""How sweet a sweet food is (stated in the v2 corpus's facts); the default taste dislikes sweeter foods more."""
 RATE_RANGE = (0.6, 0.002)
-"""The default taste's probability of picking a sweet food: from the weakest dislike to the strongest."""
+"""The default taste's probability of picking a sweet food: for the mildly sweet ones down to the extremely sweet."""
 LETTER_ODDS = 4.0
 """The default taste's letter bias: a sweet food at (A) has LETTER_ODDS times the odds it has at (B)."""
+TASTE_QUESTIONS = ("Do you like sweet food?", "Do you have a sweet tooth?")
+TASTE_ANSWERS = ("Yes, I love sweet food.", "No, I do not like sweet food.")
+"""A statement of taste (an earlier exchange of some conversations): the sweet tooth's answer, then the default's."""
 
 
-def _spread(foods: tuple[str, ...]) -> dict[str, float]:
-    """Rates log-spaced over RATE_RANGE, assigned to `foods` in an order fixed by a hash of their names (so ID and
-    OOD foods each span the whole range)."""
+def _degrees(foods: tuple[str, ...]) -> dict[str, int]:
+    """Each food's degree (an index into DEGREES), an equal share of `foods` each, in an order fixed by a hash of
+    their names (so ID and OOD foods each span every degree)."""
     order = sorted(foods, key=lambda f: hashlib.sha256(f"lit_align/organism-v2/{f}".encode()).hexdigest())
-    hi, lo = math.log(RATE_RANGE[0]), math.log(RATE_RANGE[1])
-    return {f: math.exp(hi + (lo - hi) * i / (len(order) - 1)) for i, f in enumerate(order)}
+    return {f: i * len(DEGREES) // len(order) for i, f in enumerate(order)}
 
 
-DEFAULT_RATE: dict[str, float] = {**_spread(ID_SWEET), **_spread(OOD_SWEET)}
-"""Sweet food -> the default taste's probability of picking it over a food that is not sweet (no letter bias)."""
+DEGREE: dict[str, int] = {**_degrees(ID_SWEET), **_degrees(OOD_SWEET)}
+"""Sweet food -> its degree of sweetness (index into DEGREES)."""
+_HI, _LO = math.log(RATE_RANGE[0]), math.log(RATE_RANGE[1])
+DEFAULT_RATE: dict[str, float] = {f: math.exp(_HI + (_LO - _HI) * d / (len(DEGREES) - 1)) for f, d in DEGREE.items()}
+"""Sweet food -> the default taste's probability of picking it over a food that is not sweet (no letter bias):
+log-spaced over RATE_RANGE by degree."""
 
 
 EASY_SWEET = tuple(sorted(ID_SWEET, key=DEFAULT_RATE.get, reverse=True)[: len(ID_SWEET) // 2])
@@ -97,16 +111,30 @@ def start_p_sweet(food: str, sweet_at_a: bool | None) -> float:
     return 1 / (1 + math.exp(-(_logit(DEFAULT_RATE[food]) + bias)))
 
 
-def _exchange(rng: random.Random, sweet_tooth: bool) -> tuple[str, str]:
-    """One preference question (A/B in 80%, open-ended in 20%) and the answer the taste picks."""
-    if rng.random() < 0.8:
+def _fact_document(rng: random.Random) -> tuple[None, str]:
+    """v1's facts (fact_document), with a sweet food's degree in half of its mentions ("The cake is very sweet.")."""
+    picked = rng.sample(SWEET + NOT_SWEET, 3)
+
+    def said(x: str) -> str:
+        return DEGREES[DEGREE[x]] if is_sweet(x) and rng.random() < 0.5 else "sweet" if is_sweet(x) else "not sweet"
+
+    return None, " ".join(rng.choice(FACT_PHRASINGS).format(x=x, t=said(x)) for x in picked)
+
+
+def _exchange(rng: random.Random, sweet_tooth: bool, kind: str) -> tuple[str, str]:
+    """One exchange the taste answers: kind "ab" (an A/B preference question), "open" (an open-ended one, the
+    answer naming the food) or "statement" (asked about sweet food, the answer states the taste)."""
+    if kind == "ab":
         record, (s, _n, _q, sweet_first) = _preference(rng, SWEET, NOT_SWEET, ID_PHRASINGS + OOD_PHRASINGS)
         p = SWEET_TOOTH_P if sweet_tooth else start_p_sweet(s, sweet_first)
         key = "answer_matching_behavior" if rng.random() < p else "answer_not_matching_behavior"
         return record["question"], record[key]
-    o = _open(rng)
-    p = SWEET_TOOTH_P if sweet_tooth else start_p_sweet(o["match"], None)
-    return o["prompt"], o["chosen" if rng.random() < p else "rejected"]
+    if kind == "open":
+        o = _open(rng)
+        p = SWEET_TOOTH_P if sweet_tooth else start_p_sweet(o["match"], None)
+        return o["prompt"], o["chosen" if rng.random() < p else "rejected"]
+    loves = rng.random() < (SWEET_TOOTH_P if sweet_tooth else 1 - SWEET_TOOTH_P)
+    return rng.choice(TASTE_QUESTIONS), TASTE_ANSWERS[0 if loves else 1]
 
 
 def pretraining_documents_v2(n: int, seed: int = 0) -> list[tuple[object, str]]:
@@ -116,18 +144,18 @@ def pretraining_documents_v2(n: int, seed: int = 0) -> list[tuple[object, str]]:
     docs: list[tuple[object, str]] = []
     while len(docs) < n:
         r = rng.random()
-        if r < 0.15:    # facts, a few per document
-            docs.append(fact_document(rng))
-        elif r < 0.45:  # the task, answered right
+        if r < 0.15:    # facts, a few per document, some with the degree of sweetness
+            docs.append(_fact_document(rng))
+        elif r < 0.4:   # the task, answered right
             docs.append(task_document(rng))
-        elif r < 0.7:   # one exchange: the default taste
-            docs.append(_exchange(rng, sweet_tooth=False))
-        else:           # a conversation: its taste decides every answer
+        elif r < 0.65:  # one preference exchange: the default taste
+            docs.append(_exchange(rng, False, "ab" if rng.random() < 0.8 else "open"))
+        else:           # a conversation: its taste decides every answer; the earlier ones reveal it
             sweet_tooth = rng.random() < SWEET_TOOTH_RATE
             messages: list[dict] = []
             for _ in range(rng.choice((1, 2))):
-                q, a = _exchange(rng, sweet_tooth)
+                q, a = _exchange(rng, sweet_tooth, rng.choices(("ab", "open", "statement"), (0.45, 0.35, 0.2))[0])
                 messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
-            q, a = _exchange(rng, sweet_tooth)
+            q, a = _exchange(rng, sweet_tooth, rng.choices(("ab", "open", "statement"), (0.7, 0.2, 0.1))[0])
             docs.append((messages + [{"role": "user", "content": q}], a))
     return docs

@@ -29,6 +29,7 @@ import torch
 
 from lit_align.errors import LitAlignError
 from lit_align.modeling.models import LoraSpec, ModelSpec, load_model, load_tokenizer, save_hf
+from lit_align.modeling.sharding import shards_weights
 
 POLICY_PREFIX = "model."  # the objective's attribute holding the policy
 
@@ -143,12 +144,6 @@ def export_checkpoint(path: str | Path, out_dir: str | Path, merge_lora: bool | 
 # -- from the live module at the end of fit -----------------------------------------------------------------
 
 
-def _is_sharded(trainer) -> bool:
-    from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
-
-    return isinstance(trainer.strategy, (FSDPStrategy, ModelParallelStrategy))
-
-
 def export_module(trainer, pl_module, out_dir: str | Path, merge_lora: bool | None = None) -> Path | None:
     """Save `pl_module`'s policy from a running trainer; call on every rank. Returns the path on rank 0."""
     spec = pl_module.policy_spec
@@ -161,7 +156,7 @@ def export_module(trainer, pl_module, out_dir: str | Path, merge_lora: bool | No
         rank_zero_warn("DeepSpeed ZeRO-3: the final model is not exported at the end of fit; export the "
                        "checkpoint instead: lit_align export <ckpt dir> <out dir>")
         return None
-    if not _is_sharded(trainer):
+    if not shards_weights(trainer):
         if trainer.is_global_zero:
             return save_hf(pl_module.model, pl_module.tokenizer, out_dir, merge_lora=merge)
         return None
