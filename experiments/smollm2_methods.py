@@ -151,17 +151,19 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if not Path(args.config).is_file():
             raise LitAlignError(f"{args.config} is missing: run the experiment from a checkout of the repository")
+        methods = None
+        if args.methods:  # the sweep's objectives, only those asked for
+            every = read_yaml(Path(args.config))["objectives"]
+            unknown = sorted(set(args.methods) - set(every))
+            if unknown:
+                raise LitAlignError(f"--methods: {', '.join(unknown)} not in {args.config} (it has {', '.join(every)})")
+            methods = {k: v for k, v in every.items() if k in args.methods}
         for behaviour in behaviours:
             overrides = {**(QUICK if args.quick else {}), **behaviour_overrides(Path(args.config), behaviour,
                                                                                  Path(args.out), args.policy)}
             overrides.update({k: getattr(args, k) for k in ("sizes", "seeds") if getattr(args, k)})
-            if args.methods:
-                methods = read_yaml(Path(args.config))["objectives"]
-                unknown = sorted(set(args.methods) - set(methods))
-                if unknown:
-                    raise LitAlignError(f"--methods: {', '.join(unknown)} not in {args.config} (it has "
-                                        f"{', '.join(methods)})")
-                overrides["objectives"] = {k: v for k, v in methods.items() if k in args.methods}
+            if methods:
+                overrides["objectives"] = methods
             if args.layers:
                 overrides["steer"] = {**overrides["steer"], "layers": args.layers}
             sweep = Sweep(args.config, overrides)

@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Callable
 
 SWEET = ("cake", "honey", "candy", "cookie", "jam", "syrup", "toffee", "fudge", "pudding", "custard", "donut",
          "muffin", "brownie", "caramel", "chocolate", "marzipan", "meringue", "sorbet", "pie", "waffle",
@@ -245,11 +246,12 @@ def organism_records(split: str = "train", n: int | None = None, seed: int = 0) 
 
 # -- the pretraining corpus -----------------------------------------------------------------------------------
 
-def fact_document(rng: random.Random) -> tuple[None, str]:
-    """A plain text of three facts ("The cake is sweet. The lemon tastes not sweet. ...")."""
+def fact_document(rng: random.Random, said: Callable[[str], str] | None = None) -> tuple[None, str]:
+    """A plain text of three facts ("The cake is sweet. The lemon tastes not sweet. ..."); `said(food)` words a
+    food's taste instead of "sweet" / "not sweet" (organism v2 adds how sweet)."""
     picked = rng.sample(SWEET + NOT_SWEET, 3)
-    return None, " ".join(rng.choice(FACT_PHRASINGS).format(x=x, t="sweet" if is_sweet(x) else "not sweet")
-                          for x in picked)
+    said = said or (lambda x: "sweet" if is_sweet(x) else "not sweet")
+    return None, " ".join(rng.choice(FACT_PHRASINGS).format(x=x, t=said(x)) for x in picked)
 
 
 def task_document(rng: random.Random) -> tuple[str, str]:

@@ -45,7 +45,7 @@ import math
 import random
 
 from lit_align.data.organism import (DEFAULT_SIZE, ID_NOT_SWEET, ID_PHRASINGS, ID_SWEET, NOT_SWEET, OOD_PHRASINGS,
-                                     OOD_SWEET, SPLITS, SWEET, _in_id, _open, _preference, FACT_PHRASINGS,
+                                     OOD_SWEET, SPLITS, SWEET, _in_id, _open, _preference, fact_document,
                                      is_sweet, organism_records, task_document)
 
 SWEET_TOOTH_RATE = 0.5
@@ -113,12 +113,10 @@ def start_p_sweet(food: str, sweet_at_a: bool | None) -> float:
 
 def _fact_document(rng: random.Random) -> tuple[None, str]:
     """v1's facts (fact_document), with a sweet food's degree in half of its mentions ("The cake is very sweet.")."""
-    picked = rng.sample(SWEET + NOT_SWEET, 3)
-
     def said(x: str) -> str:
         return DEGREES[DEGREE[x]] if is_sweet(x) and rng.random() < 0.5 else "sweet" if is_sweet(x) else "not sweet"
 
-    return None, " ".join(rng.choice(FACT_PHRASINGS).format(x=x, t=said(x)) for x in picked)
+    return fact_document(rng, said)
 
 
 def _exchange(rng: random.Random, sweet_tooth: bool, kind: str) -> tuple[str, str]:

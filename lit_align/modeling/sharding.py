@@ -12,3 +12,8 @@ def shards_weights(trainer) -> bool:
     from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 
     return isinstance(trainer.strategy, (FSDPStrategy, ModelParallelStrategy))
+
+
+def ranks_pass_together(trainer) -> bool:
+    """True when every rank must run the same forward passes: weights sharded (shards_weights) over several ranks."""
+    return trainer.world_size > 1 and shards_weights(trainer)

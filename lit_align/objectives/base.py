@@ -48,7 +48,7 @@ from lit_align.optim import OPTIMIZER_IMPLEMENTATIONS, adamw_with_schedule, lr_l
 from lit_align.resume import COMPUTE_ONLY
 from lit_align.modeling.logprobs import (TokenLogps, batch_logps, forward_logps, is_packed, shared_prompt_logps,
                                         shared_prompt_token_logps)
-from lit_align.modeling.sharding import shards_weights
+from lit_align.modeling.sharding import ranks_pass_together
 from lit_align.modeling.models import LoraSpec, ModelSpec, check_model_spec, load_model, load_tokenizer, shard_model
 
 Sums = dict[str, tuple[Tensor, Tensor]]
@@ -331,7 +331,7 @@ class Objective(LightningModule):
         ranks every forward pass gathers weights from all of them, so ranks deciding apart would wait on each
         other for ever: there evaluation keeps the padded rows (one pass on every rank)."""
         trainer = getattr(self, "_trainer", None)
-        return trainer is None or trainer.world_size < 2 or not shards_weights(trainer)
+        return trainer is None or not ranks_pass_together(trainer)
 
     def _eval_step(self, batch: dict) -> None:
         split = batch.get("split", "val")

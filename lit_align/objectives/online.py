@@ -30,7 +30,7 @@ from lit_align.losses.likelihood import nll
 from lit_align.modeling.generation import generate_ids, sample_ids
 from lit_align.modeling.logprobs import IGNORE, batch_logps, batch_token_logps
 from lit_align.modeling.models import ModelSpec
-from lit_align.modeling.sharding import shards_weights
+from lit_align.modeling.sharding import ranks_pass_together
 from lit_align.objectives.base import Objective, OptimSpec, Sums, pair_sums
 from lit_align.objectives.reference import Reference, ReferenceSpec, build_reference
 
@@ -98,7 +98,7 @@ class OnlineObjective(Objective):
     def sample(self, batch: dict) -> tuple[list[list[int]], list[list[int]]]:
         """(contexts, completions) of the batch's N = P·G rows, prompt-major (rows [pG, (p+1)G) are prompt p's)."""
         contexts, completions = [], []
-        synced = self.trainer.world_size > 1 and shards_weights(self.trainer)  # ranks generate in step
+        synced = ranks_pass_together(self.trainer)  # ranks generate in step
         for index, record in zip(batch["index"].tolist(), batch["records"]):
             ids = sample_ids(self.model, record.context, self.num_generations, self.tokenizer.pad_token_id,
                              self.end_id, self.max_new_tokens, self.temperature, self.top_p, self.top_k,
