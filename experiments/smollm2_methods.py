@@ -27,6 +27,7 @@ from pathlib import Path
 from lit_align.config import deep_merge, read_yaml
 from lit_align.errors import LitAlignError
 from lit_align.sweep.engine import Sweep
+from lit_align.sweep.side_by_side import cores, run_side_by_side
 
 from experiments.organism import start_model, write_results
 
@@ -145,12 +146,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--slurm", action="store_true", help="write SLURM job arrays (+ submit.sh) instead of running")
     parser.add_argument("--collect", action="store_true", help="only the tables from finished runs")
     parser.add_argument("--config", default=str(CONFIG), help="the sweep file")
+    parser.add_argument("--jobs", type=int, default=min(2, cores()),
+                        help="runs at once, each in its own process with cores/jobs threads (default: 2, or 1 on one "
+                             "core; 1: one after another in this process)")
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     behaviours = args.behaviours[:1] if args.quick else args.behaviours
     try:
         if not Path(args.config).is_file():
             raise LitAlignError(f"{args.config} is missing: run the experiment from a checkout of the repository")
+        if args.jobs < 1:
+            raise LitAlignError(f"--jobs must be at least 1, not {args.jobs}")
         methods = None
         if args.methods:  # the sweep's objectives, only those asked for
             every = read_yaml(Path(args.config))["objectives"]
@@ -158,6 +164,7 @@ def main(argv: list[str] | None = None) -> None:
             if unknown:
                 raise LitAlignError(f"--methods: {', '.join(unknown)} not in {args.config} (it has {', '.join(every)})")
             methods = {k: v for k, v in every.items() if k in args.methods}
+        sweeps = {}
         for behaviour in behaviours:
             overrides = {**(QUICK if args.quick else {}), **behaviour_overrides(Path(args.config), behaviour,
                                                                                  Path(args.out), args.policy)}
@@ -166,15 +173,21 @@ def main(argv: list[str] | None = None) -> None:
                 overrides["objectives"] = methods
             if args.layers:
                 overrides["steer"] = {**overrides["steer"], "layers": args.layers}
-            sweep = Sweep(args.config, overrides)
+            sweeps[behaviour] = sweep = Sweep(args.config, overrides)
             print(f"== {behaviour}: {len(sweep.runs)} runs -> {sweep.out}", flush=True)
             if args.slurm:
                 sbatch, submit = sweep.write_slurm()
                 print(f"wrote {sbatch} ({len(sweep.runs)} array tasks) and {submit}; submit with: bash {submit}",
                       flush=True)
-                continue
-            if not args.collect:
-                sweep.run_all()
+        if args.slurm:
+            return
+        if not args.collect:
+            if args.jobs > 1:   # every behaviour's runs in one queue: no core waits for a behaviour's last run
+                run_side_by_side([(s, r) for s in sweeps.values() for r in s.runs], args.jobs)
+            else:
+                for sweep in sweeps.values():
+                    sweep.run_all()
+        for behaviour, sweep in sweeps.items():
             weights, letters = importance_weights(sweep), letter_bias(sweep)
             write_results(sweep, COLUMNS, heading=f"{behaviour}\n\n",
                           footer=f"\nIW-SFT's weights on the training pairs: {json.dumps(weights)}\n"

@@ -63,6 +63,29 @@ def test_sft_on_a_pair_set_gets_pair_metrics_and_its_own_on_the_chosen_answer():
     assert "logps/accuracy" not in sft.eval_sums(singles)
 
 
+def test_evaluation_runs_longest_first_and_sums_as_in_file_order():
+    """Validation batches come longest first (a batch pads to its longest row, and padding costs as much as a real
+    token); every item is seen once, keeps its index (caches and weights are keyed by it), and the metrics are
+    those of file order."""
+    sft = _sft()
+    data = _setup(sft, train={"path": "builtin:ab", "limit": 8}, eval_batch_size=4,
+                  val={"id": {"path": "builtin:pairs", "limit": 12, "kind": "pair"}})
+    file_order, by_length = list(data.eval_loader("val_id")), list(data.val_dataloader()[0])
+    lengths = {i: sum(len(c) for c in ex.continuations[:1]) + len(ex.context)
+               for i, ex in enumerate(data.splits["val_id"].examples)}
+    seen = [int(i) for b in by_length for i in b["index"]]
+    assert sorted(seen) == list(range(12)) and seen != list(range(12))
+    widths = [[lengths[int(i)] for i in b["index"]] for b in by_length]
+    assert all(max(later) <= min(earlier) for earlier, later in zip(widths, widths[1:]))
+    assert sum(b["input_ids"].numel() for b in by_length) < sum(b["input_ids"].numel() for b in file_order)
+
+    sft.eval()
+    with torch.no_grad():
+        totals = [{k: sum(sft.eval_sums(b)[k][0].item() for b in batches) for k in ("logps/margins", "loss")}
+                  for batches in (file_order, by_length)]     # (summed over items: the sums Lightning reduces)
+    assert totals[0] == pytest.approx(totals[1], abs=1e-4)
+
+
 def test_kind_is_for_evaluation_sets_only():
     with pytest.raises(LitAlignError, match="evaluation sets only"):
         _setup(_sft(), train={"path": "builtin:ab", "limit": 8, "kind": "pair"})

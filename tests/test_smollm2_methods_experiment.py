@@ -17,7 +17,7 @@ from experiments import smollm2_methods
 @requires_shared
 def test_quick_comparison_runs_every_method_with_the_capability_check(tmp_path):
     out = tmp_path / "mwe"
-    smollm2_methods.main(["--quick", "--policy", "builtin:tiny", "--layers", "0", "1", "--out", str(out)])
+    smollm2_methods.main(["--quick", "--policy", "builtin:tiny", "--layers", "0", "1", "--out", str(out), "--jobs", "1"])
     folder = out / "survival-instinct"
     rows = list(csv.DictReader(open(folder / "results.csv")))
     assert {r["objective"] for r in rows} == {"start", "caa", "sft", "sft_caa", "iw_sft_loss", "iw_sft_resample", "dpo"}

@@ -238,3 +238,40 @@ def test_every_sweep_config_resolves_and_parses(sweep_file, tmp_path, capsys):
             LitAlignCLI(args=["fit", "--config", str(path), "--print_config"])
         assert exit_info.value.code in (0, None), (sweep_file, run.objective)
         assert "class_path: lit_align.objectives" in capsys.readouterr().out
+
+
+def test_runs_side_by_side_give_the_numbers_of_runs_in_turn_and_name_a_failed_run(tmp_path, capsys):
+    """`run --jobs 2`: each run in its own process (1 thread each on 2 cores), two at a time; the same metrics as
+    the in-process run to float precision, a finished run skipped, and a failing run named with its log once the
+    others have ended."""
+    from lit_align.sweep.command import main
+
+    spec = {**TINY, "sizes": [8], "objectives": {
+        **TINY["objectives"],
+        "dpo": {"model": {"class_path": "lit_align.objectives.DPO", "init_args": {"policy": {"name": "builtin:tiny"}}}},
+        "broken": {"model": {"class_path": "lit_align.objectives.SFT", "init_args": {"no_such_option": 1}}}}}
+    in_turn = json.loads(
+        next(line for line in _run_index(tmp_path / "a", {**TINY, "sizes": [8]}, 0, capsys).splitlines()
+             if line.startswith("{")))
+    (tmp_path / "b").mkdir()
+    path = _write(tmp_path / "b", spec)
+    with pytest.raises(SystemExit):
+        main(["run", str(path), "--jobs", "2"])
+    said = capsys.readouterr()
+    assert "1 run failed: out/broken-n8-s0" in said.err and "broken-n8-s0/log.txt" in said.err
+    side = json.loads((tmp_path / "b" / "out" / "runs" / "sft-n8-s0" / "result.json").read_text())
+    assert (tmp_path / "b" / "out" / "runs" / "dpo-n8-s0" / "result.json").exists()
+    for key in ("val_id/logps/accuracy", "val_id/logps/margins", "val_ood/logps/margins", "train_examples"):
+        assert side[key] == pytest.approx(in_turn[key], abs=1e-5), key
+    with pytest.raises(SystemExit):
+        main(["run", str(path), "--jobs", "2"])
+    assert "out/sft-n8-s0: done already" in capsys.readouterr().out
+
+
+def _run_index(folder, spec, index, capsys) -> str:
+    from lit_align.sweep.command import main
+
+    folder.mkdir()
+    capsys.readouterr()
+    main(["run", str(_write(folder, spec)), "--index", str(index)])
+    return capsys.readouterr().out

@@ -256,7 +256,7 @@ def run_steer(cfg: dict) -> dict[str, Path]:
     progress = _Progress(sum(sizes.values()) if fast else len(val_sets) * len(layers))
     try:
         for set_name, split in val_sets.items():
-            loader = dm.eval_loader(split)
+            loader = dm.eval_loader(split, by_length=True)   # per-item margins line up across the grid
             if fast:
                 done = [0]
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from lit_align.data.collate import unpackable
 from lit_align.data.prompts import PromptRecord, read_prompts
@@ -376,13 +376,17 @@ class AlignDataModule(LightningDataModule):
         return self.layout.for_records(source.kind)
 
     # -- loaders ------------------------------------------------------------------------------------
-    def _loader(self, name: str, batch_size: int, shuffle: bool, sampler=None) -> DataLoader:
+    def _loader(self, name: str, batch_size: int, shuffle: bool, sampler=None, by_length: bool = False) -> DataLoader:
         summary = self.summaries.get(name)
         layout = self.split_layouts.get(name, self.layout)
         # layouts that pack several examples per row are told the longest row
         rows = {"row_length": self.pack_length or self.spec.max_length} if layout.packs_rows else {}
+        dataset = self.splits[name]
+        if by_length:  # a reordered view, so that Lightning still shards it like any dataset under DDP
+            lengths = [layout.length(ex) for ex in dataset.examples]
+            dataset = Subset(dataset, sorted(range(len(lengths)), key=lambda i: -lengths[i]))  # (stable sort)
         return DataLoader(
-            self.splits[name], batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+            dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=functools.partial(_collate_named, name=name, collate=layout.collate, pad_id=self.tokenizer.pad_token_id,
                                          pad_to_multiple_of=self.pad_to_multiple_of,
@@ -453,14 +457,18 @@ class AlignDataModule(LightningDataModule):
                 fit_loop._data_fetcher.teardown()
             fit_loop._combined_loader = None  # Lightning rebuilds the loader (and its workers) before training
 
-    def eval_loader(self, name: str, batch_size: int | None = None) -> DataLoader:
-        """A loader over split `name` (train, val, val_<name>, ...) in file order, eval_batch_size by default."""
+    def eval_loader(self, name: str, batch_size: int | None = None, by_length: bool = False) -> DataLoader:
+        """A loader over split `name` (train, val, val_<name>, ...), eval_batch_size by default: in file order, or
+        with `by_length` longest first, so that each batch holds similar lengths and pads little (padded positions
+        cost as much as real ones; on the A/B sets of model-written evals a third of a file-order batch is padding).
+        By length, per-item outputs come in that order: fit for sums and means, not for matching items to rows."""
         if name not in self.splits:
             raise LitAlignError(f"no split '{name}' set up (have: {', '.join(self.splits) or 'none'})")
-        return self._loader(name, batch_size or self.eval_batch_size, shuffle=False)
+        return self._loader(name, batch_size or self.eval_batch_size, shuffle=False, by_length=by_length)
 
     def _eval_loaders(self, stage: str) -> list[DataLoader]:
-        return [self.eval_loader(n) for n in self.splits if n.startswith(stage)]
+        # validation and test only sum over items (objectives' eval_sums, torchmetrics): longest first
+        return [self.eval_loader(n, by_length=True) for n in self.splits if n.startswith(stage)]
 
     def val_dataloader(self) -> list[DataLoader]:
         return self._eval_loaders("val")

@@ -62,14 +62,14 @@ def caa_metrics(model: torch.nn.Module, datamodule, opts: CAAOptions, generate_s
     candidates = [(0.0, vector.layers[0])] + [(m, layer) for layer in vector.layers for m in opts.multipliers if m != 0]
     vector.check(model, "weights")
     if opts.positions == "after_prompt":  # the whole grid from one prompt pass per item (vectors.contrast_margins_grid)
-        grid = contrast_margins_grid(model, datamodule.eval_loader(select), vector.directions,
+        grid = contrast_margins_grid(model, datamodule.eval_loader(select, by_length=True), vector.directions,
                                      sorted({m for m, _ in candidates}))
         margins = {(m, layer): grid[(layer, m)] for m, layer in candidates}
     else:
         margins = {}
         for m, layer in candidates:
             with vector.apply(model, m, layers=[layer], positions=opts.positions) as steer:
-                margins[(m, layer)] = contrast_margins(model, datamodule.eval_loader(select), steer)
+                margins[(m, layer)] = contrast_margins(model, datamodule.eval_loader(select, by_length=True), steer)
     scored = [(p_match(margins[(m, layer)]), -abs(m), -layer, m, layer) for m, layer in candidates]
     best = max(scored)
     _, _, _, multiplier, layer = best
@@ -87,7 +87,7 @@ def pair_set_metrics(model: torch.nn.Module, datamodule, steering=None, skip: tu
     for split in datamodule.splits:
         if not split.startswith("val") or split in skip:
             continue
-        logps = pair_logps(model, datamodule.eval_loader(split), steering)            # (n, 2)
+        logps = pair_logps(model, datamodule.eval_loader(split, by_length=True), steering)   # (n, 2)
         margins = logps[:, 0] - logps[:, 1]
         metrics[f"{split}/logps/chosen"] = float(logps[:, 0].mean())   # (as the objectives log it: a capability probe)
         metrics[f"{split}/logps/accuracy"] = match_rate(margins)

@@ -20,6 +20,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("sweep", help="the sweep YAML")
     parser.add_argument("--index", type=int, help="run: only this run (e.g. $SLURM_ARRAY_TASK_ID)")
     parser.add_argument("--subprocess", action="store_true", help="run: each run in its own process")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="run: this many runs at once, each in its own process with cores/jobs threads")
     parser.add_argument("--verbose", action="store_true", help="run: show each run's output instead of logging it")
     parser.add_argument("--out", help="override the sweep's output directory")
     parser.add_argument("--overrides", type=json.loads, default={},
@@ -30,6 +32,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
+        if args.jobs < 1:
+            raise LitAlignError(f"--jobs must be at least 1, not {args.jobs}")
         sweep = Sweep(args.sweep, {**args.overrides, **({"out": args.out} if args.out else {})})
         if args.command == "list":
             for r in sweep.runs:
@@ -41,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
             result = sweep.run_one(sweep.runs[args.index], quiet=not args.verbose)
             print(json.dumps(result), flush=True)
         elif args.command == "run":
-            sweep.run_all(subprocess=args.subprocess)
+            sweep.run_all(subprocess=args.subprocess, jobs=args.jobs)
             sweep.collect()
         elif args.command == "collect":
             sweep.collect()

@@ -4,6 +4,7 @@ line per objective (the mean over seeds, with a band from the lowest to the high
 
     python -m lit_align.sweep run     SWEEP.yaml              # every run, one after another, then collect
     python -m lit_align.sweep run     SWEEP.yaml --index 3    # one run (a SLURM array task)
+    python -m lit_align.sweep run     SWEEP.yaml --jobs 2     # two runs at a time, 1 thread each on 2 cores
     python -m lit_align.sweep slurm   SWEEP.yaml              # write <out>/sweep.sbatch (+ submit.sh)
     python -m lit_align.sweep collect SWEEP.yaml              # results.csv + sweep.png from finished runs
     python -m lit_align.sweep list    SWEEP.yaml              # the runs, by index
@@ -412,7 +413,13 @@ class Sweep:
         metrics, train = self._caa_metrics(load_model(spec, tokenizer), tokenizer, config_path)
         return self._write_result(run, metrics, train.kept, 0, time.perf_counter() - start, train.flipped)
 
-    def run_all(self, subprocess: bool = False) -> None:
+    def run_all(self, subprocess: bool = False, jobs: int = 1) -> None:
+        """Every run not finished yet: one after another in this process, or each in its own (`subprocess`), or
+        `jobs` > 1 of them at once in their own processes, torch's threads split among them (side_by_side.py)."""
+        if jobs > 1:
+            from lit_align.sweep.side_by_side import run_side_by_side
+
+            return run_side_by_side([(self, r) for r in self.runs], jobs)
         start = time.perf_counter()
         for run in self.runs:
             if self.result_path(run).exists():
