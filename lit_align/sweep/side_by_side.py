@@ -10,7 +10,8 @@ sweep per behaviour), so that no core waits for the last run of one sweep before
 
     run_side_by_side([(sweep, run), ...], jobs=2)
 
-Runs start largest training set first (the longest, so that the last ones to finish are short); a run whose
+Runs start largest training set first (the longest, so that the last ones to finish are short), several sweeps'
+runs taking turns; a run whose
 result exists is skipped (as in run_all). A failed run does not stop the others; once all have ended, the failures
 are raised in one error naming each run's log.
 """
@@ -36,7 +37,9 @@ def run_side_by_side(work: list, jobs: int) -> None:
     for s, r in work:
         if s.result_path(r).exists():
             print(f"{s.out.name}/{r.name}: done already", flush=True)
-    todo.sort(key=lambda sr: -sr[1].size)                   # (stable) the longest first
+    # the longest first; runs of several sweeps interleaved, so that two runs side by side seldom compute the same
+    # reference log-probs cache (same data) at once
+    todo.sort(key=lambda sr: (-sr[1].size, sr[1].index))
     threads = str(max(1, cores() // max(1, jobs)))
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false"}
     running: list[tuple] = []                               # (process, sweep, run, start time)
