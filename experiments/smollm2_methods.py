@@ -4,11 +4,15 @@ out of distribution (human), with what each costs the model (held-out HH-RLHF di
 general questions). The methods, sizes and evaluation sets are the sweep configs/sweeps/smollm2_mwe.yaml; each
 behaviour is that sweep with its data paths replaced (an override of `base`, handed on to SLURM tasks too).
 
-    python scripts/smollm2_methods_experiment.py                   # 2 behaviours, 1 seed, on this machine
+    python scripts/smollm2_methods_experiment.py --sizes 16 64     # the CPU grid (57 min on 2 idle cores)
+    python scripts/smollm2_methods_experiment.py                   # 2 behaviours, n = 16, 64, 256, 1 seed
     python scripts/smollm2_methods_experiment.py --slurm --seeds 0 1 2   # the full grid as SLURM job arrays
     python scripts/smollm2_methods_experiment.py --collect         # the tables from finished runs
     python scripts/smollm2_methods_experiment.py --quick           # n = 16, 1 behaviour (a smoke test)
     python scripts/smollm2_methods_experiment.py --methods dpo --sizes 256 --seeds 1 2 --out logs/dpo_seeds   # one cell
+
+On this machine the runs go two at a time (`--jobs`, default 2: each in its own process with cores/jobs threads,
+lit_align/sweep/side_by_side.py), both behaviours' runs in one queue.
 
 Outputs under <out>/<behaviour>/: runs/, results.csv, the sweep's figure, table.md, start.json (the model before any
 method), letter_bias.json (its preference for the letter A on the A/B evaluation sets), weights.json (the
