@@ -63,18 +63,19 @@ def test_sft_on_a_pair_set_gets_pair_metrics_and_its_own_on_the_chosen_answer():
     assert "logps/accuracy" not in sft.eval_sums(singles)
 
 
-def test_evaluation_runs_longest_first_and_sums_as_in_file_order():
-    """Validation batches come longest first (a batch pads to its longest row, and padding costs as much as a real
-    token); every item is seen once, keeps its index (caches and weights are keyed by it), and the metrics are
-    those of file order."""
+def test_evaluation_by_length_runs_longest_first_and_sums_as_in_file_order():
+    """eval_loader(by_length=True), as CAA's grids and steered evaluation read the sets: batches longest first (a
+    batch pads to its longest row, and padding costs as much as a real token); every item is seen once, keeps its
+    index, and the sums are those of file order. Validation keeps file order (the reference cache's batches)."""
     sft = _sft()
     data = _setup(sft, train={"path": "builtin:ab", "limit": 8}, eval_batch_size=4,
                   val={"id": {"path": "builtin:pairs", "limit": 12, "kind": "pair"}})
-    file_order, by_length = list(data.eval_loader("val_id")), list(data.val_dataloader()[0])
+    file_order, by_length = list(data.eval_loader("val_id")), list(data.eval_loader("val_id", by_length=True))
+    assert [int(i) for b in data.val_dataloader()[0] for i in b["index"]] == list(range(12))
     lengths = {i: sum(len(c) for c in ex.continuations[:1]) + len(ex.context)
                for i, ex in enumerate(data.splits["val_id"].examples)}
     seen = [int(i) for b in by_length for i in b["index"]]
-    assert sorted(seen) == list(range(12)) and seen != list(range(12))
+    assert sorted(seen) == list(range(12)) and seen != list(range(12)) and seen == data.length_order("val_id")
     widths = [[lengths[int(i)] for i in b["index"]] for b in by_length]
     assert all(max(later) <= min(earlier) for earlier, later in zip(widths, widths[1:]))
     assert sum(b["input_ids"].numel() for b in by_length) < sum(b["input_ids"].numel() for b in file_order)

@@ -383,8 +383,7 @@ class AlignDataModule(LightningDataModule):
         rows = {"row_length": self.pack_length or self.spec.max_length} if layout.packs_rows else {}
         dataset = self.splits[name]
         if by_length:  # a reordered view, so that Lightning still shards it like any dataset under DDP
-            lengths = [layout.length(ex) for ex in dataset.examples]
-            dataset = Subset(dataset, sorted(range(len(lengths)), key=lambda i: -lengths[i]))  # (stable sort)
+            dataset = Subset(dataset, self.length_order(name))
         return DataLoader(
             dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
             num_workers=self.num_workers,
@@ -457,6 +456,13 @@ class AlignDataModule(LightningDataModule):
                 fit_loop._data_fetcher.teardown()
             fit_loop._combined_loader = None  # Lightning rebuilds the loader (and its workers) before training
 
+    def length_order(self, name: str) -> list[int]:
+        """Split `name`'s example indices longest first (a stable sort: ties keep file order), the order of
+        `eval_loader(name, by_length=True)`."""
+        length = self.split_layouts.get(name, self.layout).length
+        lengths = [length(ex) for ex in self.splits[name].examples]
+        return sorted(range(len(lengths)), key=lambda i: -lengths[i])
+
     def eval_loader(self, name: str, batch_size: int | None = None, by_length: bool = False) -> DataLoader:
         """A loader over split `name` (train, val, val_<name>, ...), eval_batch_size by default: in file order, or
         with `by_length` longest first, so that each batch holds similar lengths and pads little (padded positions
@@ -467,8 +473,9 @@ class AlignDataModule(LightningDataModule):
         return self._loader(name, batch_size or self.eval_batch_size, shuffle=False, by_length=by_length)
 
     def _eval_loaders(self, stage: str) -> list[DataLoader]:
-        # validation and test only sum over items (objectives' eval_sums, torchmetrics): longest first
-        return [self.eval_loader(n, by_length=True) for n in self.splits if n.startswith(stage)]
+        # file order: the reference cache computes its log-probs in these batches, so that a policy equal to its
+        # reference evaluates to margins of exactly 0 (by length, float rounding made 14% of them positive)
+        return [self.eval_loader(n) for n in self.splits if n.startswith(stage)]
 
     def val_dataloader(self) -> list[DataLoader]:
         return self._eval_loaders("val")
