@@ -86,25 +86,18 @@ def test_facts_state_how_sweet_a_food_is_and_the_default_dislikes_sweeter_foods_
         assert not any(f"the {food} is {d}." in texts.lower() for d in v2.DEGREES if d != v2.DEGREES[v2.DEGREE[food]])
 
 
-def test_conversations_tokenize_as_one_row_trained_on_every_answer():
-    """A conversation is one row; recipe version 3 puts the loss on each of its answers (the earlier ones too, where
-    they sit), version 2 on the last answer only; a plain text and a single exchange are the same either way."""
+def test_conversations_tokenize_as_one_row_trained_on_the_last_answer_only():
     recipe = BUILTIN_PRETRAINED["organism-v2"]
-    assert recipe.version >= 3
     docs = _documents(replace(recipe, documents=600))
     tokenizer = _tokenizer(recipe, docs)
-    rows, last_only = _token_rows(docs, tokenizer, every_answer=True), _token_rows(docs, tokenizer)
-    conversations = [(doc, row, old) for doc, row, old in zip(docs, rows, last_only) if isinstance(doc[0], list)]
+    rows = _token_rows(docs, tokenizer)
+    conversations = [(doc, row) for doc, row in zip(docs, rows) if isinstance(doc[0], list)]
     assert len(conversations) > 100
-    for (messages, answer), (ids, spans), (old_ids, old_spans) in conversations[:50]:
+    for (messages, answer), (ids, start) in conversations[:50]:
         text = tokenizer.decode(ids)
-        assert old_ids == ids and text.count("<|im_start|>assistant") == len(messages) // 2 + 1  # one row
-        said = [m["content"] for m in messages if m["role"] == "assistant"] + [answer]
-        assert [tokenizer.decode(ids[a:b]) for a, b in spans] == [t + "<|im_end|>" for t in said]
-        assert old_spans == spans[-1:] and spans == sorted(spans) and len(ids) <= 256
-    for (prompt, _), row, old in zip(docs, rows, last_only):
-        if not isinstance(prompt, list):
-            assert row == old and len(row[1]) == 1
+        assert text.count("<|im_start|>assistant") == len(messages) // 2 + 1     # every exchange, in one row
+        assert tokenizer.decode(ids[start:]) == answer + "<|im_end|>"             # the loss: the last answer only
+        assert len(ids) <= 256
 
 
 def test_a_small_v2_recipe_builds_and_loads_by_name(tmp_path, monkeypatch):

@@ -93,12 +93,10 @@ class Recipe:
         return math.ceil(self.documents * self.epochs / self.batch_size)
 
 
-V2 = Recipe(corpus="organism-v2", documents=48_000, version=3)
+V2 = Recipe(corpus="organism-v2", documents=48_000, version=2)
 """Organism v2 (data/organism_v2.py): a latent taste that earlier answers reveal, per-food dislike strengths and a
-letter bias; twice v1's documents, since a third of them are conversations. Version 3: version 2's corpus with the
-loss on every answer of a conversation (`_token_rows`), not only the last. (Version 2, the same documents trained
-on the last answer only, learnt the strengths but not to read the taste off earlier choices; version 1, a first
-corpus of 32,000 documents, learnt neither: docs/organism.md.)"""
+letter bias; twice v1's documents, since a third of them are conversations. (version 2: the second v2 corpus; the
+first, 32,000 documents of version 1, learnt neither the taste nor the strengths: docs/organism.md.)"""
 BUILTIN_PRETRAINED: dict[str, Recipe] = {"organism": Recipe(), "organism-seed1": Recipe(seed=1),
                                          "organism-seed2": Recipe(seed=2), "organism-v2": V2,
                                          "organism-v2-seed1": replace(V2, seed=1),
@@ -168,12 +166,10 @@ def _tokenizer(recipe: Recipe, docs):
     return chat_tokenizer(train_bpe(sample, recipe.vocab_size))
 
 
-def _token_rows(docs, tokenizer, every_answer: bool = False) -> list[tuple[list[int], list[tuple[int, int]]]]:
-    """Each document as (ids, loss spans [(start, end)]): one row through the data module's tokenizer (the
-    fine-tuning token layout); the loss covers a chat document's answer (the question's options are random: nothing
-    to learn there) and all of a plain text. With `every_answer`, a conversation's earlier assistant answers are
-    trained on too, each where it sits in the conversation (so that every answer, not only the last, learns to read
-    the speaker's taste off the answers before it)."""
+def _token_rows(docs, tokenizer) -> list[tuple[list[int], int]]:
+    """Each document as (ids, loss start): one row through the data module's tokenizer (the fine-tuning token
+    layout); the loss covers a chat document's answer (the question's options are random: nothing to learn
+    there) and all of a plain text."""
     from lit_align.data.records import Example
     from lit_align.data.tokenize import Tokenizer, TokenizeSpec
 
@@ -183,19 +179,7 @@ def _token_rows(docs, tokenizer, every_answer: bool = False) -> list[tuple[list[
         ex = tk(Example(prompt=prompt, continuations=[answer]))
         if isinstance(ex, str):
             raise LitAlignError(f"pretraining document dropped ({ex}): {prompt!r} {answer!r}")
-        ids = ex.context + ex.continuations[0]
-        spans = [(len(ex.context) if prompt is not None else 0, len(ids))]
-        if every_answer and isinstance(prompt, list):
-            for i, message in enumerate(prompt):
-                if message["role"] != "assistant":
-                    continue
-                turn = tk(Example(prompt=prompt[:i], continuations=[message["content"]]))
-                head = turn.context + turn.continuations[0]     # the conversation up to this answer's end token
-                if isinstance(turn, str) or ids[: len(head)] != head:
-                    raise LitAlignError(f"pretraining conversation: answer {i} does not tokenize as a prefix of the "
-                                        f"whole conversation ({prompt!r})")
-                spans.insert(-1, (len(turn.context), len(head)))
-        rows.append((ids, spans))
+        rows.append((ex.context + ex.continuations[0], len(ex.context) if prompt is not None else 0))
     return rows
 
 
@@ -207,7 +191,7 @@ def build(recipe: Recipe, out: Path, quiet: bool = False, partial: Path | None =
     t0 = time.time()
     docs = _documents(recipe)
     tokenizer = _tokenizer(recipe, docs)
-    rows = _token_rows(docs, tokenizer, every_answer=recipe.corpus == "organism-v2" and recipe.version >= 3)
+    rows = _token_rows(docs, tokenizer)
     config = llama_config(tokenizer, 512, hidden_size=recipe.hidden_size, intermediate_size=recipe.intermediate_size,
                           num_hidden_layers=recipe.num_hidden_layers, num_attention_heads=recipe.num_attention_heads,
                           num_key_value_heads=recipe.num_key_value_heads)
@@ -241,11 +225,10 @@ def build(recipe: Recipe, out: Path, quiet: bool = False, partial: Path | None =
             ids = torch.full((len(batch), width), pad, dtype=torch.long)          # (B, T), right padding
             mask = torch.zeros((len(batch), width), dtype=torch.long)
             labels = torch.full((len(batch), width), -100, dtype=torch.long)
-            for i, (r, spans) in enumerate(batch):
+            for i, (r, start) in enumerate(batch):
                 ids[i, : len(r)] = torch.tensor(r)
                 mask[i, : len(r)] = 1
-                for start, end in spans:
-                    labels[i, start:end] = ids[i, start:end]
+                labels[i, start: len(r)] = ids[i, start: len(r)]
             loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
