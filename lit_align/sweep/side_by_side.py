@@ -45,25 +45,31 @@ def run_side_by_side(work: list, jobs: int) -> None:
     running: list[tuple] = []                               # (process, sweep, run, start time)
     failed: list[str] = []
     start, done = time.perf_counter(), 0
-    while todo or running:
-        while todo and len(running) < jobs:
-            s, r = todo.pop(0)
-            cmd = [sys.executable, "-m", "lit_align.sweep", "run", str(s.path), *s.override_args(), "--index",
-                   str(r.index)]
-            # the child prints its result as JSON (read from result.json instead); its output is in the run's log
-            running.append((subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL), s, r, time.perf_counter()))
-        time.sleep(0.5)
-        for item in [x for x in running if x[0].poll() is not None]:
-            p, s, r, t = item
-            running.remove(item)
-            done += 1
-            label, where = f"{s.out.name}/{r.name}", s.out / "runs" / r.name / "log.txt"
-            if p.returncode != 0 or not s.result_path(r).exists():
-                failed.append(f"{label} (exit {p.returncode}; its log: {where})")
-                print(f"{label}: FAILED, exit {p.returncode} (log: {where})", flush=True)
-                continue
-            print(f"{label}: {time.perf_counter() - t:.0f} s ({done} ended, {len(todo)} to start, "
-                  f"{len(running)} running; {threads} thread{'s' * (threads != '1')} each)", flush=True)
+    try:
+        while todo or running:
+            while todo and len(running) < jobs:
+                s, r = todo.pop(0)
+                cmd = [sys.executable, "-m", "lit_align.sweep", "run", str(s.path), *s.override_args(), "--index",
+                       str(r.index)]
+                # the child prints its result as JSON (read from result.json instead); its output is in the run's log
+                running.append((subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL), s, r, time.perf_counter()))
+            time.sleep(0.5)
+            for item in [x for x in running if x[0].poll() is not None]:
+                p, s, r, t = item
+                running.remove(item)
+                done += 1
+                label, where = f"{s.out.name}/{r.name}", s.out / "runs" / r.name / "log.txt"
+                if p.returncode != 0 or not s.result_path(r).exists():
+                    failed.append(f"{label} (exit {p.returncode}; its log: {where})")
+                    print(f"{label}: FAILED, exit {p.returncode} (log: {where})", flush=True)
+                    continue
+                print(f"{label}: {time.perf_counter() - t:.0f} s ({done} ended, {len(todo)} to start, "
+                      f"{len(running)} running; {threads} thread{'s' * (threads != '1')} each)", flush=True)
+    finally:  # interrupted (Ctrl-C, an error here): no run goes on without us; the next call redoes them
+        for p, *_ in running:
+            p.terminate()
+        for p, *_ in running:
+            p.wait()
     print(f"side by side: {done} runs in {time.perf_counter() - start:.0f} s, {jobs} at a time", flush=True)
     if failed:
         raise LitAlignError(f"{len(failed)} run{'s' * (len(failed) > 1)} failed: " + "; ".join(failed))
