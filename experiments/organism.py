@@ -12,6 +12,7 @@ n ∈ {8, 32, 128, 512} training pairs (labels) x 3 seeds.
     python scripts/organism_experiment.py --quick            # n ∈ {8, 32}, one build, one seed (a smoke test)
     python scripts/organism_experiment.py --slurm            # SLURM job arrays instead (then --collect)
     python scripts/organism_experiment.py --collect          # the CSV, figure and table from finished runs
+    python scripts/organism_experiment.py --jobs 2           # two runs at a time, 1 thread each (not timed yet)
 
 The organism's pretraining seed is a source of variance like the training seed: another build of the same recipe
 (another pretraining seed, or the same seed on another CPU) is another organism, and published findings of one
@@ -195,9 +196,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--slurm", action="store_true", help="write SLURM job arrays (+ submit.sh) instead of running")
     parser.add_argument("--collect", action="store_true", help="only the CSV, figure and table from finished runs")
     parser.add_argument("--config", default=str(CONFIG), help="the sweep file (default: configs/sweeps/organism.yaml)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs at once, each in its own process with cores/jobs threads (lit_align/sweep/"
+                             "side_by_side.py; e.g. 2 on 2 cores); default 1: one after another in this process")
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
+        if args.jobs < 1:
+            raise LitAlignError(f"--jobs must be at least 1, not {args.jobs}")
         if not Path(args.config).is_file():
             raise LitAlignError(f"{args.config} is missing: run the experiment from a checkout of the repository")
         from lit_align.config import deep_merge, read_yaml
@@ -225,8 +231,16 @@ def main(argv: list[str] | None = None) -> None:
 
                 # build a built-in pretrained model here, with its progress on screen, not inside the first run's log
                 resolve_name(policy)
-                sweep.run_all()
-            write_results(sweep)
+                if args.jobs == 1:
+                    sweep.run_all()
+                    write_results(sweep)
+        if not args.slurm and not args.collect and args.jobs > 1:   # every build's runs in one queue
+            from lit_align.sweep.side_by_side import run_side_by_side
+
+            run_side_by_side([(s, r) for s in sweeps.values() for r in s.runs], args.jobs)
+        if not args.slurm and (args.collect or args.jobs > 1):
+            for sweep in sweeps.values():
+                write_results(sweep)
         if args.slurm:
             print("afterwards: python scripts/organism_experiment.py --collect (with the same --builds/--seeds)")
             return
