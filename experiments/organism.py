@@ -35,6 +35,7 @@ from pathlib import Path
 
 from lit_align.errors import LitAlignError
 from lit_align.sweep.engine import Sweep, noise_level
+from lit_align.sweep.side_by_side import jobs_count, run_sweeps
 from lit_align.layouts import LAYOUTS
 
 REPO = Path(__file__).resolve().parents[1]  # experiments/ lives in the repository, never installed
@@ -196,14 +197,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--slurm", action="store_true", help="write SLURM job arrays (+ submit.sh) instead of running")
     parser.add_argument("--collect", action="store_true", help="only the CSV, figure and table from finished runs")
     parser.add_argument("--config", default=str(CONFIG), help="the sweep file (default: configs/sweeps/organism.yaml)")
-    parser.add_argument("--jobs", type=int, default=1,
+    parser.add_argument("--jobs", type=jobs_count, default=1,
                         help="runs at once, each in its own process with cores/jobs threads (lit_align/sweep/"
                              "side_by_side.py; e.g. 2 on 2 cores); default 1: one after another in this process")
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        if args.jobs < 1:
-            raise LitAlignError(f"--jobs must be at least 1, not {args.jobs}")
         if not Path(args.config).is_file():
             raise LitAlignError(f"{args.config} is missing: run the experiment from a checkout of the repository")
         from lit_align.config import deep_merge, read_yaml
@@ -231,14 +230,9 @@ def main(argv: list[str] | None = None) -> None:
 
                 # build a built-in pretrained model here, with its progress on screen, not inside the first run's log
                 resolve_name(policy)
-                if args.jobs == 1:
-                    sweep.run_all()
-                    write_results(sweep)
-        if not args.slurm and not args.collect and args.jobs > 1:   # every build's runs in one queue
-            from lit_align.sweep.side_by_side import run_side_by_side
-
-            run_side_by_side([(s, r) for s in sweeps.values() for r in s.runs], args.jobs)
-        if not args.slurm and (args.collect or args.jobs > 1):
+        if not args.slurm:
+            if not args.collect:
+                run_sweeps(sweeps.values(), args.jobs)   # (jobs > 1: every build's runs in one queue)
             for sweep in sweeps.values():
                 write_results(sweep)
         if args.slurm:

@@ -31,7 +31,7 @@ from pathlib import Path
 from lit_align.config import deep_merge, read_yaml
 from lit_align.errors import LitAlignError
 from lit_align.sweep.engine import Sweep
-from lit_align.sweep.side_by_side import cores, run_side_by_side
+from lit_align.sweep.side_by_side import cores, jobs_count, run_sweeps
 
 from experiments.organism import start_model, write_results
 
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--slurm", action="store_true", help="write SLURM job arrays (+ submit.sh) instead of running")
     parser.add_argument("--collect", action="store_true", help="only the tables from finished runs")
     parser.add_argument("--config", default=str(CONFIG), help="the sweep file")
-    parser.add_argument("--jobs", type=int, default=min(2, cores()),
+    parser.add_argument("--jobs", type=jobs_count, default=min(2, cores()),
                         help="runs at once, each in its own process with cores/jobs threads (default: 2, or 1 on one "
                              "core; 1: one after another in this process)")
     args = parser.parse_args(argv)
@@ -159,8 +159,6 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if not Path(args.config).is_file():
             raise LitAlignError(f"{args.config} is missing: run the experiment from a checkout of the repository")
-        if args.jobs < 1:
-            raise LitAlignError(f"--jobs must be at least 1, not {args.jobs}")
         methods = None
         if args.methods:  # the sweep's objectives, only those asked for
             every = read_yaml(Path(args.config))["objectives"]
@@ -186,11 +184,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.slurm:
             return
         if not args.collect:
-            if args.jobs > 1:   # every behaviour's runs in one queue: no core waits for a behaviour's last run
-                run_side_by_side([(s, r) for s in sweeps.values() for r in s.runs], args.jobs)
-            else:
-                for sweep in sweeps.values():
-                    sweep.run_all()
+            run_sweeps(sweeps.values(), args.jobs)   # (jobs > 1: every behaviour's runs in one queue)
         for behaviour, sweep in sweeps.items():
             weights, letters = importance_weights(sweep), letter_bias(sweep)
             write_results(sweep, COLUMNS, heading=f"{behaviour}\n\n",

@@ -10,6 +10,7 @@ import sys
 from lit_align.errors import LitAlignError
 from lit_align.sweep import engine
 from lit_align.sweep.engine import Sweep
+from lit_align.sweep.side_by_side import jobs_count
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -20,7 +21,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("sweep", help="the sweep YAML")
     parser.add_argument("--index", type=int, help="run: only this run (e.g. $SLURM_ARRAY_TASK_ID)")
     parser.add_argument("--subprocess", action="store_true", help="run: each run in its own process")
-    parser.add_argument("--jobs", type=int, default=1,
+    parser.add_argument("--jobs", type=jobs_count, default=1,
                         help="run: this many runs at once, each in its own process with cores/jobs threads")
     parser.add_argument("--verbose", action="store_true", help="run: show each run's output instead of logging it")
     parser.add_argument("--out", help="override the sweep's output directory")
@@ -32,8 +33,6 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        if args.jobs < 1:
-            raise LitAlignError(f"--jobs must be at least 1, not {args.jobs}")
         sweep = Sweep(args.sweep, {**args.overrides, **({"out": args.out} if args.out else {})})
         if args.command == "list":
             for r in sweep.runs:

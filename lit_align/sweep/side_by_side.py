@@ -9,6 +9,8 @@ same two runs, with the same numbers to the last digit shown). The runs may come
 sweep per behaviour), so that no core waits for the last run of one sweep before the next sweep starts.
 
     run_side_by_side([(sweep, run), ...], jobs=2)
+    run_sweeps([sweep, ...], jobs)                 # every run of these sweeps: side by side, or in turn (jobs 1)
+    parser.add_argument("--jobs", type=jobs_count, ...)   # a count of at least 1, else argparse's error
 
 Runs start largest training set first (the longest, so that the last ones to finish are short), several sweeps'
 runs taking turns; a run whose
@@ -18,6 +20,7 @@ are raised in one error naming each run's log.
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -29,6 +32,28 @@ from lit_align.errors import LitAlignError
 def cores() -> int:
     """CPU cores this process may use."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def jobs_count(text: str) -> int:
+    """argparse type of a --jobs option: an integer of at least 1."""
+    try:
+        jobs = int(text)
+    except ValueError:
+        jobs = 0
+    if jobs < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text}")
+    return jobs
+
+
+def run_sweeps(sweeps, jobs: int) -> None:
+    """Every unfinished run of `sweeps`: `jobs` > 1 at once in one queue (no core waits for one sweep's last run
+    before the next sweep starts), else each sweep's in turn in this process."""
+    sweeps = list(sweeps)
+    if jobs > 1:
+        run_side_by_side([(s, r) for s in sweeps for r in s.runs], jobs)
+    else:
+        for sweep in sweeps:
+            sweep.run_all()
 
 
 def run_side_by_side(work: list, jobs: int) -> None:
